@@ -1,0 +1,28 @@
+//! Compiles `proto/` with protox (a pure-Rust protobuf compiler), so no system
+//! `protoc` is needed, and embeds the descriptor set for gRPC server reflection.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/nacosd/v1/peer.proto",
+        "proto/nacosd/v1/common.proto",
+        "proto/nacosd/v1/cluster.proto",
+        "proto/nacosd/v1/config.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    println!("cargo:rerun-if-changed=proto");
+
+    let fds = protox::compile(protos, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("nacosd_descriptor.bin");
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the whole test suite: install build dependencies, build the binaries (the
+# multi-process tests spawn target/debug/nacosd), then run every test target.
+# Exits with cargo's status.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# rustup installs into ~/.cargo/bin, which a non-login shell may not have on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+cd "$root"
+
+echo "==> setup: build dependencies"
+bash scripts/setup.sh
+
+echo "==> cargo build --bins"
+cargo build --bins
+
+echo "==> cargo test --all-targets"
+status=0
+cargo test --all-targets || status=$?
+exit "$status"

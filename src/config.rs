@@ -1,0 +1,368 @@
+//! Node configuration: one typed [`Config`], filled from command-line flags, `NACOSD_*`
+//! environment variables and an optional TOML file, in that order of precedence, with
+//! every default in [`Config::default`]. `deploy/nacosd.sample.toml` documents each key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::raft::types::NodeId;
+
+/// The resolved configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's stable id; must be unique in the cluster and never reused.
+    pub node_id: NodeId,
+    /// Where logs, state machines and snapshots live.
+    pub data_dir: PathBuf,
+    /// Client gRPC API (naming, config, DB, cluster admin, health, reflection).
+    pub client_addr: SocketAddr,
+    /// Peer gRPC (Raft RPCs of every group, forwarding).
+    pub peer_addr: SocketAddr,
+    /// HTTP: /metrics, /healthz, /readyz.
+    pub http_addr: SocketAddr,
+    /// `host:port` other nodes use to reach this node's peer port. A DNS name is fine
+    /// and preferred: identity is the node id plus this name, never an IP.
+    pub advertise_peer: String,
+    /// Initial cluster membership (`id -> host:port`). Empty: standalone. Only used
+    /// when the data directory is empty.
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range: a follower that hears nothing from a leader for a random
+    /// time in this range starts an election.
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs: u64,
+    /// Also build a snapshot at this interval if anything was applied since.
+    pub snapshot_interval: Duration,
+    /// Log entries kept before the snapshot point when purging, so slightly lagging
+    /// followers catch up from the log instead of a snapshot.
+    pub snapshot_keep_logs: u64,
+    /// Deadline for a write (including forwarding and leader changes) when the client
+    /// sets none.
+    pub default_timeout: Duration,
+    /// Largest client request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest configuration content accepted, in bytes (Nacos default: 100 KiB).
+    pub max_config_bytes: usize,
+    /// Revisions of history kept per configuration item.
+    pub config_history_limit: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("nacosd-data"),
+            client_addr: ([0, 0, 0, 0], 9848).into(),
+            peer_addr: ([0, 0, 0, 0], 7848).into(),
+            http_addr: ([0, 0, 0, 0], 8848).into(),
+            advertise_peer: String::new(),
+            initial_members: BTreeMap::new(),
+            heartbeat: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            snapshot_logs: 10_000,
+            snapshot_interval: Duration::from_secs(30 * 60),
+            snapshot_keep_logs: 1_000,
+            default_timeout: Duration::from_secs(10),
+            max_request_bytes: 4 << 20,
+            max_config_bytes: 100 * 1024,
+            config_history_limit: 30,
+        }
+    }
+}
+
+/// Flags, environment variables and file keys. Every field is optional so that the
+/// three sources can be layered; see [`Config`] for what each one means.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigArgs {
+    /// TOML configuration file (keys are the long flag names).
+    #[arg(long, env = "NACOSD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (unique, stable).
+    #[arg(long, env = "NACOSD_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// Data directory [default: ./nacosd-data].
+    #[arg(long, env = "NACOSD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client gRPC listen address [default: 0.0.0.0:9848].
+    #[arg(long, env = "NACOSD_CLIENT_ADDR")]
+    pub client_addr: Option<SocketAddr>,
+    /// Peer gRPC listen address [default: 0.0.0.0:7848].
+    #[arg(long, env = "NACOSD_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// HTTP (metrics, health) listen address [default: 0.0.0.0:8848].
+    #[arg(long, env = "NACOSD_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// host:port other nodes use to reach this node's peer port (a DNS name is fine)
+    /// [default: this node's entry in --initial-members, else 127.0.0.1:<peer port>].
+    #[arg(long, env = "NACOSD_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Initial members, "1=host:7848,2=host:7848,3=host:7848"; absent: standalone.
+    #[arg(long, env = "NACOSD_INITIAL_MEMBERS")]
+    pub initial_members: Option<String>,
+    /// Leader heartbeat interval in milliseconds [default: 250].
+    #[arg(long, env = "NACOSD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds [default: 1500].
+    #[arg(long, env = "NACOSD_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Maximum election timeout in milliseconds [default: 3000].
+    #[arg(long, env = "NACOSD_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Snapshot after this many log entries [default: 10000].
+    #[arg(long, env = "NACOSD_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// Snapshot interval in seconds [default: 1800].
+    #[arg(long, env = "NACOSD_SNAPSHOT_INTERVAL_SECS")]
+    pub snapshot_interval_secs: Option<u64>,
+    /// Log entries kept behind a snapshot when purging [default: 1000].
+    #[arg(long, env = "NACOSD_SNAPSHOT_KEEP_LOGS")]
+    pub snapshot_keep_logs: Option<u64>,
+    /// Default request deadline in milliseconds [default: 10000].
+    #[arg(long, env = "NACOSD_DEFAULT_TIMEOUT_MS")]
+    pub default_timeout_ms: Option<u64>,
+    /// Largest client request in bytes [default: 4194304].
+    #[arg(long, env = "NACOSD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Largest configuration content in bytes [default: 102400].
+    #[arg(long, env = "NACOSD_MAX_CONFIG_BYTES")]
+    pub max_config_bytes: Option<usize>,
+    /// Revisions of history kept per configuration item [default: 30].
+    #[arg(long, env = "NACOSD_CONFIG_HISTORY_LIMIT")]
+    pub config_history_limit: Option<u32>,
+}
+
+impl ConfigArgs {
+    /// Fill unset fields from `other`.
+    fn or(self, other: ConfigArgs) -> ConfigArgs {
+        ConfigArgs {
+            config: self.config.or(other.config),
+            node_id: self.node_id.or(other.node_id),
+            data_dir: self.data_dir.or(other.data_dir),
+            client_addr: self.client_addr.or(other.client_addr),
+            peer_addr: self.peer_addr.or(other.peer_addr),
+            http_addr: self.http_addr.or(other.http_addr),
+            advertise_peer: self.advertise_peer.or(other.advertise_peer),
+            initial_members: self.initial_members.or(other.initial_members),
+            heartbeat_ms: self.heartbeat_ms.or(other.heartbeat_ms),
+            election_timeout_min_ms: self.election_timeout_min_ms.or(other.election_timeout_min_ms),
+            election_timeout_max_ms: self.election_timeout_max_ms.or(other.election_timeout_max_ms),
+            snapshot_logs: self.snapshot_logs.or(other.snapshot_logs),
+            snapshot_interval_secs: self.snapshot_interval_secs.or(other.snapshot_interval_secs),
+            snapshot_keep_logs: self.snapshot_keep_logs.or(other.snapshot_keep_logs),
+            default_timeout_ms: self.default_timeout_ms.or(other.default_timeout_ms),
+            max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+            max_config_bytes: self.max_config_bytes.or(other.max_config_bytes),
+            config_history_limit: self.config_history_limit.or(other.config_history_limit),
+        }
+    }
+
+    /// Layer flags/env over the config file (if any) over the defaults, and validate.
+    pub fn resolve(self) -> Result<Config> {
+        let args = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::invalid(format!("reading config file {}: {e}", path.display()))
+                })?;
+                let file: ConfigArgs = toml::from_str(&text).map_err(|e| {
+                    Error::invalid(format!("config file {}: {e}", path.display()))
+                })?;
+                self.or(file)
+            }
+            None => self,
+        };
+        let d = Config::default();
+        let ms = Duration::from_millis;
+        let mut c = Config {
+            node_id: args.node_id.unwrap_or(d.node_id),
+            data_dir: args.data_dir.unwrap_or(d.data_dir),
+            client_addr: args.client_addr.unwrap_or(d.client_addr),
+            peer_addr: args.peer_addr.unwrap_or(d.peer_addr),
+            http_addr: args.http_addr.unwrap_or(d.http_addr),
+            advertise_peer: args.advertise_peer.unwrap_or_default(),
+            initial_members: match &args.initial_members {
+                Some(s) => parse_members(s)?,
+                None => BTreeMap::new(),
+            },
+            heartbeat: args.heartbeat_ms.map(ms).unwrap_or(d.heartbeat),
+            election_timeout: (
+                args.election_timeout_min_ms.map(ms).unwrap_or(d.election_timeout.0),
+                args.election_timeout_max_ms.map(ms).unwrap_or(d.election_timeout.1),
+            ),
+            snapshot_logs: args.snapshot_logs.unwrap_or(d.snapshot_logs),
+            snapshot_interval: args
+                .snapshot_interval_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.snapshot_interval),
+            snapshot_keep_logs: args.snapshot_keep_logs.unwrap_or(d.snapshot_keep_logs),
+            default_timeout: args.default_timeout_ms.map(ms).unwrap_or(d.default_timeout),
+            max_request_bytes: args.max_request_bytes.unwrap_or(d.max_request_bytes),
+            max_config_bytes: args.max_config_bytes.unwrap_or(d.max_config_bytes),
+            config_history_limit: args.config_history_limit.unwrap_or(d.config_history_limit),
+        };
+        c.fill_advertise_peer();
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl Config {
+    /// Default the advertised address from the member list or the peer port.
+    pub fn fill_advertise_peer(&mut self) {
+        if self.advertise_peer.is_empty() {
+            self.advertise_peer = match self.initial_members.get(&self.node_id) {
+                Some(addr) => addr.clone(),
+                None => format!("127.0.0.1:{}", self.peer_addr.port()),
+            };
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.node_id == 0 {
+            return Err(Error::invalid("node-id must be at least 1"));
+        }
+        if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.node_id) {
+            return Err(Error::invalid(format!(
+                "initial-members does not include this node (id {})",
+                self.node_id
+            )));
+        }
+        if let Some(addr) = self.initial_members.get(&self.node_id) {
+            if addr != &self.advertise_peer {
+                return Err(Error::invalid(format!(
+                    "advertise-peer {} differs from this node's initial-members entry {addr}",
+                    self.advertise_peer
+                )));
+            }
+        }
+        let (min, max) = self.election_timeout;
+        if self.heartbeat.is_zero() || min <= self.heartbeat * 2 || max <= min {
+            return Err(Error::invalid(format!(
+                "need 0 < 2 * heartbeat ({:?}) < election-timeout-min ({min:?}) < election-timeout-max ({max:?})",
+                self.heartbeat
+            )));
+        }
+        if self.snapshot_logs == 0 {
+            return Err(Error::invalid("snapshot-logs must be at least 1"));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(Error::invalid("max-request-bytes must be at least 1024"));
+        }
+        if self.max_config_bytes == 0 || self.max_config_bytes + 64 * 1024 > self.max_request_bytes {
+            return Err(Error::invalid(format!(
+                "max-config-bytes must be positive and at least 64 KiB below max-request-bytes ({})",
+                self.max_request_bytes
+            )));
+        }
+        if self.config_history_limit == 0 {
+            return Err(Error::invalid("config-history-limit must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn is_standalone(&self) -> bool {
+        self.initial_members.len() <= 1
+    }
+}
+
+/// Parse `"1=host:7848,2=host:7848"`.
+pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            Error::invalid(format!("initial-members entry {part:?} is not ID=HOST:PORT"))
+        })?;
+        let id: NodeId = id.trim().parse().map_err(|_| {
+            Error::invalid(format!("initial-members entry {part:?}: {id:?} is not a node id"))
+        })?;
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(Error::invalid(format!(
+                "initial-members entry {part:?}: {addr:?} is not HOST:PORT"
+            )));
+        }
+        if id == 0 {
+            return Err(Error::invalid("initial-members: node ids start at 1"));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(Error::invalid(format!("initial-members: node id {id} listed twice")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_parse_and_reject_bad_entries() {
+        let m = parse_members("1=a:7848, 2=node-2.nacosd.svc:7848,3=[::1]:9").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&2], "node-2.nacosd.svc:7848");
+        for bad in ["1", "x=a:1", "1=a", "1=a:0", "1=:80", "0=a:1", "1=a:1,1=b:2"] {
+            assert!(parse_members(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("n.toml");
+        std::fs::write(&file, "node-id = 2\nheartbeat-ms = 100\nsnapshot-logs = 5\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file),
+            snapshot_logs: Some(7),
+            initial_members: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.heartbeat, Duration::from_millis(100));
+        assert_eq!(c.snapshot_logs, 7);
+        assert_eq!(c.advertise_peer, "b:2");
+        assert_eq!(c.snapshot_keep_logs, Config::default().snapshot_keep_logs);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_timing_are_errors() {
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("n.toml");
+        std::fs::write(&file, "nodeid = 2\n").unwrap();
+        let err = ConfigArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("nodeid"), "{err}");
+
+        let err = ConfigArgs {
+            heartbeat_ms: Some(1000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+
+        let err = ConfigArgs {
+            node_id: Some(4),
+            initial_members: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("does not include"), "{err}");
+    }
+}

@@ -1,0 +1,27 @@
+//! The consistency layer: how a write or a read reaches the right replica (Nacos's
+//! `JRaftProtocol` `write` / `invokeToLeader` / `readIndex` / `readFromLeader`).
+//!
+//! Writes: propose on this node if it leads the group, otherwise forward to the
+//! leader over the peer port. A write is retried against a new leader only when the
+//! failure proves it was never proposed (the target was not leader, or the
+//! connection could not be made); when it might have been proposed (timeout, lost
+//! connection, entry discarded by a leader change) the caller gets
+//! [`Error::UnknownOutcome`](crate::error::Error::UnknownOutcome) and nothing is
+//! retried, so no write is ever applied twice by this layer.
+//!
+//! Reads take a [`ReadLevel`]:
+//! - `Linearizable` (default): read-index. The leader confirms its leadership with a
+//!   heartbeat quorum and returns its commit position; a follower asks the leader for
+//!   it, waits (bounded) until it has applied that far, and reads locally. Any failure
+//!   falls back to running the read on the leader.
+//! - `Lease`: as above, but the leader answers from its lease (no quorum round trip;
+//!   assumes bounded clock drift).
+//! - `Stale`: the local state as it is, even with no leader.
+//!
+//! This layer knows nothing about what a group stores: commands and queries are bytes.
+
+mod read;
+mod write;
+
+pub use read::{ReadLevel, read, read_index_on_leader, read_on_leader};
+pub use write::{write, write_on_leader};

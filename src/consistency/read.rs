@@ -1,0 +1,188 @@
+//! The read path: read-index on the leader or through it, with leader fallback.
+
+use openraft::rt::watch::WatchReceiver;
+use std::time::Duration;
+
+use openraft::ReadPolicy;
+use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::raft::node::{Group, GroupCounters, MultiRaft};
+use crate::raft::types::LogId;
+
+/// How fresh a read must be. See the module docs for what each level costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadLevel {
+    #[default]
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+/// Upper bound on how long a follower waits for its state machine to reach the read
+/// index before asking the leader to run the read instead (Nacos issue #6583).
+const FOLLOWER_APPLY_WAIT: Duration = Duration::from_secs(1);
+
+pub async fn read(
+    node: &MultiRaft,
+    group_name: &str,
+    query: &[u8],
+    level: ReadLevel,
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>> {
+    let group = node.group(group_name)?;
+    if level == ReadLevel::Stale {
+        return group.sm.query(query);
+    }
+    let deadline = Instant::now() + timeout.unwrap_or(node.default_timeout);
+    let lease = level == ReadLevel::Lease;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+
+    match read_index(node, group, lease, remaining()).await {
+        Ok(read_log_id) => {
+            let wait = FOLLOWER_APPLY_WAIT.min(remaining());
+            let linearizer = Linearizer::new(
+                node.node_id,
+                ReadLogId::from_log_id(read_log_id),
+                group.raft.metrics().borrow_watched().last_applied.clone(),
+            );
+            match linearizer.try_await_ready(&group.raft, Some(wait)).await {
+                Ok(Ok(_)) => return group.sm.query(query),
+                Ok(Err(state)) => tracing::debug!(
+                    group = %group.name,
+                    read_index = %state.read_log_id(),
+                    "local state machine behind the read index; falling back to the leader"
+                ),
+                Err(fatal) => tracing::warn!(group = %group.name, error = %fatal, "read-index wait failed"),
+            }
+        }
+        Err(e) => tracing::debug!(group = %group.name, error = %e, "read-index failed; falling back to the leader"),
+    }
+    GroupCounters::inc(&group.counters.read_index_failures);
+    GroupCounters::inc(&group.counters.leader_fallbacks);
+    read_via_leader(node, group, query, deadline).await
+}
+
+/// The read index: obtained locally if this node leads, otherwise from the leader.
+async fn read_index(node: &MultiRaft, group: &Group, lease: bool, timeout: Duration) -> Result<LogId> {
+    if group.raft.is_leader() {
+        return local_read_index(group, lease, timeout).await;
+    }
+    let (leader_id, addr) = group
+        .leader()
+        .ok_or_else(|| Error::unavailable(format!("group {} has no leader", group.name)))?;
+    if leader_id == node.node_id {
+        return Err(Error::unavailable("leadership in transition"));
+    }
+    let mut client = node
+        .channels
+        .client(&addr)
+        .map_err(|e| Error::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(pb::ReadIndexRequest {
+        group: group.name.to_string(),
+        lease,
+        timeout_ms: timeout.as_millis() as u64,
+    });
+    req.set_timeout(timeout);
+    let reply = client
+        .read_index(req)
+        .await
+        .map_err(|s| Error::unavailable(format!("read-index from {addr}: {}", s.message())))?;
+    bincode::deserialize::<Result<LogId>>(&reply.into_inner().result)
+        .map_err(|e| Error::internal(format!("undecodable read-index reply: {e}")))?
+}
+
+async fn local_read_index(group: &Group, lease: bool, timeout: Duration) -> Result<LogId> {
+    let policy = if lease {
+        ReadPolicy::LeaseRead
+    } else {
+        ReadPolicy::ReadIndex
+    };
+    match tokio::time::timeout(timeout, group.raft.get_read_linearizer(policy)).await {
+        Ok(Ok(l)) => Ok(l.read_log_id().log_id().clone()),
+        Ok(Err(e)) => Err(Error::Unavailable {
+            message: format!("group {}: cannot confirm leadership: {e}", group.name),
+            leader: group.leader(),
+        }),
+        Err(_) => Err(Error::DeadlineExceeded(format!(
+            "group {}: leadership not confirmed within {timeout:?}",
+            group.name
+        ))),
+    }
+}
+
+/// Serve a read-index request from a follower (this node must lead).
+pub async fn read_index_on_leader(
+    node: &MultiRaft,
+    group_name: &str,
+    lease: bool,
+    timeout: Duration,
+) -> Result<LogId> {
+    let group = node.group(group_name)?;
+    if !group.raft.is_leader() {
+        return Err(Error::Unavailable {
+            message: format!("node {} is not the leader of group {}", node.node_id, group.name),
+            leader: group.leader(),
+        });
+    }
+    local_read_index(group, lease, timeout).await
+}
+
+/// Run a read on this node as leader: confirm leadership, wait until applied, read.
+pub async fn read_on_leader(
+    node: &MultiRaft,
+    group_name: &str,
+    query: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let group = node.group(group_name)?;
+    let index = read_index_on_leader(node, group_name, false, timeout).await?;
+    let linearizer = Linearizer::new(
+        node.node_id,
+        ReadLogId::from_log_id(index),
+        group.raft.metrics().borrow_watched().last_applied.clone(),
+    );
+    match linearizer.try_await_ready(&group.raft, Some(timeout)).await {
+        Ok(Ok(_)) => group.sm.query(query),
+        Ok(Err(_)) => Err(Error::DeadlineExceeded(format!(
+            "group {}: leader did not apply up to the read index in time",
+            group.name
+        ))),
+        Err(f) => Err(Error::unavailable(format!("group {} stopped: {f}", group.name))),
+    }
+}
+
+async fn read_via_leader(
+    node: &MultiRaft,
+    group: &Group,
+    query: &[u8],
+    deadline: Instant,
+) -> Result<Vec<u8>> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if group.raft.is_leader() {
+        return read_on_leader(node, &group.name, query, timeout).await;
+    }
+    let (_, addr) = group.leader().ok_or_else(|| Error::Unavailable {
+        message: format!("group {} has no leader to read from", group.name),
+        leader: None,
+    })?;
+    let mut client = node
+        .channels
+        .client(&addr)
+        .map_err(|e| Error::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(pb::ForwardReadRequest {
+        group: group.name.to_string(),
+        query: query.to_vec(),
+        timeout_ms: timeout.as_millis() as u64,
+    });
+    req.set_timeout(timeout + Duration::from_millis(200));
+    let reply = client.forward_read(req).await.map_err(|s| Error::Unavailable {
+        message: format!("reading from leader {addr} of group {}: {}", group.name, s.message()),
+        leader: group.leader(),
+    })?;
+    bincode::deserialize::<Result<Vec<u8>>>(&reply.into_inner().result)
+        .map_err(|e| Error::internal(format!("undecodable read reply: {e}")))?
+}

@@ -1,0 +1,177 @@
+//! The write path: propose on the leader, forward from followers.
+
+use openraft::rt::watch::WatchReceiver;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, RaftError};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::raft::node::{Group, GroupCounters, MultiRaft};
+use crate::raft::types::Command;
+
+/// Apply `cmd` to `group` through its leader, wherever that is, within `timeout`
+/// (default: the node's configured default).
+pub async fn write(
+    node: &MultiRaft,
+    group_name: &str,
+    cmd: Command,
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>> {
+    let group = node.group(group_name)?;
+    let deadline = Instant::now() + timeout.unwrap_or(node.default_timeout);
+    let mut backoff = Duration::from_millis(5);
+    let mut last_error: Option<Error> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(no_leader(group, last_error));
+        }
+        let attempt = if group.raft.is_leader() {
+            GroupCounters::inc(&group.counters.writes_local);
+            propose(group, cmd.clone(), remaining).await
+        } else if let Some((leader_id, addr)) = group.leader() {
+            if leader_id == node.node_id {
+                // Metrics say we lead but the state says otherwise: in transition.
+                Err(Error::unavailable("leadership in transition"))
+            } else {
+                GroupCounters::inc(&group.counters.writes_forwarded);
+                forward(node, group, &addr, &cmd, remaining).await
+            }
+        } else {
+            Err(Error::unavailable("no leader known"))
+        };
+        match attempt {
+            // Unavailable means "not proposed": safe to try again.
+            Err(e @ Error::Unavailable { .. }) => {
+                GroupCounters::inc(&group.counters.write_retries);
+                last_error = Some(e);
+                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                wait_for_leader_change(group, wait).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn no_leader(group: &Group, last: Option<Error>) -> Error {
+    let detail = last.map(|e| format!(" (last attempt: {e})")).unwrap_or_default();
+    Error::Unavailable {
+        message: format!("group {} has no reachable leader before the deadline{detail}", group.name),
+        leader: group.leader(),
+    }
+}
+
+async fn wait_for_leader_change(group: &Group, wait: Duration) {
+    let mut rx = group.raft.metrics();
+    let before = rx.borrow_watched().current_leader;
+    let _ = tokio::time::timeout(wait, async {
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_watched().current_leader;
+            if now.is_some() && now != before {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Propose on this node, which must lead the group. Used for local writes and for
+/// writes forwarded here by a follower.
+pub async fn write_on_leader(
+    node: &MultiRaft,
+    group_name: &str,
+    cmd: Command,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let group = node.group(group_name)?;
+    if !group.raft.is_leader() {
+        return Err(Error::Unavailable {
+            message: format!("node {} is not the leader of group {}", node.node_id, group.name),
+            leader: group.leader(),
+        });
+    }
+    GroupCounters::inc(&group.counters.writes_local);
+    propose(group, cmd, timeout).await
+}
+
+async fn propose(group: &Group, cmd: Command, timeout: Duration) -> Result<Vec<u8>> {
+    match tokio::time::timeout(timeout, group.raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => resp.data.0,
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(Error::Unavailable {
+                message: format!("not the leader of group {}", group.name),
+                leader: f
+                    .leader_id
+                    .map(|id| (id, f.leader_node.map(|n| n.addr).unwrap_or_default())),
+            })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            Err(Error::UnknownOutcome(format!(
+                "leader of group {} changed while the write was in flight; it may or may not have been applied",
+                group.name
+            )))
+        }
+        Ok(Err(RaftError::APIError(e))) => Err(Error::internal(e)),
+        Ok(Err(RaftError::Fatal(f))) => Err(Error::unavailable(format!(
+            "group {} is stopped on this node: {f}",
+            group.name
+        ))),
+        Err(_) => Err(Error::UnknownOutcome(format!(
+            "write to group {} was proposed but not applied within {timeout:?}; it may still be applied",
+            group.name
+        ))),
+    }
+}
+
+async fn forward(
+    node: &MultiRaft,
+    group: &Group,
+    addr: &str,
+    cmd: &Command,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let mut client = node
+        .channels
+        .client(addr)
+        .map_err(|e| Error::unavailable(format!("bad leader address {addr}: {e}")))?;
+    let mut req = tonic::Request::new(pb::ForwardWriteRequest {
+        group: group.name.to_string(),
+        command: bincode::serialize(cmd)?,
+        timeout_ms: timeout.as_millis() as u64,
+    });
+    // A little headroom so the leader's own timeout answers first.
+    req.set_timeout(timeout + Duration::from_millis(200));
+    match client.forward_write(req).await {
+        Ok(reply) => bincode::deserialize::<Result<Vec<u8>>>(&reply.into_inner().result)
+            .map_err(|e| Error::internal(format!("undecodable forward reply: {e}")))?,
+        Err(status) if never_sent(&status) => Err(Error::unavailable(format!(
+            "leader {addr} of group {} unreachable: {}",
+            group.name,
+            status.message()
+        ))),
+        Err(status) => Err(Error::UnknownOutcome(format!(
+            "lost contact with leader {addr} of group {} during the write ({}: {}); it may or may not have been applied",
+            group.name,
+            status.code(),
+            status.message()
+        ))),
+    }
+}
+
+/// True when the request provably never reached the peer (connection refused or
+/// could not be established), so retrying cannot apply it twice.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut msg = status.message().to_ascii_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        msg.push_str(&s.to_string().to_ascii_lowercase());
+        source = s.source();
+    }
+    msg.contains("connect") || msg.contains("connection refused")
+}

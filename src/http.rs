@@ -1,0 +1,110 @@
+//! The HTTP port (8848): `/healthz` (the process is up), `/readyz` (every group knows
+//! a leader) and `/metrics` (Prometheus text format).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::api::cluster::group_status;
+use crate::pb;
+use crate::raft::node::MultiRaft;
+
+pub fn router(node: Arc<MultiRaft>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
+    let leaders = node.leaders();
+    let mut body = String::new();
+    for (group, leader) in &leaders {
+        match leader {
+            Some(id) => {
+                let _ = writeln!(body, "{group}: leader {id}");
+            }
+            None => {
+                let _ = writeln!(body, "{group}: no leader");
+            }
+        }
+    }
+    if leaders.values().all(Option::is_some) {
+        (StatusCode::OK, body)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+/// Render every metric. Gauges come from each group's Raft metrics, counters from the
+/// consistency layer.
+pub fn render_metrics(node: &MultiRaft) -> String {
+    let mut out = String::new();
+    let gauges: [(&str, &str, fn(&pb::GroupStatus, u64) -> Option<u64>); 8] = [
+        ("nacosd_raft_term", "Current Raft term.", |s, _| Some(s.term)),
+        ("nacosd_raft_is_leader", "1 if this node leads the group.", |s, _| {
+            Some((s.role == pb::Role::Leader as i32) as u64)
+        }),
+        ("nacosd_raft_role", "Raft role: 1 leader, 2 follower, 3 candidate, 4 learner, 5 shutdown.", |s, _| {
+            Some(s.role as u64)
+        }),
+        ("nacosd_raft_leader_id", "Node id of the known leader (0: none).", |s, _| {
+            Some(s.leader_id.unwrap_or(0))
+        }),
+        ("nacosd_raft_has_leader", "1 if a leader is known.", |s, _| {
+            Some(s.leader_id.is_some() as u64)
+        }),
+        ("nacosd_raft_last_log_index", "Index of the last log entry.", |s, _| s.last_log_index),
+        ("nacosd_raft_applied_index", "Index of the last applied entry.", |s, _| s.applied_index),
+        ("nacosd_raft_snapshot_index", "Last index covered by the newest snapshot.", |s, _| {
+            s.snapshot_index
+        }),
+    ];
+    let statuses: Vec<_> = node.groups().map(|g| (g.clone(), group_status(g))).collect();
+    for (name, help, f) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (_, s) in &statuses {
+            if let Some(v) = f(s, node.node_id) {
+                let _ = writeln!(out, "{name}{{group=\"{}\"}} {v}", s.group);
+            }
+        }
+    }
+    let counters: [(&str, &str, fn(&crate::raft::node::GroupCounters) -> u64); 5] = [
+        ("nacosd_writes_local_total", "Writes proposed on this node as leader.", |c| {
+            c.writes_local.load(Ordering::Relaxed)
+        }),
+        ("nacosd_writes_forwarded_total", "Writes forwarded from this node to the leader.", |c| {
+            c.writes_forwarded.load(Ordering::Relaxed)
+        }),
+        ("nacosd_write_retries_total", "Write attempts retried because no leader took them.", |c| {
+            c.write_retries.load(Ordering::Relaxed)
+        }),
+        ("nacosd_read_index_failures_total", "Linearizable reads whose read-index step failed.", |c| {
+            c.read_index_failures.load(Ordering::Relaxed)
+        }),
+        ("nacosd_read_leader_fallbacks_total", "Reads executed on the leader after a read-index failure.", |c| {
+            c.leader_fallbacks.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, help, f) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (g, _) in &statuses {
+            let _ = writeln!(out, "{name}{{group=\"{}\"}} {}", g.name, f(&g.counters));
+        }
+    }
+    out
+}
+
+async fn metrics(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&node),
+    )
+}

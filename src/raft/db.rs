@@ -1,0 +1,119 @@
+//! The node's RocksDB instance and the group-commit WAL syncer.
+//!
+//! Every group's log, vote and (for RocksDB-backed groups) state machine live in one
+//! database, so they share one write-ahead log. Appends are written without sync and
+//! handed to [`WalSyncer`], a dedicated thread that fsyncs the WAL once for everything
+//! written so far and then completes every waiting append. Under load, one fsync
+//! covers many entries of many groups; no append is acknowledged before its fsync.
+//!
+//! RocksDB's own info log (`LOG` files) is bounded in size and count (Nacos issue
+//! #11145: it grew without limit there).
+
+use std::io;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+use crate::raft::keys;
+
+/// Open (creating if needed) the node's database with the column families of `groups`.
+pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<DB>> {
+    std::fs::create_dir_all(path)?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Bounded info log: at most 5 files of 8 MiB.
+    opts.set_max_log_file_size(8 << 20);
+    opts.set_keep_log_file_num(5);
+    opts.set_log_level(rocksdb::LogLevel::Warn);
+    // With several column families a WAL file lives until every family has flushed;
+    // cap the total so a quiet group cannot pin gigabytes of WAL.
+    opts.set_max_total_wal_size(256 << 20);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
+
+    let mut names = vec![keys::RAFT_META_CF.to_string()];
+    for g in groups {
+        names.push(keys::log_cf(g));
+        names.push(keys::sm_cf(g));
+    }
+    // Keep column families that exist on disk (e.g. a group no longer registered),
+    // otherwise RocksDB refuses to open.
+    if let Ok(existing) = DB::list_cf(&opts, path) {
+        for name in existing {
+            if name != "default" && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let cfs = names.iter().map(|n| {
+        let mut cf_opts = Options::default();
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        ColumnFamilyDescriptor::new(n, cf_opts)
+    });
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io::Error::other)?;
+    Ok(Arc::new(db))
+}
+
+/// Look up a column family that [`open`] created.
+pub fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| io::Error::other(format!("column family {name} missing")))
+}
+
+type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// Group commit: one thread fsyncs the WAL for every append waiting on it.
+#[derive(Clone)]
+pub struct WalSyncer {
+    tx: mpsc::Sender<SyncCallback>,
+}
+
+impl WalSyncer {
+    pub fn start(db: Arc<DB>) -> io::Result<Self> {
+        // Weak: the syncer must not keep the database open. RocksDB has to be closed
+        // before the process exits, or its background threads can abort the process.
+        let db = Arc::downgrade(&db);
+        let (tx, rx) = mpsc::channel::<SyncCallback>();
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || {
+                // Ends when every sender (every log store) is dropped.
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    // One fsync for everything written before these callbacks were sent.
+                    let res = match db.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(io::Error::other),
+                        None => Err(io::Error::other("database closed")),
+                    };
+                    for cb in waiting {
+                        cb(match &res {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::other(e.to_string())),
+                        });
+                    }
+                }
+            })?;
+        Ok(WalSyncer { tx })
+    }
+
+    /// Run `done` once everything written to the database so far is durable.
+    pub fn after_sync(&self, done: impl FnOnce(io::Result<()>) + Send + 'static) {
+        if let Err(mpsc::SendError(cb)) = self.tx.send(Box::new(done)) {
+            cb(Err(io::Error::other("WAL syncer stopped")));
+        }
+    }
+
+    /// Wait until everything written so far is durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.after_sync(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| io::Error::other("WAL syncer stopped"))?
+    }
+}

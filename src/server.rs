@@ -1,0 +1,220 @@
+//! Running a node: bind the three ports, start the groups, serve, shut down.
+//!
+//! [`start`] takes already-bound listeners so tests can bind port 0 and learn the
+//! addresses before the cluster's member list is written; [`run`] is what the binary
+//! calls. Shutdown order: stop accepting client and peer requests (letting in-flight
+//! ones finish), then shut each Raft group down, which flushes its pending I/O.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::cluster::ClusterApi;
+use crate::api::config::{ConfigApi, ConfigLimits};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::raft::group::GroupRegistry;
+use crate::raft::network::MAX_PEER_MESSAGE;
+use crate::raft::node::MultiRaft;
+use crate::raft::peer_service::PeerService;
+
+/// The three listening sockets of a node.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::internal(format!("binding {what} address {addr}: {e}")))
+        };
+        Ok(Listeners {
+            client: bind(config.client_addr, "client").await?,
+            peer: bind(config.peer_addr, "peer").await?,
+            http: bind(config.http_addr, "http").await?,
+        })
+    }
+}
+
+/// A running node.
+pub struct RunningServer {
+    pub node: Arc<MultiRaft>,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Graceful shutdown: stop serving, then shut every group down.
+    pub async fn shutdown(self) {
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.node.shutdown().await;
+        tracing::info!(node_id = self.node.node_id, "node stopped");
+    }
+}
+
+/// Start a node on pre-bound listeners with the built-in groups, plus whatever
+/// `extend` registers (tests add groups of their own).
+pub async fn start(
+    config: &Config,
+    extend: impl FnOnce(GroupRegistry) -> GroupRegistry,
+    listeners: Listeners,
+) -> Result<RunningServer> {
+    let client_addr = listeners.client.local_addr()?;
+    let peer_addr = listeners.peer.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let shared = crate::groups::Shared::default();
+    let registry = extend(crate::groups::builtin_registry(&shared));
+    let node = MultiRaft::start(config, registry).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+
+    // Peer port.
+    let peer_svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let peer_incoming = TcpListenerStream::new(listeners.peer);
+    let stop = stopped();
+    tasks.push(tokio::spawn(async move {
+        let res = Server::builder()
+            .tcp_nodelay(true)
+            .initial_connection_window_size(8 << 20)
+            .initial_stream_window_size(4 << 20)
+            .add_service(peer_svc)
+            .serve_with_incoming_shutdown(peer_incoming, stop)
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "peer server failed");
+        }
+    }));
+
+    // Client port: API services, health, reflection.
+    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(Error::internal)?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(Error::internal)?;
+    let max = config.max_request_bytes;
+    let cluster_svc = pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(node.clone()))
+        .max_decoding_message_size(max);
+    let config_svc = pb::config_service_server::ConfigServiceServer::new(ConfigApi::new(
+        node.clone(),
+        shared.config_feed.clone(),
+        ConfigLimits {
+            max_content_bytes: config.max_config_bytes,
+            history_limit: config.config_history_limit,
+        },
+    ))
+    .max_decoding_message_size(max);
+    let client_incoming = TcpListenerStream::new(listeners.client);
+    let stop = stopped();
+    tasks.push(tokio::spawn(async move {
+        let res = Server::builder()
+            .tcp_nodelay(true)
+            .concurrency_limit_per_connection(1024)
+            .add_service(health_svc)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(cluster_svc)
+            .add_service(config_svc)
+            .serve_with_incoming_shutdown(client_incoming, stop)
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "client server failed");
+        }
+    }));
+
+    // Health: SERVING once every group has a leader, NOT_SERVING while one has none.
+    let health_node = node.clone();
+    let mut stop_health = stopped_rx(&stop_tx);
+    tasks.push(tokio::spawn(async move {
+        let mut last = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_health.changed() => return,
+            }
+            let ready = health_node.all_groups_have_leader();
+            if last != Some(ready) {
+                let status = if ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health_reporter.set_service_status("", status).await;
+                last = Some(ready);
+            }
+        }
+    }));
+
+    // HTTP port.
+    let app = crate::http::router(node.clone());
+    let stop = stopped();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listeners.http, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    }));
+
+    tracing::info!(
+        node_id = config.node_id,
+        %client_addr, %peer_addr, %http_addr,
+        advertise_peer = %config.advertise_peer,
+        "nacosd started"
+    );
+    Ok(RunningServer {
+        node,
+        client_addr,
+        peer_addr,
+        http_addr,
+        stop_tx,
+        tasks,
+    })
+}
+
+fn stopped_rx(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
+    tx.subscribe()
+}
+
+/// Run a node until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    let server = start(&config, |r| r, listeners).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

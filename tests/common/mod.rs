@@ -1,0 +1,263 @@
+//! In-process test clusters on ephemeral loopback ports, and condition waits.
+//!
+//! Every node runs the real server code (`nacosd::server::start`) on its own data
+//! directory; tests stop, restart and inspect nodes through it. Waits poll a condition
+//! until a deadline: no test depends on a fixed sleep.
+
+#![allow(dead_code)]
+
+use openraft::rt::watch::WatchReceiver;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nacosd::config::Config;
+use nacosd::consistency::{self, ReadLevel};
+use nacosd::groups::kv::{self, KvCommand, KvQuery, KvResponse};
+use nacosd::raft::group::GroupRegistry;
+use nacosd::raft::node::MultiRaft;
+use nacosd::server::{Listeners, RunningServer};
+use tokio::net::TcpListener;
+
+/// Generous: CI runs on 2 busy cores.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Poll `cond` until it holds or `DEADLINE` passes (then panic with `what`).
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The test key-value group.
+pub const KV: &str = "kv";
+
+/// Built-in groups plus the test key-value group.
+pub fn with_kv(reg: GroupRegistry) -> GroupRegistry {
+    reg.register(KV, |ctx| {
+        Ok(std::sync::Arc::new(nacosd::raft::kv::RocksStateMachine::new(
+            &ctx.name,
+            ctx.db.clone(),
+            kv::KvProcessor,
+        )?))
+    })
+}
+
+pub struct NodeSlot {
+    pub config: Config,
+    pub server: Option<RunningServer>,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeSlot>,
+    registry: fn(GroupRegistry) -> GroupRegistry,
+}
+
+pub fn test_config(id: u64, dir: PathBuf) -> Config {
+    Config {
+        node_id: id,
+        data_dir: dir,
+        heartbeat: Duration::from_millis(100),
+        election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
+        default_timeout: Duration::from_secs(10),
+        ..Config::default()
+    }
+}
+
+async fn bind_local() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
+}
+
+impl TestCluster {
+    /// Start `n` nodes running the groups of `registry`, configured by `tweak`.
+    pub async fn start(n: u64, registry: fn(GroupRegistry) -> GroupRegistry, tweak: impl Fn(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut listeners = BTreeMap::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=n {
+            let l = Listeners {
+                client: bind_local().await,
+                peer: bind_local().await,
+                http: bind_local().await,
+            };
+            members.insert(id, l.peer.local_addr().unwrap().to_string());
+            listeners.insert(id, l);
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, l) in listeners {
+            let mut config = test_config(id, dir.path().join(format!("node{id}")));
+            config.client_addr = l.client.local_addr().unwrap();
+            config.peer_addr = l.peer.local_addr().unwrap();
+            config.http_addr = l.http.local_addr().unwrap();
+            if n > 1 {
+                config.initial_members = members.clone();
+            }
+            config.advertise_peer = members[&id].clone();
+            tweak(&mut config);
+            config.validate().expect("valid test config");
+            let server = nacosd::server::start(&config, registry, l)
+                .await
+                .expect("node starts");
+            nodes.insert(
+                id,
+                NodeSlot {
+                    config,
+                    server: Some(server),
+                },
+            );
+        }
+        TestCluster {
+            dir,
+            nodes,
+            registry,
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &std::sync::Arc<MultiRaft> {
+        &self.nodes[&id].server.as_ref().expect("node is running").node
+    }
+
+    pub fn server(&self, id: u64) -> &RunningServer {
+        self.nodes[&id].server.as_ref().expect("node is running")
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, s)| s.server.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The leader of `group` that every running node agrees on, if any.
+    pub fn agreed_leader(&self, group: &str) -> Option<u64> {
+        let mut leader = None;
+        for id in self.running() {
+            let g = self.node(id).group(group).ok()?;
+            let l = g.raft.metrics().borrow_watched().current_leader?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        let l = leader?;
+        // The agreed leader must itself be running and think it leads.
+        if self.running().contains(&l) && self.node(l).group(group).ok()?.raft.is_leader() {
+            Some(l)
+        } else {
+            None
+        }
+    }
+
+    pub async fn wait_for_leader(&self, group: &str) -> u64 {
+        wait_until(&format!("a leader for {group}"), || self.agreed_leader(group).is_some()).await;
+        self.agreed_leader(group).unwrap()
+    }
+
+    pub fn applied(&self, id: u64, group: &str) -> Option<u64> {
+        let g = self.node(id).group(group).ok()?;
+        let m = g.raft.metrics();
+        let idx = m.borrow().last_applied.as_ref().map(|l| l.index);
+        idx
+    }
+
+    /// Wait until every running node has applied at least `index` in `group`.
+    pub async fn wait_applied(&self, group: &str, index: u64) {
+        let ids = self.running();
+        wait_until(&format!("{group} applied to {index} on {ids:?}"), || {
+            ids.iter().all(|id| self.applied(*id, group).is_some_and(|a| a >= index))
+        })
+        .await;
+    }
+
+    /// Stop a node gracefully; its data directory stays.
+    pub async fn stop(&mut self, id: u64) {
+        let slot = self.nodes.get_mut(&id).unwrap();
+        if let Some(server) = slot.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Restart a stopped node from its data directory on its old ports.
+    pub async fn restart(&mut self, id: u64) {
+        let registry = self.registry;
+        let slot = self.nodes.get_mut(&id).unwrap();
+        assert!(slot.server.is_none(), "node {id} is running");
+        let c = &slot.config;
+        let mut tries = 0;
+        let listeners = loop {
+            let bound = async {
+                Ok::<_, std::io::Error>(Listeners {
+                    client: TcpListener::bind(c.client_addr).await?,
+                    peer: TcpListener::bind(c.peer_addr).await?,
+                    http: TcpListener::bind(c.http_addr).await?,
+                })
+            }
+            .await;
+            match bound {
+                Ok(l) => break l,
+                // The old sockets may take a moment to be released.
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebinding node {id}: {e}"),
+            }
+        };
+        let server = nacosd::server::start(c, registry, listeners)
+            .await
+            .expect("node restarts");
+        slot.server = Some(server);
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// Put through node `via` with the consistency layer (forwarded if needed).
+pub async fn put(node: &MultiRaft, group: &str, key: &str, value: &str) -> nacosd::Result<u64> {
+    let cmd = KvCommand::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+    .into_command();
+    let resp = consistency::write(node, group, cmd, None).await?;
+    match kv::decode::<KvResponse>(&resp)? {
+        KvResponse::Written { index, .. } => Ok(index),
+        other => panic!("unexpected write response {other:?}"),
+    }
+}
+
+pub async fn get(node: &MultiRaft, group: &str, key: &str, level: ReadLevel) -> nacosd::Result<Option<String>> {
+    let q = kv::encode(&KvQuery::Get {
+        key: key.as_bytes().to_vec(),
+    });
+    let resp = consistency::read(node, group, &q, level, Some(Duration::from_secs(10))).await?;
+    match kv::decode::<KvResponse>(&resp)? {
+        KvResponse::Value(v) => Ok(v.map(|v| String::from_utf8(v).unwrap())),
+        other => panic!("unexpected read response {other:?}"),
+    }
+}
+
+/// Everything in a group's state machine on one node, read locally.
+pub fn dump(node: &MultiRaft, group: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let q = kv::encode(&KvQuery::Scan {
+        prefix: vec![],
+        start_after: None,
+        limit: 10_000,
+    });
+    let resp = node.group(group).unwrap().sm.query(&q).unwrap();
+    match kv::decode::<KvResponse>(&resp).unwrap() {
+        KvResponse::Pairs(p) => p,
+        other => panic!("unexpected scan response {other:?}"),
+    }
+}

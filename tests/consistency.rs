@@ -1,0 +1,247 @@
+//! The consistency layer on in-process clusters: forwarding, read levels, fallback,
+//! and exactly-once application under leader changes.
+//!
+//! These tests use their own group, `counter`: each command increments a per-key
+//! counter, so a write applied twice would be visible as a count of 2. Its apply can
+//! be paused per node to make a follower lag on purpose.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use nacosd::Error;
+use nacosd::consistency::{self, ReadLevel};
+
+use nacosd::raft::group::GroupRegistry;
+use nacosd::raft::kv::{ApplyError, KvTxn, KvView, Processor, RocksStateMachine};
+use nacosd::raft::types::Command;
+
+const COUNTER: &str = "counter";
+
+/// Per-node apply gate, keyed by the group's directory (unique per node).
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    cv: Condvar,
+}
+
+fn gates() -> &'static Mutex<HashMap<PathBuf, Arc<Gate>>> {
+    static GATES: OnceLock<Mutex<HashMap<PathBuf, Arc<Gate>>>> = OnceLock::new();
+    GATES.get_or_init(Default::default)
+}
+
+fn gate_of(node: &TestCluster, id: u64) -> Arc<Gate> {
+    let dir = node.nodes[&id].config.data_dir.join("groups").join(COUNTER);
+    gates().lock().unwrap().entry(dir).or_default().clone()
+}
+
+fn set_gate(gate: &Gate, closed: bool) {
+    *gate.closed.lock().unwrap() = closed;
+    gate.cv.notify_all();
+}
+
+struct CounterProcessor {
+    gate: Arc<Gate>,
+}
+
+impl Processor for CounterProcessor {
+    type Event = ();
+
+    fn apply(&self, txn: &mut KvTxn<'_>, _index: u64, cmd: &Command) -> Result<Vec<u8>, ApplyError> {
+        let mut closed = self.gate.closed.lock().unwrap();
+        while *closed {
+            closed = self.gate.cv.wait(closed).unwrap();
+        }
+        drop(closed);
+        let key = cmd.payload.clone();
+        let n = txn
+            .get(&key)?
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            .unwrap_or(0);
+        txn.put(&key, (n + 1).to_le_bytes().to_vec());
+        Ok((n + 1).to_le_bytes().to_vec())
+    }
+
+    fn query(&self, view: &KvView<'_>, query: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(view.get(query)?.unwrap_or_else(|| 0u64.to_le_bytes().to_vec()))
+    }
+}
+
+fn counter_registry(reg: GroupRegistry) -> GroupRegistry {
+    reg.register(COUNTER, |ctx| {
+        let gate = gates().lock().unwrap().entry(ctx.dir.clone()).or_default().clone();
+        Ok(Arc::new(RocksStateMachine::new(
+            &ctx.name,
+            ctx.db.clone(),
+            CounterProcessor { gate },
+        )?))
+    })
+}
+
+async fn incr(cluster: &TestCluster, via: u64, key: &str) -> nacosd::Result<u64> {
+    let cmd = Command::new("incr", key, key.as_bytes().to_vec());
+    let r = consistency::write(cluster.node(via), COUNTER, cmd, Some(Duration::from_secs(5))).await?;
+    Ok(u64::from_le_bytes(r.try_into().unwrap()))
+}
+
+async fn count(cluster: &TestCluster, via: u64, key: &str, level: ReadLevel) -> nacosd::Result<u64> {
+    let r = consistency::read(cluster.node(via), COUNTER, key.as_bytes(), level, Some(Duration::from_secs(3)))
+        .await?;
+    Ok(u64::from_le_bytes(r.try_into().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_a_follower_are_read_back_linearizably_everywhere() {
+    let cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    let followers: Vec<u64> = cluster.running().into_iter().filter(|i| *i != leader).collect();
+    for i in 0..15 {
+        let via = followers[i % 2];
+        let value = format!("v{i}");
+        put(cluster.node(via), KV, "k", &value).await.unwrap();
+        // Read-your-writes on every node, immediately after the acknowledgement.
+        for id in cluster.running() {
+            for level in [ReadLevel::Linearizable, ReadLevel::Lease] {
+                let got = get(cluster.node(id), KV, "k", level).await.unwrap();
+                assert_eq!(got.as_deref(), Some(value.as_str()), "node {id} at {level:?}");
+            }
+        }
+    }
+    let forwarded: u64 = followers
+        .iter()
+        .map(|f| {
+            cluster.node(*f).group(KV).unwrap().counters.writes_forwarded.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(forwarded >= 15, "writes were forwarded ({forwarded})");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_quorum_linearizable_reads_fail_and_stale_reads_are_served() {
+    let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    put(cluster.node(leader), KV, "k", "acknowledged").await.unwrap();
+    let idx = put(cluster.node(leader), KV, "k2", "x").await.unwrap();
+    cluster.wait_applied(KV, idx).await;
+
+    // Stop the leader and one more node: the survivor can never get a quorum.
+    let survivor = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+    for id in cluster.running() {
+        if id != survivor {
+            cluster.stop(id).await;
+        }
+    }
+    let node = cluster.node(survivor);
+    for level in [ReadLevel::Linearizable, ReadLevel::Lease] {
+        let err = get(node, KV, "k", level).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Unavailable { .. } | Error::DeadlineExceeded(_)),
+            "{level:?} read without quorum must fail, got {err:?}"
+        );
+    }
+    assert_eq!(
+        get(node, KV, "k", ReadLevel::Stale).await.unwrap().as_deref(),
+        Some("acknowledged")
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_leader_stops_linearizable_reads_see_the_last_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    for i in 0..10 {
+        put(cluster.node(leader), KV, "k", &format!("v{i}")).await.unwrap();
+    }
+    cluster.stop(leader).await;
+    // Reads on the remaining nodes either fail or return the last acknowledged value
+    // (never an older one), and succeed once a new leader exists.
+    for id in cluster.running() {
+        match get(cluster.node(id), KV, "k", ReadLevel::Linearizable).await {
+            Ok(v) => assert_eq!(v.as_deref(), Some("v9"), "node {id}"),
+            Err(e) => assert!(matches!(e, Error::Unavailable { .. } | Error::DeadlineExceeded(_)), "{e:?}"),
+        }
+    }
+    cluster.wait_for_leader(KV).await;
+    for id in cluster.running() {
+        assert_eq!(
+            get(cluster.node(id), KV, "k", ReadLevel::Linearizable).await.unwrap().as_deref(),
+            Some("v9")
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
+    let mut cluster = TestCluster::start(3, counter_registry, |_| {}).await;
+    let leader = cluster.wait_for_leader(COUNTER).await;
+    let via = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+
+    let mut outcomes: BTreeMap<String, &'static str> = BTreeMap::new();
+    for i in 0..60 {
+        if i == 20 {
+            cluster.stop(leader).await;
+        }
+        let key = format!("w{i:03}");
+        let outcome = match incr(&cluster, via, &key).await {
+            Ok(1) => "acknowledged",
+            Ok(n) => panic!("write {key} applied {n} times"),
+            Err(Error::UnknownOutcome(_)) => "unknown",
+            Err(Error::Unavailable { .. }) | Err(Error::DeadlineExceeded(_)) => "not-applied",
+            Err(e) => panic!("unexpected error for {key}: {e:?}"),
+        };
+        outcomes.insert(key, outcome);
+    }
+    let new_leader = cluster.wait_for_leader(COUNTER).await;
+    assert_ne!(new_leader, leader);
+    assert!(outcomes.values().filter(|o| **o == "acknowledged").count() >= 40);
+
+    for (key, outcome) in &outcomes {
+        let n = count(&cluster, via, key, ReadLevel::Linearizable).await.unwrap();
+        match *outcome {
+            "acknowledged" => assert_eq!(n, 1, "{key} acknowledged, applied {n} times"),
+            "unknown" => assert!(n <= 1, "{key} applied {n} times"),
+            _ => assert_eq!(n, 0, "{key} reported not applied but applied {n} times"),
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_follower_falls_back_to_the_leader() {
+    let cluster = TestCluster::start(3, counter_registry, |_| {}).await;
+    let leader = cluster.wait_for_leader(COUNTER).await;
+    let lagging = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+    incr(&cluster, leader, "warmup").await.unwrap();
+    cluster.wait_applied(COUNTER, cluster.applied(leader, COUNTER).unwrap()).await;
+
+    let gate = gate_of(&cluster, lagging);
+    set_gate(&gate, true);
+    let g = cluster.node(lagging).group(COUNTER).unwrap().clone();
+    let before = g.counters.leader_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Acknowledged by the leader and the other follower while `lagging` cannot apply.
+    incr(&cluster, leader, "k").await.unwrap();
+    assert_eq!(count(&cluster, lagging, "k", ReadLevel::Stale).await.unwrap(), 0, "lagging node has not applied");
+    // A linearizable read on the lagging node still sees the write: via the leader.
+    assert_eq!(count(&cluster, lagging, "k", ReadLevel::Linearizable).await.unwrap(), 1);
+    let after = g.counters.leader_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after, before + 1, "the fallback is counted");
+    let metrics = nacosd::http::render_metrics(cluster.node(lagging));
+    assert!(
+        metrics.contains(&format!("nacosd_read_leader_fallbacks_total{{group=\"{COUNTER}\"}} {after}")),
+        "{metrics}"
+    );
+
+    set_gate(&gate, false);
+    let idx = cluster.applied(leader, COUNTER).unwrap();
+    cluster.wait_applied(COUNTER, idx).await;
+    assert_eq!(count(&cluster, lagging, "k", ReadLevel::Stale).await.unwrap(), 1);
+    cluster.shutdown().await;
+}
