@@ -153,8 +153,12 @@ impl ConfigArgs {
             advertise_peer: self.advertise_peer.or(other.advertise_peer),
             initial_members: self.initial_members.or(other.initial_members),
             heartbeat_ms: self.heartbeat_ms.or(other.heartbeat_ms),
-            election_timeout_min_ms: self.election_timeout_min_ms.or(other.election_timeout_min_ms),
-            election_timeout_max_ms: self.election_timeout_max_ms.or(other.election_timeout_max_ms),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .or(other.election_timeout_min_ms),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .or(other.election_timeout_max_ms),
             snapshot_logs: self.snapshot_logs.or(other.snapshot_logs),
             snapshot_interval_secs: self.snapshot_interval_secs.or(other.snapshot_interval_secs),
             snapshot_keep_logs: self.snapshot_keep_logs.or(other.snapshot_keep_logs),
@@ -172,9 +176,8 @@ impl ConfigArgs {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     Error::invalid(format!("reading config file {}: {e}", path.display()))
                 })?;
-                let file: ConfigArgs = toml::from_str(&text).map_err(|e| {
-                    Error::invalid(format!("config file {}: {e}", path.display()))
-                })?;
+                let file: ConfigArgs = toml::from_str(&text)
+                    .map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?;
                 self.or(file)
             }
             None => self,
@@ -194,8 +197,12 @@ impl ConfigArgs {
             },
             heartbeat: args.heartbeat_ms.map(ms).unwrap_or(d.heartbeat),
             election_timeout: (
-                args.election_timeout_min_ms.map(ms).unwrap_or(d.election_timeout.0),
-                args.election_timeout_max_ms.map(ms).unwrap_or(d.election_timeout.1),
+                args.election_timeout_min_ms
+                    .map(ms)
+                    .unwrap_or(d.election_timeout.0),
+                args.election_timeout_max_ms
+                    .map(ms)
+                    .unwrap_or(d.election_timeout.1),
             ),
             snapshot_logs: args.snapshot_logs.unwrap_or(d.snapshot_logs),
             snapshot_interval: args
@@ -256,7 +263,8 @@ impl Config {
         if self.max_request_bytes < 1024 {
             return Err(Error::invalid("max-request-bytes must be at least 1024"));
         }
-        if self.max_config_bytes == 0 || self.max_config_bytes + 64 * 1024 > self.max_request_bytes {
+        if self.max_config_bytes == 0 || self.max_config_bytes + 64 * 1024 > self.max_request_bytes
+        {
             return Err(Error::invalid(format!(
                 "max-config-bytes must be positive and at least 64 KiB below max-request-bytes ({})",
                 self.max_request_bytes
@@ -278,15 +286,19 @@ pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, String>> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part.split_once('=').ok_or_else(|| {
-            Error::invalid(format!("initial-members entry {part:?} is not ID=HOST:PORT"))
+            Error::invalid(format!(
+                "initial-members entry {part:?} is not ID=HOST:PORT"
+            ))
         })?;
         let id: NodeId = id.trim().parse().map_err(|_| {
-            Error::invalid(format!("initial-members entry {part:?}: {id:?} is not a node id"))
+            Error::invalid(format!(
+                "initial-members entry {part:?}: {id:?} is not a node id"
+            ))
         })?;
         let addr = addr.trim();
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !port_ok {
             return Err(Error::invalid(format!(
                 "initial-members entry {part:?}: {addr:?} is not HOST:PORT"
@@ -296,7 +308,9 @@ pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, String>> {
             return Err(Error::invalid("initial-members: node ids start at 1"));
         }
         if out.insert(id, addr.to_string()).is_some() {
-            return Err(Error::invalid(format!("initial-members: node id {id} listed twice")));
+            return Err(Error::invalid(format!(
+                "initial-members: node id {id} listed twice"
+            )));
         }
     }
     Ok(out)
@@ -311,7 +325,15 @@ mod tests {
         let m = parse_members("1=a:7848, 2=node-2.nacosd.svc:7848,3=[::1]:9").unwrap();
         assert_eq!(m.len(), 3);
         assert_eq!(m[&2], "node-2.nacosd.svc:7848");
-        for bad in ["1", "x=a:1", "1=a", "1=a:0", "1=:80", "0=a:1", "1=a:1,1=b:2"] {
+        for bad in [
+            "1",
+            "x=a:1",
+            "1=a",
+            "1=a:0",
+            "1=:80",
+            "0=a:1",
+            "1=a:1,1=b:2",
+        ] {
             assert!(parse_members(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -320,7 +342,11 @@ mod tests {
     fn flags_override_file_override_defaults() {
         let td = tempfile::tempdir().unwrap();
         let file = td.path().join("n.toml");
-        std::fs::write(&file, "node-id = 2\nheartbeat-ms = 100\nsnapshot-logs = 5\n").unwrap();
+        std::fs::write(
+            &file,
+            "node-id = 2\nheartbeat-ms = 100\nsnapshot-logs = 5\n",
+        )
+        .unwrap();
         let args = ConfigArgs {
             config: Some(file),
             snapshot_logs: Some(7),

@@ -2,18 +2,18 @@
 //! a leader) and `/metrics` (Prometheus text format).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::Router;
 
 use crate::api::cluster::group_status;
 use crate::pb;
-use crate::raft::node::MultiRaft;
+use crate::raft::node::{GroupCounters, MultiRaft};
 
 pub fn router(node: Arc<MultiRaft>) -> Router {
     Router::new()
@@ -43,55 +43,91 @@ async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
     }
 }
 
+type Gauge = (
+    &'static str,
+    &'static str,
+    fn(&pb::GroupStatus) -> Option<u64>,
+);
+type Counter = (&'static str, &'static str, fn(&GroupCounters) -> u64);
+
 /// Render every metric. Gauges come from each group's Raft metrics, counters from the
 /// consistency layer.
 pub fn render_metrics(node: &MultiRaft) -> String {
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&pb::GroupStatus, u64) -> Option<u64>); 8] = [
-        ("nacosd_raft_term", "Current Raft term.", |s, _| Some(s.term)),
-        ("nacosd_raft_is_leader", "1 if this node leads the group.", |s, _| {
-            Some((s.role == pb::Role::Leader as i32) as u64)
-        }),
-        ("nacosd_raft_role", "Raft role: 1 leader, 2 follower, 3 candidate, 4 learner, 5 shutdown.", |s, _| {
-            Some(s.role as u64)
-        }),
-        ("nacosd_raft_leader_id", "Node id of the known leader (0: none).", |s, _| {
-            Some(s.leader_id.unwrap_or(0))
-        }),
-        ("nacosd_raft_has_leader", "1 if a leader is known.", |s, _| {
+    let gauges: [Gauge; 8] = [
+        ("nacosd_raft_term", "Current Raft term.", |s| Some(s.term)),
+        (
+            "nacosd_raft_is_leader",
+            "1 if this node leads the group.",
+            |s| Some((s.role == pb::Role::Leader as i32) as u64),
+        ),
+        (
+            "nacosd_raft_role",
+            "Raft role: 1 leader, 2 follower, 3 candidate, 4 learner, 5 shutdown.",
+            |s| Some(s.role as u64),
+        ),
+        (
+            "nacosd_raft_leader_id",
+            "Node id of the known leader (0: none).",
+            |s| Some(s.leader_id.unwrap_or(0)),
+        ),
+        ("nacosd_raft_has_leader", "1 if a leader is known.", |s| {
             Some(s.leader_id.is_some() as u64)
         }),
-        ("nacosd_raft_last_log_index", "Index of the last log entry.", |s, _| s.last_log_index),
-        ("nacosd_raft_applied_index", "Index of the last applied entry.", |s, _| s.applied_index),
-        ("nacosd_raft_snapshot_index", "Last index covered by the newest snapshot.", |s, _| {
-            s.snapshot_index
-        }),
+        (
+            "nacosd_raft_last_log_index",
+            "Index of the last log entry.",
+            |s| s.last_log_index,
+        ),
+        (
+            "nacosd_raft_applied_index",
+            "Index of the last applied entry.",
+            |s| s.applied_index,
+        ),
+        (
+            "nacosd_raft_snapshot_index",
+            "Last index covered by the newest snapshot.",
+            |s| s.snapshot_index,
+        ),
     ];
-    let statuses: Vec<_> = node.groups().map(|g| (g.clone(), group_status(g))).collect();
+    let statuses: Vec<_> = node
+        .groups()
+        .map(|g| (g.clone(), group_status(g)))
+        .collect();
     for (name, help, f) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (_, s) in &statuses {
-            if let Some(v) = f(s, node.node_id) {
+            if let Some(v) = f(s) {
                 let _ = writeln!(out, "{name}{{group=\"{}\"}} {v}", s.group);
             }
         }
     }
-    let counters: [(&str, &str, fn(&crate::raft::node::GroupCounters) -> u64); 5] = [
-        ("nacosd_writes_local_total", "Writes proposed on this node as leader.", |c| {
-            c.writes_local.load(Ordering::Relaxed)
-        }),
-        ("nacosd_writes_forwarded_total", "Writes forwarded from this node to the leader.", |c| {
-            c.writes_forwarded.load(Ordering::Relaxed)
-        }),
-        ("nacosd_write_retries_total", "Write attempts retried because no leader took them.", |c| {
-            c.write_retries.load(Ordering::Relaxed)
-        }),
-        ("nacosd_read_index_failures_total", "Linearizable reads whose read-index step failed.", |c| {
-            c.read_index_failures.load(Ordering::Relaxed)
-        }),
-        ("nacosd_read_leader_fallbacks_total", "Reads executed on the leader after a read-index failure.", |c| {
-            c.leader_fallbacks.load(Ordering::Relaxed)
-        }),
+    let counters: [Counter; 5] = [
+        (
+            "nacosd_writes_local_total",
+            "Writes proposed on this node as leader.",
+            |c| c.writes_local.load(Ordering::Relaxed),
+        ),
+        (
+            "nacosd_writes_forwarded_total",
+            "Writes forwarded from this node to the leader.",
+            |c| c.writes_forwarded.load(Ordering::Relaxed),
+        ),
+        (
+            "nacosd_write_retries_total",
+            "Write attempts retried because no leader took them.",
+            |c| c.write_retries.load(Ordering::Relaxed),
+        ),
+        (
+            "nacosd_read_index_failures_total",
+            "Linearizable reads whose read-index step failed.",
+            |c| c.read_index_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "nacosd_read_leader_fallbacks_total",
+            "Reads executed on the leader after a read-index failure.",
+            |c| c.leader_fallbacks.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -66,7 +66,20 @@ impl RunningServer {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         self.node.shutdown().await;
-        tracing::info!(node_id = self.node.node_id, "node stopped");
+        let node_id = self.node.node_id;
+        let db = self.node.db_handle();
+        let holders = Arc::strong_count(&self.node);
+        drop(self.node);
+        tracing::debug!(
+            node_id,
+            node_holders = holders,
+            db_holders = db.strong_count(),
+            "released node"
+        );
+        if !MultiRaft::wait_closed(db, Duration::from_secs(10)).await {
+            tracing::warn!(node_id, "storage still in use 10s after shutdown");
+        }
+        tracing::info!(node_id, "node stopped");
     }
 }
 
@@ -124,8 +137,9 @@ pub async fn start(
         .build_v1alpha()
         .map_err(Error::internal)?;
     let max = config.max_request_bytes;
-    let cluster_svc = pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(node.clone()))
-        .max_decoding_message_size(max);
+    let cluster_svc =
+        pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(node.clone()))
+            .max_decoding_message_size(max);
     let config_svc = pb::config_service_server::ConfigServiceServer::new(ConfigApi::new(
         node.clone(),
         shared.config_feed.clone(),

@@ -3,10 +3,10 @@
 
 mod common;
 
-use openraft::rt::watch::WatchReceiver;
 use common::*;
 use nacosd::consistency::ReadLevel;
 use nacosd::groups::{CONFIG, EMBEDDED_DB, NAMING_PERSISTENT};
+use openraft::rt::watch::WatchReceiver;
 
 /// Groups whose state is the key-value machine (config runs its own processor).
 const ALL: [&str; 3] = [NAMING_PERSISTENT, KV, EMBEDDED_DB];
@@ -22,9 +22,14 @@ async fn every_group_elects_and_replicates_identically() {
         let leader = cluster.wait_for_leader(g).await;
         let mut last = 0;
         for i in 0..20 {
-            last = put(cluster.node(leader), g, &format!("k{i}"), &format!("{g}-v{i}"))
-                .await
-                .unwrap();
+            last = put(
+                cluster.node(leader),
+                g,
+                &format!("k{i}"),
+                &format!("{g}-v{i}"),
+            )
+            .await
+            .unwrap();
         }
         cluster.wait_applied(g, last).await;
         let reference = dump(cluster.node(leader), g);
@@ -36,11 +41,17 @@ async fn every_group_elects_and_replicates_identically() {
     // Groups are independent: a key written in one group is absent in the others.
     let n1 = cluster.node(1);
     assert_eq!(
-        get(n1, KV, "k0", ReadLevel::Linearizable).await.unwrap().as_deref(),
+        get(n1, KV, "k0", ReadLevel::Linearizable)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("kv-v0")
     );
     assert_eq!(
-        get(n1, EMBEDDED_DB, "k0", ReadLevel::Linearizable).await.unwrap().as_deref(),
+        get(n1, EMBEDDED_DB, "k0", ReadLevel::Linearizable)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("embedded_db-v0")
     );
     cluster.shutdown().await;
@@ -69,8 +80,20 @@ async fn stopping_a_leader_elects_a_new_one_and_writes_continue() {
     cluster.wait_applied(KV, idx).await;
     for id in cluster.running() {
         let node = cluster.node(id);
-        assert_eq!(get(node, KV, "before", ReadLevel::Linearizable).await.unwrap().as_deref(), Some("1"));
-        assert_eq!(get(node, KV, "after", ReadLevel::Linearizable).await.unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            get(node, KV, "before", ReadLevel::Linearizable)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            get(node, KV, "after", ReadLevel::Linearizable)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("2")
+        );
     }
     cluster.shutdown().await;
 }
@@ -79,14 +102,20 @@ async fn stopping_a_leader_elects_a_new_one_and_writes_continue() {
 async fn a_restarted_node_rejoins_and_catches_up() {
     let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = cluster.wait_for_leader(KV).await;
-    let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap();
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     put(cluster.node(leader), KV, "a", "1").await.unwrap();
 
     cluster.stop(follower).await;
     let mut last = 0;
     for i in 0..30 {
         let via = cluster.running()[i % 2];
-        last = put(cluster.node(via), KV, &format!("while-down-{i}"), "x").await.unwrap();
+        last = put(cluster.node(via), KV, &format!("while-down-{i}"), "x")
+            .await
+            .unwrap();
     }
     cluster.restart(follower).await;
     cluster.wait_applied(KV, last).await;
@@ -104,28 +133,54 @@ async fn a_node_behind_the_purge_point_catches_up_by_snapshot() {
     })
     .await;
     let leader = cluster.wait_for_leader(KV).await;
-    let lagging = cluster.running().into_iter().find(|id| *id != leader).unwrap();
+    let lagging = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     cluster.stop(lagging).await;
 
     let mut last = 0;
     for i in 0..120 {
-        last = put(cluster.node(leader), KV, &format!("k{i:03}"), &"v".repeat(100))
-            .await
-            .unwrap();
+        last = put(
+            cluster.node(leader),
+            KV,
+            &format!("k{i:03}"),
+            &"v".repeat(100),
+        )
+        .await
+        .unwrap();
     }
     // The leader has purged past everything the stopped node has.
     let leader_group = cluster.node(leader).group(KV).unwrap().clone();
     wait_until("leader purges its log", || {
-        leader_group.raft.metrics().borrow_watched().purged.as_ref().map(|l| l.index).unwrap_or(0) > 20
+        leader_group
+            .raft
+            .metrics()
+            .borrow_watched()
+            .purged
+            .as_ref()
+            .map(|l| l.index)
+            .unwrap_or(0)
+            > 20
     })
     .await;
 
     cluster.restart(lagging).await;
     cluster.wait_applied(KV, last).await;
-    let g = cluster.node(lagging).group(KV).unwrap().clone();
-    let snap = g.raft.metrics().borrow_watched().snapshot.clone();
+    let snap = cluster
+        .node(lagging)
+        .group(KV)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow_watched()
+        .snapshot;
     assert!(snap.is_some(), "the lagging node received a snapshot");
-    assert_eq!(dump(cluster.node(lagging), KV), dump(cluster.node(leader), KV));
+    assert_eq!(
+        dump(cluster.node(lagging), KV),
+        dump(cluster.node(leader), KV)
+    );
     assert_eq!(dump(cluster.node(lagging), KV).len(), 120);
 
     // And it survives its own restart with the installed snapshot.
@@ -142,7 +197,14 @@ async fn a_whole_cluster_restart_reelects_and_keeps_every_write() {
     let leader = cluster.wait_for_leader(NAMING_PERSISTENT).await;
     let mut last = 0;
     for i in 0..10 {
-        last = put(cluster.node(leader), NAMING_PERSISTENT, &format!("k{i}"), "v").await.unwrap();
+        last = put(
+            cluster.node(leader),
+            NAMING_PERSISTENT,
+            &format!("k{i}"),
+            "v",
+        )
+        .await
+        .unwrap();
     }
     cluster.wait_applied(NAMING_PERSISTENT, last).await;
     for id in [1, 2, 3] {
@@ -157,10 +219,15 @@ async fn a_whole_cluster_restart_reelects_and_keeps_every_write() {
     }
     for id in cluster.running() {
         assert_eq!(
-            get(cluster.node(id), NAMING_PERSISTENT, "k9", ReadLevel::Linearizable)
-                .await
-                .unwrap()
-                .as_deref(),
+            get(
+                cluster.node(id),
+                NAMING_PERSISTENT,
+                "k9",
+                ReadLevel::Linearizable
+            )
+            .await
+            .unwrap()
+            .as_deref(),
             Some("v")
         );
         assert_eq!(dump(cluster.node(id), NAMING_PERSISTENT).len(), 10);
@@ -176,7 +243,10 @@ async fn standalone_node_serves_immediately() {
     }
     put(cluster.node(1), KV, "k", "v").await.unwrap();
     assert_eq!(
-        get(cluster.node(1), KV, "k", ReadLevel::Linearizable).await.unwrap().as_deref(),
+        get(cluster.node(1), KV, "k", ReadLevel::Linearizable)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("v")
     );
     cluster.shutdown().await;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use nacosd::Error;
 use nacosd::consistency::{self, ReadLevel};
+use nacosd::Error;
 
 use nacosd::raft::group::GroupRegistry;
 use nacosd::raft::kv::{ApplyError, KvTxn, KvView, Processor, RocksStateMachine};
@@ -51,7 +51,12 @@ struct CounterProcessor {
 impl Processor for CounterProcessor {
     type Event = ();
 
-    fn apply(&self, txn: &mut KvTxn<'_>, _index: u64, cmd: &Command) -> Result<Vec<u8>, ApplyError> {
+    fn apply(
+        &self,
+        txn: &mut KvTxn<'_>,
+        _index: u64,
+        cmd: &Command,
+    ) -> Result<Vec<u8>, ApplyError> {
         let mut closed = self.gate.closed.lock().unwrap();
         while *closed {
             closed = self.gate.cv.wait(closed).unwrap();
@@ -67,13 +72,20 @@ impl Processor for CounterProcessor {
     }
 
     fn query(&self, view: &KvView<'_>, query: &[u8]) -> Result<Vec<u8>, Error> {
-        Ok(view.get(query)?.unwrap_or_else(|| 0u64.to_le_bytes().to_vec()))
+        Ok(view
+            .get(query)?
+            .unwrap_or_else(|| 0u64.to_le_bytes().to_vec()))
     }
 }
 
 fn counter_registry(reg: GroupRegistry) -> GroupRegistry {
     reg.register(COUNTER, |ctx| {
-        let gate = gates().lock().unwrap().entry(ctx.dir.clone()).or_default().clone();
+        let gate = gates()
+            .lock()
+            .unwrap()
+            .entry(ctx.dir.clone())
+            .or_default()
+            .clone();
         Ok(Arc::new(RocksStateMachine::new(
             &ctx.name,
             ctx.db.clone(),
@@ -84,13 +96,30 @@ fn counter_registry(reg: GroupRegistry) -> GroupRegistry {
 
 async fn incr(cluster: &TestCluster, via: u64, key: &str) -> nacosd::Result<u64> {
     let cmd = Command::new("incr", key, key.as_bytes().to_vec());
-    let r = consistency::write(cluster.node(via), COUNTER, cmd, Some(Duration::from_secs(5))).await?;
+    let r = consistency::write(
+        cluster.node(via),
+        COUNTER,
+        cmd,
+        Some(Duration::from_secs(5)),
+    )
+    .await?;
     Ok(u64::from_le_bytes(r.try_into().unwrap()))
 }
 
-async fn count(cluster: &TestCluster, via: u64, key: &str, level: ReadLevel) -> nacosd::Result<u64> {
-    let r = consistency::read(cluster.node(via), COUNTER, key.as_bytes(), level, Some(Duration::from_secs(3)))
-        .await?;
+async fn count(
+    cluster: &TestCluster,
+    via: u64,
+    key: &str,
+    level: ReadLevel,
+) -> nacosd::Result<u64> {
+    let r = consistency::read(
+        cluster.node(via),
+        COUNTER,
+        key.as_bytes(),
+        level,
+        Some(Duration::from_secs(3)),
+    )
+    .await?;
     Ok(u64::from_le_bytes(r.try_into().unwrap()))
 }
 
@@ -98,7 +127,11 @@ async fn count(cluster: &TestCluster, via: u64, key: &str, level: ReadLevel) -> 
 async fn writes_through_a_follower_are_read_back_linearizably_everywhere() {
     let cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = cluster.wait_for_leader(KV).await;
-    let followers: Vec<u64> = cluster.running().into_iter().filter(|i| *i != leader).collect();
+    let followers: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|i| *i != leader)
+        .collect();
     for i in 0..15 {
         let via = followers[i % 2];
         let value = format!("v{i}");
@@ -107,14 +140,24 @@ async fn writes_through_a_follower_are_read_back_linearizably_everywhere() {
         for id in cluster.running() {
             for level in [ReadLevel::Linearizable, ReadLevel::Lease] {
                 let got = get(cluster.node(id), KV, "k", level).await.unwrap();
-                assert_eq!(got.as_deref(), Some(value.as_str()), "node {id} at {level:?}");
+                assert_eq!(
+                    got.as_deref(),
+                    Some(value.as_str()),
+                    "node {id} at {level:?}"
+                );
             }
         }
     }
     let forwarded: u64 = followers
         .iter()
         .map(|f| {
-            cluster.node(*f).group(KV).unwrap().counters.writes_forwarded.load(std::sync::atomic::Ordering::Relaxed)
+            cluster
+                .node(*f)
+                .group(KV)
+                .unwrap()
+                .counters
+                .writes_forwarded
+                .load(std::sync::atomic::Ordering::Relaxed)
         })
         .sum();
     assert!(forwarded >= 15, "writes were forwarded ({forwarded})");
@@ -125,12 +168,18 @@ async fn writes_through_a_follower_are_read_back_linearizably_everywhere() {
 async fn without_a_quorum_linearizable_reads_fail_and_stale_reads_are_served() {
     let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = cluster.wait_for_leader(KV).await;
-    put(cluster.node(leader), KV, "k", "acknowledged").await.unwrap();
+    put(cluster.node(leader), KV, "k", "acknowledged")
+        .await
+        .unwrap();
     let idx = put(cluster.node(leader), KV, "k2", "x").await.unwrap();
     cluster.wait_applied(KV, idx).await;
 
     // Stop the leader and one more node: the survivor can never get a quorum.
-    let survivor = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+    let survivor = cluster
+        .running()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap();
     for id in cluster.running() {
         if id != survivor {
             cluster.stop(id).await;
@@ -145,7 +194,10 @@ async fn without_a_quorum_linearizable_reads_fail_and_stale_reads_are_served() {
         );
     }
     assert_eq!(
-        get(node, KV, "k", ReadLevel::Stale).await.unwrap().as_deref(),
+        get(node, KV, "k", ReadLevel::Stale)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("acknowledged")
     );
     cluster.shutdown().await;
@@ -156,7 +208,9 @@ async fn after_the_leader_stops_linearizable_reads_see_the_last_acknowledged_wri
     let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = cluster.wait_for_leader(KV).await;
     for i in 0..10 {
-        put(cluster.node(leader), KV, "k", &format!("v{i}")).await.unwrap();
+        put(cluster.node(leader), KV, "k", &format!("v{i}"))
+            .await
+            .unwrap();
     }
     cluster.stop(leader).await;
     // Reads on the remaining nodes either fail or return the last acknowledged value
@@ -164,13 +218,19 @@ async fn after_the_leader_stops_linearizable_reads_see_the_last_acknowledged_wri
     for id in cluster.running() {
         match get(cluster.node(id), KV, "k", ReadLevel::Linearizable).await {
             Ok(v) => assert_eq!(v.as_deref(), Some("v9"), "node {id}"),
-            Err(e) => assert!(matches!(e, Error::Unavailable { .. } | Error::DeadlineExceeded(_)), "{e:?}"),
+            Err(e) => assert!(
+                matches!(e, Error::Unavailable { .. } | Error::DeadlineExceeded(_)),
+                "{e:?}"
+            ),
         }
     }
     cluster.wait_for_leader(KV).await;
     for id in cluster.running() {
         assert_eq!(
-            get(cluster.node(id), KV, "k", ReadLevel::Linearizable).await.unwrap().as_deref(),
+            get(cluster.node(id), KV, "k", ReadLevel::Linearizable)
+                .await
+                .unwrap()
+                .as_deref(),
             Some("v9")
         );
     }
@@ -181,7 +241,11 @@ async fn after_the_leader_stops_linearizable_reads_see_the_last_acknowledged_wri
 async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
     let mut cluster = TestCluster::start(3, counter_registry, |_| {}).await;
     let leader = cluster.wait_for_leader(COUNTER).await;
-    let via = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+    let via = cluster
+        .running()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap();
 
     let mut outcomes: BTreeMap<String, &'static str> = BTreeMap::new();
     for i in 0..60 {
@@ -203,7 +267,9 @@ async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
     assert!(outcomes.values().filter(|o| **o == "acknowledged").count() >= 40);
 
     for (key, outcome) in &outcomes {
-        let n = count(&cluster, via, key, ReadLevel::Linearizable).await.unwrap();
+        let n = count(&cluster, via, key, ReadLevel::Linearizable)
+            .await
+            .unwrap();
         match *outcome {
             "acknowledged" => assert_eq!(n, 1, "{key} acknowledged, applied {n} times"),
             "unknown" => assert!(n <= 1, "{key} applied {n} times"),
@@ -217,31 +283,61 @@ async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
 async fn a_lagging_follower_falls_back_to_the_leader() {
     let cluster = TestCluster::start(3, counter_registry, |_| {}).await;
     let leader = cluster.wait_for_leader(COUNTER).await;
-    let lagging = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+    let lagging = cluster
+        .running()
+        .into_iter()
+        .find(|i| *i != leader)
+        .unwrap();
     incr(&cluster, leader, "warmup").await.unwrap();
-    cluster.wait_applied(COUNTER, cluster.applied(leader, COUNTER).unwrap()).await;
+    cluster
+        .wait_applied(COUNTER, cluster.applied(leader, COUNTER).unwrap())
+        .await;
 
     let gate = gate_of(&cluster, lagging);
     set_gate(&gate, true);
     let g = cluster.node(lagging).group(COUNTER).unwrap().clone();
-    let before = g.counters.leader_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+    let before = g
+        .counters
+        .leader_fallbacks
+        .load(std::sync::atomic::Ordering::Relaxed);
 
     // Acknowledged by the leader and the other follower while `lagging` cannot apply.
     incr(&cluster, leader, "k").await.unwrap();
-    assert_eq!(count(&cluster, lagging, "k", ReadLevel::Stale).await.unwrap(), 0, "lagging node has not applied");
+    assert_eq!(
+        count(&cluster, lagging, "k", ReadLevel::Stale)
+            .await
+            .unwrap(),
+        0,
+        "lagging node has not applied"
+    );
     // A linearizable read on the lagging node still sees the write: via the leader.
-    assert_eq!(count(&cluster, lagging, "k", ReadLevel::Linearizable).await.unwrap(), 1);
-    let after = g.counters.leader_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        count(&cluster, lagging, "k", ReadLevel::Linearizable)
+            .await
+            .unwrap(),
+        1
+    );
+    let after = g
+        .counters
+        .leader_fallbacks
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(after, before + 1, "the fallback is counted");
     let metrics = nacosd::http::render_metrics(cluster.node(lagging));
     assert!(
-        metrics.contains(&format!("nacosd_read_leader_fallbacks_total{{group=\"{COUNTER}\"}} {after}")),
+        metrics.contains(&format!(
+            "nacosd_read_leader_fallbacks_total{{group=\"{COUNTER}\"}} {after}"
+        )),
         "{metrics}"
     );
 
     set_gate(&gate, false);
     let idx = cluster.applied(leader, COUNTER).unwrap();
     cluster.wait_applied(COUNTER, idx).await;
-    assert_eq!(count(&cluster, lagging, "k", ReadLevel::Stale).await.unwrap(), 1);
+    assert_eq!(
+        count(&cluster, lagging, "k", ReadLevel::Stale)
+            .await
+            .unwrap(),
+        1
+    );
     cluster.shutdown().await;
 }

@@ -10,16 +10,18 @@ use nacosd::raft::log_store::RocksLogStore;
 use nacosd::raft::snapshot::SnapshotDir;
 use nacosd::raft::state_machine::GroupStateMachine;
 use nacosd::raft::types::TypeConfig;
-use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::StorageError;
 
 struct Builder;
 
 impl StoreBuilder<TypeConfig, RocksLogStore, GroupStateMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, RocksLogStore, GroupStateMachine), StorageError<TypeConfig>> {
-        let to_err = |e: std::io::Error| StorageError::read(openraft::AnyError::new(&e));
+    ) -> Result<(tempfile::TempDir, RocksLogStore, GroupStateMachine), StorageError<TypeConfig>>
+    {
+        let to_err = |e: std::io::Error| StorageError::read(TypeConfig::err_from_error(&e));
         let td = tempfile::tempdir().map_err(to_err)?;
         let db = db::open(&td.path().join("raft"), &["g"]).map_err(to_err)?;
         let syncer = WalSyncer::start(db.clone()).map_err(to_err)?;

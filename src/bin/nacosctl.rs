@@ -11,7 +11,12 @@ use nacosd::pb::cluster_service_client::ClusterServiceClient;
 #[command(name = "nacosctl", version, about = "Command-line client for nacosd")]
 struct Cli {
     /// Client port of any node, host:port.
-    #[arg(long, global = true, env = "NACOSCTL_ENDPOINT", default_value = "127.0.0.1:9848")]
+    #[arg(
+        long,
+        global = true,
+        env = "NACOSCTL_ENDPOINT",
+        default_value = "127.0.0.1:9848"
+    )]
     endpoint: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -47,7 +52,10 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nacosctl: {e}");
@@ -89,7 +97,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             match cli.output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&status_json(&status)).map_err(|e| e.to_string())?
+                    serde_json::to_string_pretty(&status_json(&status))
+                        .map_err(|e| e.to_string())?
                 ),
                 Output::Table => print!("{}", status_table(&status)),
             }
@@ -147,7 +156,10 @@ fn status_table(s: &pb::StatusResponse) -> String {
             if m.is_empty() {
                 "-".to_string()
             } else {
-                m.iter().map(|m| m.node_id.to_string()).collect::<Vec<_>>().join(",")
+                m.iter()
+                    .map(|m| m.node_id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
         };
         let leader = match g.leader_id {

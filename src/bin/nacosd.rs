@@ -4,7 +4,11 @@ use clap::Parser;
 use nacosd::config::ConfigArgs;
 
 #[derive(Parser)]
-#[command(name = "nacosd", version, about = "nacosd: multi-raft consistency core of a Nacos-style registry and config center")]
+#[command(
+    name = "nacosd",
+    version,
+    about = "nacosd: multi-raft consistency core of a Nacos-style registry and config center"
+)]
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
@@ -26,7 +30,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nacosd: cannot start the runtime: {e}");
@@ -47,13 +54,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

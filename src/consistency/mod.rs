@@ -23,5 +23,5 @@
 mod read;
 mod write;
 
-pub use read::{ReadLevel, read, read_index_on_leader, read_on_leader};
+pub use read::{read, read_index_on_leader, read_on_leader, ReadLevel};
 pub use write::{write, write_on_leader};

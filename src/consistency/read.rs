@@ -3,8 +3,8 @@
 use openraft::rt::watch::WatchReceiver;
 use std::time::Duration;
 
-use openraft::ReadPolicy;
 use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
+use openraft::ReadPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -47,7 +47,7 @@ pub async fn read(
             let linearizer = Linearizer::new(
                 node.node_id,
                 ReadLogId::from_log_id(read_log_id),
-                group.raft.metrics().borrow_watched().last_applied.clone(),
+                group.raft.metrics().borrow_watched().last_applied,
             );
             match linearizer.try_await_ready(&group.raft, Some(wait)).await {
                 Ok(Ok(_)) => return group.sm.query(query),
@@ -56,10 +56,14 @@ pub async fn read(
                     read_index = %state.read_log_id(),
                     "local state machine behind the read index; falling back to the leader"
                 ),
-                Err(fatal) => tracing::warn!(group = %group.name, error = %fatal, "read-index wait failed"),
+                Err(fatal) => {
+                    tracing::warn!(group = %group.name, error = %fatal, "read-index wait failed")
+                }
             }
         }
-        Err(e) => tracing::debug!(group = %group.name, error = %e, "read-index failed; falling back to the leader"),
+        Err(e) => {
+            tracing::debug!(group = %group.name, error = %e, "read-index failed; falling back to the leader")
+        }
     }
     GroupCounters::inc(&group.counters.read_index_failures);
     GroupCounters::inc(&group.counters.leader_fallbacks);
@@ -67,7 +71,12 @@ pub async fn read(
 }
 
 /// The read index: obtained locally if this node leads, otherwise from the leader.
-async fn read_index(node: &MultiRaft, group: &Group, lease: bool, timeout: Duration) -> Result<LogId> {
+async fn read_index(
+    node: &MultiRaft,
+    group: &Group,
+    lease: bool,
+    timeout: Duration,
+) -> Result<LogId> {
     if group.raft.is_leader() {
         return local_read_index(group, lease, timeout).await;
     }
@@ -102,7 +111,7 @@ async fn local_read_index(group: &Group, lease: bool, timeout: Duration) -> Resu
         ReadPolicy::ReadIndex
     };
     match tokio::time::timeout(timeout, group.raft.get_read_linearizer(policy)).await {
-        Ok(Ok(l)) => Ok(l.read_log_id().log_id().clone()),
+        Ok(Ok(l)) => Ok(*l.read_log_id().log_id()),
         Ok(Err(e)) => Err(Error::Unavailable {
             message: format!("group {}: cannot confirm leadership: {e}", group.name),
             leader: group.leader(),
@@ -124,7 +133,10 @@ pub async fn read_index_on_leader(
     let group = node.group(group_name)?;
     if !group.raft.is_leader() {
         return Err(Error::Unavailable {
-            message: format!("node {} is not the leader of group {}", node.node_id, group.name),
+            message: format!(
+                "node {} is not the leader of group {}",
+                node.node_id, group.name
+            ),
             leader: group.leader(),
         });
     }
@@ -143,7 +155,7 @@ pub async fn read_on_leader(
     let linearizer = Linearizer::new(
         node.node_id,
         ReadLogId::from_log_id(index),
-        group.raft.metrics().borrow_watched().last_applied.clone(),
+        group.raft.metrics().borrow_watched().last_applied,
     );
     match linearizer.try_await_ready(&group.raft, Some(timeout)).await {
         Ok(Ok(_)) => group.sm.query(query),
@@ -151,7 +163,10 @@ pub async fn read_on_leader(
             "group {}: leader did not apply up to the read index in time",
             group.name
         ))),
-        Err(f) => Err(Error::unavailable(format!("group {} stopped: {f}", group.name))),
+        Err(f) => Err(Error::unavailable(format!(
+            "group {} stopped: {f}",
+            group.name
+        ))),
     }
 }
 
@@ -179,10 +194,17 @@ async fn read_via_leader(
         timeout_ms: timeout.as_millis() as u64,
     });
     req.set_timeout(timeout + Duration::from_millis(200));
-    let reply = client.forward_read(req).await.map_err(|s| Error::Unavailable {
-        message: format!("reading from leader {addr} of group {}: {}", group.name, s.message()),
-        leader: group.leader(),
-    })?;
+    let reply = client
+        .forward_read(req)
+        .await
+        .map_err(|s| Error::Unavailable {
+            message: format!(
+                "reading from leader {addr} of group {}: {}",
+                group.name,
+                s.message()
+            ),
+            leader: group.leader(),
+        })?;
     bincode::deserialize::<Result<Vec<u8>>>(&reply.into_inner().result)
         .map_err(|e| Error::internal(format!("undecodable read reply: {e}")))?
 }

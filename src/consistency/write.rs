@@ -57,9 +57,14 @@ pub async fn write(
 }
 
 fn no_leader(group: &Group, last: Option<Error>) -> Error {
-    let detail = last.map(|e| format!(" (last attempt: {e})")).unwrap_or_default();
+    let detail = last
+        .map(|e| format!(" (last attempt: {e})"))
+        .unwrap_or_default();
     Error::Unavailable {
-        message: format!("group {} has no reachable leader before the deadline{detail}", group.name),
+        message: format!(
+            "group {} has no reachable leader before the deadline{detail}",
+            group.name
+        ),
         leader: group.leader(),
     }
 }
@@ -89,7 +94,10 @@ pub async fn write_on_leader(
     let group = node.group(group_name)?;
     if !group.raft.is_leader() {
         return Err(Error::Unavailable {
-            message: format!("node {} is not the leader of group {}", node.node_id, group.name),
+            message: format!(
+                "node {} is not the leader of group {}",
+                node.node_id, group.name
+            ),
             leader: group.leader(),
         });
     }

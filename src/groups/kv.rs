@@ -12,8 +12,13 @@ use crate::raft::types::Command;
 /// A write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Write `value` (or delete, if `None`) only if the current value equals `expected`
     /// (`None`: the key must be absent). Fails with `FailedPrecondition` otherwise.
     Cas {
@@ -26,7 +31,9 @@ pub enum KvCommand {
 /// A read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvQuery {
-    Get { key: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+    },
     Scan {
         prefix: Vec<u8>,
         start_after: Option<Vec<u8>>,
@@ -38,7 +45,10 @@ pub enum KvQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvResponse {
     /// A write was applied at this log index; `previous` is the value it replaced.
-    Written { index: u64, previous: Option<Vec<u8>> },
+    Written {
+        index: u64,
+        previous: Option<Vec<u8>>,
+    },
     Value(Option<Vec<u8>>),
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
 }
@@ -53,7 +63,11 @@ impl KvCommand {
             KvCommand::Cas { key, .. } => ("cas", key),
         };
         let key = String::from_utf8_lossy(key).into_owned();
-        Command::new(op, key, bincode::serialize(&self).expect("plain data serializes"))
+        Command::new(
+            op,
+            key,
+            bincode::serialize(&self).expect("plain data serializes"),
+        )
     }
 }
 
@@ -130,7 +144,11 @@ impl Processor for KvProcessor {
                 prefix,
                 start_after,
                 limit,
-            } => KvResponse::Pairs(view.scan(&prefix, start_after.as_deref(), limit.min(10_000) as usize)?),
+            } => KvResponse::Pairs(view.scan(
+                &prefix,
+                start_after.as_deref(),
+                limit.min(10_000) as usize,
+            )?),
         };
         Ok(encode(&resp))
     }

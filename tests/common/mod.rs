@@ -39,11 +39,9 @@ pub const KV: &str = "kv";
 /// Built-in groups plus the test key-value group.
 pub fn with_kv(reg: GroupRegistry) -> GroupRegistry {
     reg.register(KV, |ctx| {
-        Ok(std::sync::Arc::new(nacosd::raft::kv::RocksStateMachine::new(
-            &ctx.name,
-            ctx.db.clone(),
-            kv::KvProcessor,
-        )?))
+        Ok(std::sync::Arc::new(
+            nacosd::raft::kv::RocksStateMachine::new(&ctx.name, ctx.db.clone(), kv::KvProcessor)?,
+        ))
     })
 }
 
@@ -70,12 +68,22 @@ pub fn test_config(id: u64, dir: PathBuf) -> Config {
 }
 
 async fn bind_local() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback")
 }
 
 impl TestCluster {
     /// Start `n` nodes running the groups of `registry`, configured by `tweak`.
-    pub async fn start(n: u64, registry: fn(GroupRegistry) -> GroupRegistry, tweak: impl Fn(&mut Config)) -> Self {
+    pub async fn start(
+        n: u64,
+        registry: fn(GroupRegistry) -> GroupRegistry,
+        tweak: impl Fn(&mut Config),
+    ) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = BTreeMap::new();
         let mut members = BTreeMap::new();
@@ -119,7 +127,11 @@ impl TestCluster {
     }
 
     pub fn node(&self, id: u64) -> &std::sync::Arc<MultiRaft> {
-        &self.nodes[&id].server.as_ref().expect("node is running").node
+        &self.nodes[&id]
+            .server
+            .as_ref()
+            .expect("node is running")
+            .node
     }
 
     pub fn server(&self, id: u64) -> &RunningServer {
@@ -155,14 +167,17 @@ impl TestCluster {
     }
 
     pub async fn wait_for_leader(&self, group: &str) -> u64 {
-        wait_until(&format!("a leader for {group}"), || self.agreed_leader(group).is_some()).await;
+        wait_until(&format!("a leader for {group}"), || {
+            self.agreed_leader(group).is_some()
+        })
+        .await;
         self.agreed_leader(group).unwrap()
     }
 
     pub fn applied(&self, id: u64, group: &str) -> Option<u64> {
         let g = self.node(id).group(group).ok()?;
         let m = g.raft.metrics();
-        let idx = m.borrow().last_applied.as_ref().map(|l| l.index);
+        let idx = m.borrow_watched().last_applied.as_ref().map(|l| l.index);
         idx
     }
 
@@ -170,7 +185,8 @@ impl TestCluster {
     pub async fn wait_applied(&self, group: &str, index: u64) {
         let ids = self.running();
         wait_until(&format!("{group} applied to {index} on {ids:?}"), || {
-            ids.iter().all(|id| self.applied(*id, group).is_some_and(|a| a >= index))
+            ids.iter()
+                .all(|id| self.applied(*id, group).is_some_and(|a| a >= index))
         })
         .await;
     }
@@ -210,6 +226,7 @@ impl TestCluster {
                 Err(e) => panic!("rebinding node {id}: {e}"),
             }
         };
+        tracing::info!(id, "restarting node");
         let server = nacosd::server::start(c, registry, listeners)
             .await
             .expect("node restarts");
@@ -237,7 +254,12 @@ pub async fn put(node: &MultiRaft, group: &str, key: &str, value: &str) -> nacos
     }
 }
 
-pub async fn get(node: &MultiRaft, group: &str, key: &str, level: ReadLevel) -> nacosd::Result<Option<String>> {
+pub async fn get(
+    node: &MultiRaft,
+    group: &str,
+    key: &str,
+    level: ReadLevel,
+) -> nacosd::Result<Option<String>> {
     let q = kv::encode(&KvQuery::Get {
         key: key.as_bytes().to_vec(),
     });
