@@ -12,7 +12,7 @@ fi
 cd "$root"
 
 echo "==> setup: build dependencies"
-bash scripts/setup.sh
+NACOSD_SETUP_GRPCURL=1 bash scripts/setup.sh
 
 echo "==> cargo build --bins"
 cargo build --bins

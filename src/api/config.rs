@@ -6,20 +6,20 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{deadline, level};
 use crate::consistency::{self, ReadLevel};
 use crate::error::{Error, Result};
-use crate::groups::CONFIG;
 use crate::groups::config::model::HistoryOp;
 use crate::groups::config::watch::FeedEvent;
 use crate::groups::config::{
-    ConfigCommand, ConfigFeed, ConfigKey, ConfigQuery, ConfigRecord, ConfigReply, HistoryRecord,
-    md5_hex, validate,
+    md5_hex, validate, ConfigCommand, ConfigFeed, ConfigKey, ConfigQuery, ConfigRecord,
+    ConfigReply, HistoryRecord,
 };
+use crate::groups::CONFIG;
 use crate::pb;
 use crate::raft::node::MultiRaft;
 use crate::raft::types::Command;
@@ -53,7 +53,13 @@ impl ConfigApi {
         ConfigApi { node, feed, limits }
     }
 
-    async fn write(&self, cmd: ConfigCommand, key: &ConfigKey, op: &str, timeout: Option<std::time::Duration>) -> Result<ConfigReply> {
+    async fn write(
+        &self,
+        cmd: ConfigCommand,
+        key: &ConfigKey,
+        op: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<ConfigReply> {
         let command = Command::new(op, key.to_string(), bincode::serialize(&cmd)?);
         let bytes = consistency::write(&self.node, CONFIG, command, timeout).await?;
         Ok(bincode::deserialize(&bytes)?)
@@ -103,7 +109,12 @@ fn pb_history(k: &ConfigKey, h: HistoryRecord) -> pb::ConfigHistoryEntry {
     }
 }
 
-async fn query(node: &MultiRaft, q: &ConfigQuery, level: ReadLevel, timeout: Option<std::time::Duration>) -> Result<ConfigReply> {
+async fn query(
+    node: &MultiRaft,
+    q: &ConfigQuery,
+    level: ReadLevel,
+    timeout: Option<std::time::Duration>,
+) -> Result<ConfigReply> {
     let bytes = consistency::read(node, CONFIG, &bincode::serialize(q)?, level, timeout).await?;
     Ok(bincode::deserialize(&bytes)?)
 }
@@ -169,7 +180,9 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         let q = ConfigQuery::Get { key: key.clone() };
         match query(&self.node, &q, level(r.consistency)?, timeout).await? {
             ConfigReply::Item(Some(rec)) => Ok(Response::new(pb_item(&key, rec))),
-            ConfigReply::Item(None) => Err(Error::NotFound(format!("config {key} does not exist")).into()),
+            ConfigReply::Item(None) => {
+                Err(Error::NotFound(format!("config {key} does not exist")).into())
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -191,7 +204,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         };
         match self.write(cmd, &key, "remove", timeout).await? {
             ConfigReply::Removed { existed, revision } => {
-                Ok(Response::new(pb::RemoveConfigResponse { existed, revision }))
+                Ok(Response::new(pb::RemoveConfigResponse {
+                    existed,
+                    revision,
+                }))
             }
             other => Err(unexpected(other)),
         }
@@ -239,10 +255,12 @@ impl pb::config_service_server::ConfigService for ConfigApi {
             limit: page_size,
         };
         match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            ConfigReply::History { entries, total } => Ok(Response::new(pb::ListConfigHistoryResponse {
-                entries: entries.into_iter().map(|h| pb_history(&key, h)).collect(),
-                total,
-            })),
+            ConfigReply::History { entries, total } => {
+                Ok(Response::new(pb::ListConfigHistoryResponse {
+                    entries: entries.into_iter().map(|h| pb_history(&key, h)).collect(),
+                    total,
+                }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -297,7 +315,11 @@ fn event(key: &ConfigKey, md5: &Option<String>, log_index: u64) -> pb::WatchEven
     }
 }
 
-async fn states(node: &MultiRaft, keys: Vec<ConfigKey>, level: ReadLevel) -> Result<Vec<(Option<String>, u64)>> {
+async fn states(
+    node: &MultiRaft,
+    keys: Vec<ConfigKey>,
+    level: ReadLevel,
+) -> Result<Vec<(Option<String>, u64)>> {
     match query(node, &ConfigQuery::States { keys }, level, None).await? {
         ConfigReply::States(s) => Ok(s),
         other => Err(Error::internal(format!("unexpected reply {other:?}"))),
@@ -348,11 +370,10 @@ async fn serve_watch(
                         Ok(s) => {
                             for (key, (md5, rev)) in keys.into_iter().zip(s) {
                                 let entry = known.get_mut(&key).expect("key from map");
-                                if entry.0 != md5 {
-                                    if tx.send(Ok(event(&key, &md5, rev))).await.is_err() {
+                                if entry.0 != md5
+                                    && tx.send(Ok(event(&key, &md5, rev))).await.is_err() {
                                         return;
                                     }
-                                }
                                 *entry = (md5, rev.max(entry.1));
                             }
                         }

@@ -32,9 +32,13 @@ pub fn deadline<T>(req: &tonic::Request<T>) -> Option<Duration> {
 /// The read level of a request's `consistency` field.
 pub fn level(consistency: i32) -> Result<ReadLevel> {
     match pb::Consistency::try_from(consistency) {
-        Ok(pb::Consistency::Unspecified) | Ok(pb::Consistency::Linearizable) => Ok(ReadLevel::Linearizable),
+        Ok(pb::Consistency::Unspecified) | Ok(pb::Consistency::Linearizable) => {
+            Ok(ReadLevel::Linearizable)
+        }
         Ok(pb::Consistency::Lease) => Ok(ReadLevel::Lease),
         Ok(pb::Consistency::Stale) => Ok(ReadLevel::Stale),
-        Err(_) => Err(Error::invalid(format!("consistency {consistency} is not a known level"))),
+        Err(_) => Err(Error::invalid(format!(
+            "consistency {consistency} is not a known level"
+        ))),
     }
 }

@@ -28,11 +28,19 @@ pub fn builtin_registry(shared: &Shared) -> GroupRegistry {
     let feed = shared.config_feed.clone();
     let mut reg = GroupRegistry::new().register(CONFIG, move |ctx| {
         let processor = config::ConfigProcessor::new(feed.clone());
-        Ok(Arc::new(RocksStateMachine::new(&ctx.name, ctx.db.clone(), processor)?))
+        Ok(Arc::new(RocksStateMachine::new(
+            &ctx.name,
+            ctx.db.clone(),
+            processor,
+        )?))
     });
     for name in [NAMING_PERSISTENT, EMBEDDED_DB] {
         reg = reg.register(name, |ctx| {
-            Ok(Arc::new(RocksStateMachine::new(&ctx.name, ctx.db.clone(), kv::KvProcessor)?))
+            Ok(Arc::new(RocksStateMachine::new(
+                &ctx.name,
+                ctx.db.clone(),
+                kv::KvProcessor,
+            )?))
         });
     }
     reg

@@ -16,7 +16,7 @@ pub mod processor;
 pub mod validate;
 pub mod watch;
 
-pub use model::{ConfigCommand, ConfigKey, ConfigQuery, ConfigReply, ConfigRecord, HistoryRecord};
+pub use model::{ConfigCommand, ConfigKey, ConfigQuery, ConfigRecord, ConfigReply, HistoryRecord};
 pub use processor::ConfigProcessor;
 pub use watch::{ConfigChange, ConfigFeed};
 

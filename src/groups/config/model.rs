@@ -162,11 +162,24 @@ pub enum ConfigQuery {
 /// Answers of the config group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigReply {
-    Published { md5: String, revision: u64, modified_ms: u64 },
-    Removed { existed: bool, revision: u64 },
+    Published {
+        md5: String,
+        revision: u64,
+        modified_ms: u64,
+    },
+    Removed {
+        existed: bool,
+        revision: u64,
+    },
     Item(Option<ConfigRecord>),
-    Page { items: Vec<(ConfigKey, ConfigRecord)>, total: u64 },
-    History { entries: Vec<HistoryRecord>, total: u64 },
+    Page {
+        items: Vec<(ConfigKey, ConfigRecord)>,
+        total: u64,
+    },
+    History {
+        entries: Vec<HistoryRecord>,
+        total: u64,
+    },
     HistoryEntry(Option<HistoryRecord>),
     States(Vec<(Option<String>, u64)>),
 }
@@ -187,9 +200,13 @@ mod tests {
     fn item_keys_round_trip_and_stay_inside_their_namespace() {
         let k = key("public", "DEFAULT_GROUP", "app.yaml");
         assert_eq!(ConfigKey::from_item_key(&k.item_key()), Some(k.clone()));
-        assert!(k.item_key().starts_with(&ConfigKey::namespace_prefix("public")));
+        assert!(k
+            .item_key()
+            .starts_with(&ConfigKey::namespace_prefix("public")));
         // "pub" is a prefix of "public" as a string but not as a namespace.
-        assert!(!k.item_key().starts_with(&ConfigKey::namespace_prefix("pub")));
+        assert!(!k
+            .item_key()
+            .starts_with(&ConfigKey::namespace_prefix("pub")));
     }
 
     #[test]

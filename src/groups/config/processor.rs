@@ -26,13 +26,21 @@ fn dec<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, Error>
     bincode::deserialize(b).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
 }
 
-fn check_cas(key: &ConfigKey, current: Option<&ConfigRecord>, cas: &Option<String>) -> Result<(), Error> {
+fn check_cas(
+    key: &ConfigKey,
+    current: Option<&ConfigRecord>,
+    cas: &Option<String>,
+) -> Result<(), Error> {
     let Some(expected) = cas else { return Ok(()) };
     let actual = current.map(|r| r.md5.as_str()).unwrap_or("");
     if actual != expected {
         return Err(Error::FailedPrecondition(format!(
             "config {key}: md5 is {:?}, cas_md5 expected {expected:?}",
-            if actual.is_empty() { "<absent>" } else { actual }
+            if actual.is_empty() {
+                "<absent>"
+            } else {
+                actual
+            }
         )));
     }
     Ok(())
@@ -189,7 +197,9 @@ impl Processor for ConfigProcessor {
                     let Some((last, _)) = chunk.last() else { break };
                     after = Some(last.clone());
                     for (k, v) in chunk {
-                        let Some(key) = ConfigKey::from_item_key(&k) else { continue };
+                        let Some(key) = ConfigKey::from_item_key(&k) else {
+                            continue;
+                        };
                         if !glob_match(&group_pattern, &key.group)
                             || !glob_match(&data_id_pattern, &key.data_id)
                         {
@@ -221,12 +231,12 @@ impl Processor for ConfigProcessor {
                     .collect::<Result<_, Error>>()?;
                 ConfigReply::History { entries, total }
             }
-            ConfigQuery::HistoryAt { key, revision } => ConfigReply::HistoryEntry(
-                match view.get(&key.history_key(revision))? {
+            ConfigQuery::HistoryAt { key, revision } => {
+                ConfigReply::HistoryEntry(match view.get(&key.history_key(revision))? {
                     Some(b) => Some(dec(&b, "history record")?),
                     None => None,
-                },
-            ),
+                })
+            }
             ConfigQuery::States { keys } => {
                 let mut out = Vec::with_capacity(keys.len());
                 for key in keys {

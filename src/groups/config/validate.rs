@@ -42,11 +42,31 @@ fn check(field: &str, value: &str, max: usize, ok: fn(char) -> bool, chars: &str
 
 /// Apply defaults and check a key.
 pub fn key(namespace: &str, group: &str, data_id: &str) -> Result<ConfigKey> {
-    let namespace = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
-    let group = if group.is_empty() { DEFAULT_GROUP } else { group };
-    check("namespace", namespace, MAX_NAMESPACE, is_namespace_char, "[A-Za-z0-9_-]")?;
+    let namespace = if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
+    let group = if group.is_empty() {
+        DEFAULT_GROUP
+    } else {
+        group
+    };
+    check(
+        "namespace",
+        namespace,
+        MAX_NAMESPACE,
+        is_namespace_char,
+        "[A-Za-z0-9_-]",
+    )?;
     check("group", group, MAX_NAME, is_name_char, "[A-Za-z0-9._:-]")?;
-    check("data_id", data_id, MAX_NAME, is_name_char, "[A-Za-z0-9._:-]")?;
+    check(
+        "data_id",
+        data_id,
+        MAX_NAME,
+        is_name_char,
+        "[A-Za-z0-9._:-]",
+    )?;
     Ok(ConfigKey {
         namespace: namespace.into(),
         group: group.into(),
@@ -55,8 +75,18 @@ pub fn key(namespace: &str, group: &str, data_id: &str) -> Result<ConfigKey> {
 }
 
 pub fn namespace(namespace: &str) -> Result<String> {
-    let namespace = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
-    check("namespace", namespace, MAX_NAMESPACE, is_namespace_char, "[A-Za-z0-9_-]")?;
+    let namespace = if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
+    check(
+        "namespace",
+        namespace,
+        MAX_NAMESPACE,
+        is_namespace_char,
+        "[A-Za-z0-9_-]",
+    )?;
     Ok(namespace.into())
 }
 
@@ -65,7 +95,13 @@ pub fn pattern(field: &str, p: &str) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    check(field, p, MAX_NAME, |c| is_name_char(c) || c == '*', "[A-Za-z0-9._:-] and *")
+    check(
+        field,
+        p,
+        MAX_NAME,
+        |c| is_name_char(c) || c == '*',
+        "[A-Za-z0-9._:-] and *",
+    )
 }
 
 /// The other publish fields; returns the normalized type.
@@ -91,7 +127,13 @@ pub fn publish_fields(
         )));
     }
     if !app_name.is_empty() {
-        check("app_name", app_name, MAX_APP_NAME, is_name_char, "[A-Za-z0-9._:-]")?;
+        check(
+            "app_name",
+            app_name,
+            MAX_APP_NAME,
+            is_name_char,
+            "[A-Za-z0-9._:-]",
+        )?;
     }
     if tags.len() > MAX_TAGS {
         return Err(Error::invalid(format!(
@@ -113,7 +155,11 @@ pub fn publish_fields(
 
 /// A cas_md5: empty (absent) or 32 lowercase hex digits.
 pub fn md5(field: &str, v: &str) -> Result<()> {
-    if v.is_empty() || (v.len() == 32 && v.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))) {
+    if v.is_empty()
+        || (v.len() == 32
+            && v.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    {
         Ok(())
     } else {
         Err(Error::invalid(format!(
@@ -126,7 +172,9 @@ pub fn md5(field: &str, v: &str) -> Result<()> {
 pub fn page(page_no: u32, page_size: u32) -> Result<(u32, u32)> {
     let size = if page_size == 0 { 20 } else { page_size };
     if size > 500 {
-        return Err(Error::invalid(format!("page_size {size} exceeds the limit of 500")));
+        return Err(Error::invalid(format!(
+            "page_size {size} exceeds the limit of 500"
+        )));
     }
     Ok((page_no.max(1), size))
 }
