@@ -26,6 +26,15 @@ use crate::raft::network::MAX_PEER_MESSAGE;
 use crate::raft::node::MultiRaft;
 use crate::raft::peer_service::PeerService;
 
+/// Services served on the client port, as advertised by reflection.
+pub const CLIENT_SERVICES: &[&str] = &[
+    "nacosd.v1.ConfigService",
+    "nacosd.v1.ClusterService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// The three listening sockets of a node.
 pub struct Listeners {
     pub client: TcpListener,
@@ -126,16 +135,19 @@ pub async fn start(
 
     // Client port: API services, health, reflection.
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(Error::internal)?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(Error::internal)?;
+    // Reflection advertises the client services only: the peer service's types share
+    // the descriptor set but it is not served on this port.
+    let reflection = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for svc in CLIENT_SERVICES {
+            b = b.with_service_name(*svc);
+        }
+        b
+    };
+    let reflection_v1 = reflection().build_v1().map_err(Error::internal)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::internal)?;
     let max = config.max_request_bytes;
     let cluster_svc =
         pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(node.clone()))

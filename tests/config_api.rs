@@ -385,9 +385,9 @@ async fn bad_input_is_rejected_and_nothing_is_written() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(total(&mut c).await, 0, "nothing was written");
-    let applied = cluster.applied(1, CONFIG);
+    // The same request with valid fields goes through.
     c.publish_config(ok).await.unwrap();
-    assert!(cluster.applied(1, CONFIG) > applied);
+    assert_eq!(total(&mut c).await, 1);
     cluster.shutdown().await;
 }
 

@@ -333,12 +333,19 @@ async fn serve_watch(
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
 ) {
     let mut known = Known::new();
+    // A client that half-closes (sends no more requests) still receives events until
+    // it cancels the call.
+    let mut requests_open = true;
     loop {
         tokio::select! {
-            msg = incoming.next() => {
+            msg = incoming.next(), if requests_open => {
                 let req = match msg {
                     Some(Ok(req)) => req,
-                    _ => return, // client closed or broke the stream
+                    None => {
+                        requests_open = false;
+                        continue;
+                    }
+                    Some(Err(_)) => return, // the client broke the stream
                 };
                 if let Err(e) = handle_watch_request(&node, req, &mut known, &tx).await {
                     let _ = tx.send(Err(e.into())).await;

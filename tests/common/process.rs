@@ -1,0 +1,186 @@
+//! Real `nacosd` processes for multi-process tests: spawn with flags, kill -9,
+//! restart on the same ports and data directory, ask for status over gRPC.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nacosd::pb;
+use nacosd::pb::cluster_service_client::ClusterServiceClient;
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Proc {
+    pub id: u64,
+    pub client: String,
+    pub peer: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub members: String,
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn new(id: u64, base: &Path) -> Self {
+        Proc {
+            id,
+            client: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            data_dir: base.join(format!("node{id}")),
+            members: String::new(),
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("nacosd.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nacosd"));
+        cmd.arg("--node-id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--client-addr")
+            .arg(&self.client)
+            .arg("--peer-addr")
+            .arg(&self.peer)
+            .arg("--http-addr")
+            .arg(&self.http)
+            .args(["--heartbeat-ms", "100"])
+            .args(["--election-timeout-min-ms", "800"])
+            .args(["--election-timeout-max-ms", "1600"])
+            .env("NACOSD_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if !self.members.is_empty() {
+            cmd.arg("--initial-members").arg(&self.members);
+        }
+        self.child = Some(cmd.spawn().expect("spawn nacosd"));
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..600 {
+            if let Some(st) = c.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.kill().unwrap();
+        c.wait().ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("nacosd.log")).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> Option<pb::StatusResponse> {
+        let mut c = ClusterServiceClient::connect(format!("http://{}", self.client))
+            .await
+            .ok()?;
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        Some(c.status(req).await.ok()?.into_inner())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Start `n` nodes that form one cluster.
+pub fn cluster(n: u64, base: &Path) -> Vec<Proc> {
+    let mut procs: Vec<Proc> = (1..=n).map(|id| Proc::new(id, base)).collect();
+    let members = procs
+        .iter()
+        .map(|p| format!("{}={}", p.id, p.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    for p in &mut procs {
+        p.members = members.clone();
+        p.start();
+    }
+    procs
+}
+
+/// Each group's leader if every running node agrees on it.
+pub async fn agreed_leaders(procs: &[Proc]) -> Option<BTreeMap<String, u64>> {
+    let mut agreed: Option<BTreeMap<String, u64>> = None;
+    for p in procs.iter().filter(|p| p.child.is_some()) {
+        let s = p.status().await?;
+        let mut leaders = BTreeMap::new();
+        for g in s.groups {
+            leaders.insert(g.group, g.leader_id?);
+        }
+        match &agreed {
+            None => agreed = Some(leaders),
+            Some(a) if *a == leaders => {}
+            Some(_) => return None,
+        }
+    }
+    let a = agreed?;
+    // Leaders must be running nodes.
+    let running: Vec<u64> = procs
+        .iter()
+        .filter(|p| p.child.is_some())
+        .map(|p| p.id)
+        .collect();
+    a.values().all(|l| running.contains(l)).then_some(a)
+}
+
+/// Applied index per group on one node.
+pub async fn applied(p: &Proc) -> Option<BTreeMap<String, u64>> {
+    let s = p.status().await?;
+    Some(
+        s.groups
+            .into_iter()
+            .map(|g| (g.group, g.applied_index.unwrap_or(0)))
+            .collect(),
+    )
+}
+
+/// Poll an async condition until it holds or `deadline` passes.
+pub async fn wait_async<F, Fut>(what: &str, deadline: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
