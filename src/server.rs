@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::rt::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codegen::http;
 use tonic::transport::Server;
 
 use crate::api::cluster::ClusterApi;
@@ -29,6 +31,7 @@ use crate::raft::peer_service::PeerService;
 /// Services served on the client port, as advertised by reflection.
 pub const CLIENT_SERVICES: &[&str] = &[
     "nacosd.v1.ConfigService",
+    "nacosd.v1.NamingService",
     "nacosd.v1.ClusterService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
@@ -65,12 +68,34 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl RunningServer {
+    /// Why the node has to stop on its own (a group hit an unrecoverable storage error
+    /// while applying committed entries), once that happens.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Resolves when the node fails (see [`RunningServer::failure`]).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                // The watchdog is gone: wait forever rather than report a failure.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Graceful shutdown: stop serving, then shut every group down.
     pub async fn shutdown(self) {
         let _ = self.stop_tx.send(true);
+        drop(self.failure);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
@@ -161,17 +186,23 @@ pub async fn start(
         },
     ))
     .max_decoding_message_size(max);
+    let naming_svc = pb::naming_service_server::NamingServiceServer::new(
+        crate::api::naming::NamingApi::new(node.clone(), shared.naming_feed.clone()),
+    )
+    .max_decoding_message_size(max);
     let client_incoming = TcpListenerStream::new(listeners.client);
     let stop = stopped();
     tasks.push(tokio::spawn(async move {
         let res = Server::builder()
             .tcp_nodelay(true)
             .concurrency_limit_per_connection(1024)
+            .layer(tower::util::MapResponseLayer::new(oversized_request_status))
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(cluster_svc)
             .add_service(config_svc)
+            .add_service(naming_svc)
             .serve_with_incoming_shutdown(client_incoming, stop)
             .await;
         if let Err(e) = res {
@@ -215,6 +246,35 @@ pub async fn start(
         }
     }));
 
+    // A group whose Raft stopped by itself (storage error while applying a committed
+    // entry) must not be papered over: the node fails, so an operator or the
+    // orchestrator notices and replicas never silently diverge.
+    let (failure_tx, failure) = watch::channel(None);
+    for group in node.groups() {
+        let group = group.clone();
+        let failure_tx = failure_tx.clone();
+        let mut stop = stopped_rx(&stop_tx);
+        tasks.push(tokio::spawn(async move {
+            let mut metrics = group.raft.metrics();
+            loop {
+                let state = metrics.borrow_watched().running_state.clone();
+                if let Err(fatal) = state {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    let reason = format!("group {} stopped: {fatal}", group.name);
+                    tracing::error!(%reason, "node failing");
+                    let _ = failure_tx.send(Some(reason));
+                    return;
+                }
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+    }
+
     tracing::info!(
         node_id = config.node_id,
         %client_addr, %peer_addr, %http_addr,
@@ -228,7 +288,54 @@ pub async fn start(
         http_addr,
         stop_tx,
         tasks,
+        failure,
     })
+}
+
+/// tonic rejects a request over the decoding limit with OUT_OF_RANGE; clients are
+/// told RESOURCE_EXHAUSTED (the status gRPC reserves for exceeded limits), with a
+/// message naming the setting.
+fn oversized_request_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("length%20too%20large") || m.contains("length too large"));
+    if out_of_range && too_large {
+        let original = headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .map(|m| {
+                m.replace("%20", " ")
+                    .replace("%3A", ":")
+                    .replace("%2C", ",")
+            })
+            .unwrap_or_default();
+        let message = format!(
+            "request too large for this server (max-request-bytes): {}",
+            original.trim_start_matches("Error, ")
+        );
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        if let Ok(v) = http::HeaderValue::from_str(&percent_encode(&message)) {
+            headers.insert("grpc-message", v);
+        }
+    }
+    resp
+}
+
+/// Percent-encoding of a grpc-message value (everything outside printable ASCII,
+/// and '%' itself).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn stopped_rx(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
@@ -239,8 +346,14 @@ fn stopped_rx(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let server = start(&config, |r| r, listeners).await?;
-    shutdown.await;
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        reason = server.failed() => Some(reason),
+    };
     tracing::info!("shutting down");
     server.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(reason) => Err(Error::internal(reason)),
+    }
 }

@@ -8,13 +8,15 @@ use nacosd::consistency::ReadLevel;
 use nacosd::groups::{CONFIG, EMBEDDED_DB, NAMING_PERSISTENT};
 use openraft::rt::watch::WatchReceiver;
 
-/// Groups whose state is the key-value machine (config runs its own processor).
-const ALL: [&str; 3] = [NAMING_PERSISTENT, KV, EMBEDDED_DB];
+/// Groups whose state is the key-value machine (config and naming run their own).
+const ALL: [&str; 2] = [KV, EMBEDDED_DB];
+/// Every group the test nodes run.
+const EVERY_GROUP: [&str; 4] = [CONFIG, NAMING_PERSISTENT, EMBEDDED_DB, KV];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_group_elects_and_replicates_identically() {
     let cluster = TestCluster::start(3, with_kv, |_| {}).await;
-    for g in [CONFIG, NAMING_PERSISTENT, EMBEDDED_DB, KV] {
+    for g in EVERY_GROUP {
         cluster.wait_for_leader(g).await;
     }
     // Write through each group's leader; every node ends with the same state.
@@ -61,14 +63,14 @@ async fn every_group_elects_and_replicates_identically() {
 async fn stopping_a_leader_elects_a_new_one_and_writes_continue() {
     let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let victim = cluster.wait_for_leader(KV).await;
-    let led_before: Vec<&str> = ALL
+    let led_before: Vec<&str> = EVERY_GROUP
         .into_iter()
         .filter(|g| cluster.agreed_leader(g) == Some(victim))
         .collect();
     put(cluster.node(victim), KV, "before", "1").await.unwrap();
 
     cluster.stop(victim).await;
-    for g in ALL {
+    for g in EVERY_GROUP {
         let new_leader = cluster.wait_for_leader(g).await;
         assert_ne!(new_leader, victim, "group {g}");
     }
@@ -194,19 +196,14 @@ async fn a_node_behind_the_purge_point_catches_up_by_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whole_cluster_restart_reelects_and_keeps_every_write() {
     let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
-    let leader = cluster.wait_for_leader(NAMING_PERSISTENT).await;
+    let leader = cluster.wait_for_leader(KV).await;
     let mut last = 0;
     for i in 0..10 {
-        last = put(
-            cluster.node(leader),
-            NAMING_PERSISTENT,
-            &format!("k{i}"),
-            "v",
-        )
-        .await
-        .unwrap();
+        last = put(cluster.node(leader), KV, &format!("k{i}"), "v")
+            .await
+            .unwrap();
     }
-    cluster.wait_applied(NAMING_PERSISTENT, last).await;
+    cluster.wait_applied(KV, last).await;
     for id in [1, 2, 3] {
         cluster.stop(id).await;
     }
@@ -214,23 +211,18 @@ async fn a_whole_cluster_restart_reelects_and_keeps_every_write() {
     for id in [3, 2, 1] {
         cluster.restart(id).await;
     }
-    for g in ALL {
+    for g in EVERY_GROUP {
         cluster.wait_for_leader(g).await;
     }
     for id in cluster.running() {
         assert_eq!(
-            get(
-                cluster.node(id),
-                NAMING_PERSISTENT,
-                "k9",
-                ReadLevel::Linearizable
-            )
-            .await
-            .unwrap()
-            .as_deref(),
+            get(cluster.node(id), KV, "k9", ReadLevel::Linearizable)
+                .await
+                .unwrap()
+                .as_deref(),
             Some("v")
         );
-        assert_eq!(dump(cluster.node(id), NAMING_PERSISTENT).len(), 10);
+        assert_eq!(dump(cluster.node(id), KV).len(), 10);
     }
     cluster.shutdown().await;
 }
@@ -238,7 +230,7 @@ async fn a_whole_cluster_restart_reelects_and_keeps_every_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_node_serves_immediately() {
     let cluster = TestCluster::start(1, with_kv, |_| {}).await;
-    for g in ALL {
+    for g in EVERY_GROUP {
         assert_eq!(cluster.wait_for_leader(g).await, 1);
     }
     put(cluster.node(1), KV, "k", "v").await.unwrap();

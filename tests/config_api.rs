@@ -384,6 +384,17 @@ async fn bad_input_is_rejected_and_nothing_is_written() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // A request over the transport limit (max-request-bytes, 4 MiB by default).
+    let err = c
+        .publish_config(with(&|r| r.content = "x".repeat(5 << 20)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max-request-bytes"),
+        "{}",
+        err.message()
+    );
     assert_eq!(total(&mut c).await, 0, "nothing was written");
     // The same request with valid fields goes through.
     c.publish_config(ok).await.unwrap();

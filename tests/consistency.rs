@@ -63,6 +63,12 @@ impl Processor for CounterProcessor {
         }
         drop(closed);
         let key = cmd.payload.clone();
+        if key == b"io-error" {
+            // Stands for a disk failure while applying a committed entry.
+            return Err(ApplyError::Fatal(std::io::Error::other(
+                "injected disk failure",
+            )));
+        }
         let n = txn
             .get(&key)?
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
@@ -335,6 +341,46 @@ async fn a_lagging_follower_falls_back_to_the_leader() {
     cluster.wait_applied(COUNTER, idx).await;
     assert_eq!(
         count(&cluster, lagging, "k", ReadLevel::Stale)
+            .await
+            .unwrap(),
+        1
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_io_error_while_applying_stops_the_node_instead_of_diverging() {
+    let cluster = TestCluster::start(3, counter_registry, |_| {}).await;
+    let leader = cluster.wait_for_leader(COUNTER).await;
+    incr(&cluster, leader, "fine").await.unwrap();
+    let err = incr(&cluster, leader, "io-error").await.unwrap_err();
+    assert!(
+        !matches!(
+            err,
+            Error::InvalidArgument(_) | Error::FailedPrecondition(_)
+        ),
+        "not reported as a normal answer: {err:?}"
+    );
+    // The leader fails rather than skipping the entry; followers that apply it later
+    // fail the same way. No replica ever records the entry as applied.
+    wait_until("the leader reports the failure", || {
+        cluster
+            .server(leader)
+            .failure()
+            .is_some_and(|r| r.contains("group counter stopped"))
+    })
+    .await;
+    for id in cluster.running() {
+        assert_eq!(
+            count(&cluster, id, "io-error", ReadLevel::Stale)
+                .await
+                .unwrap(),
+            0,
+            "node {id}"
+        );
+    }
+    assert_eq!(
+        count(&cluster, leader, "fine", ReadLevel::Stale)
             .await
             .unwrap(),
         1

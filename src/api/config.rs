@@ -329,7 +329,7 @@ async fn states(
 async fn serve_watch(
     node: Arc<MultiRaft>,
     mut incoming: Streaming<pb::WatchRequest>,
-    mut feed: broadcast::Receiver<FeedEvent>,
+    mut feed: broadcast::Receiver<FeedEvent<crate::groups::config::ConfigChange>>,
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
 ) {
     let mut known = Known::new();
