@@ -45,6 +45,39 @@ impl NamingApi {
     }
 }
 
+impl NamingApi {
+    /// Create (`create`) or replace a service's settings.
+    async fn write_settings(
+        &self,
+        create: bool,
+        service: ServiceKey,
+        settings: crate::groups::naming::ServiceSettings,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let (cmd, op) = if create {
+            (
+                NamingCommand::CreateService {
+                    service: service.clone(),
+                    settings,
+                },
+                "create-service",
+            )
+        } else {
+            (
+                NamingCommand::UpdateService {
+                    service: service.clone(),
+                    settings,
+                },
+                "update-service",
+            )
+        };
+        match self.write(cmd, &service, op, timeout).await? {
+            NamingReply::Service { record } => Ok(Response::new(pb_service(&service, &record))),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 async fn query(
     node: &MultiRaft,
     q: &NamingQuery,
@@ -264,16 +297,9 @@ impl pb::naming_service_server::NamingService for NamingApi {
     ) -> Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
-        let service = key_of(r.key, "key")?;
+        let key = key_of(r.key, "key")?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
-        let cmd = NamingCommand::CreateService {
-            service: service.clone(),
-            settings,
-        };
-        match self.write(cmd, &service, "create-service", timeout).await? {
-            NamingReply::Service { record } => Ok(Response::new(pb_service(&service, &record))),
-            other => Err(unexpected(other)),
-        }
+        self.write_settings(true, key, settings, timeout).await
     }
 
     async fn update_service(
@@ -282,16 +308,9 @@ impl pb::naming_service_server::NamingService for NamingApi {
     ) -> Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
-        let service = key_of(r.key, "key")?;
+        let key = key_of(r.key, "key")?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
-        let cmd = NamingCommand::UpdateService {
-            service: service.clone(),
-            settings,
-        };
-        match self.write(cmd, &service, "update-service", timeout).await? {
-            NamingReply::Service { record } => Ok(Response::new(pb_service(&service, &record))),
-            other => Err(unexpected(other)),
-        }
+        self.write_settings(false, key, settings, timeout).await
     }
 
     async fn delete_service(

@@ -5,6 +5,7 @@
 //! replicated key-value state machine in [`kv`] until its SQLite processor lands; the
 //! raft layer, storage, snapshots, forwarding and reads it runs on are the real ones.
 
+pub mod codec;
 pub mod config;
 pub mod feed;
 pub mod kv;

@@ -18,13 +18,7 @@ impl ConfigProcessor {
     }
 }
 
-fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("plain data serializes")
-}
-
-fn dec<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, Error> {
-    bincode::deserialize(b).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
-}
+use crate::groups::codec::{dec, dec_message, enc};
 
 fn check_cas(
     key: &ConfigKey,
@@ -71,8 +65,7 @@ impl Processor for ConfigProcessor {
         index: u64,
         cmd: &Command,
     ) -> Result<Vec<u8>, ApplyError> {
-        let command: ConfigCommand = bincode::deserialize(&cmd.payload)
-            .map_err(|e| Error::invalid(format!("malformed config command: {e}")))?;
+        let command: ConfigCommand = dec_message(&cmd.payload, "config command")?;
         let now = cmd.timestamp_ms;
         let reply = match command {
             ConfigCommand::Publish {
@@ -174,8 +167,7 @@ impl Processor for ConfigProcessor {
     }
 
     fn query(&self, view: &KvView<'_>, query: &[u8]) -> Result<Vec<u8>, Error> {
-        let query: ConfigQuery = bincode::deserialize(query)
-            .map_err(|e| Error::invalid(format!("malformed config query: {e}")))?;
+        let query: ConfigQuery = dec_message(query, "config query")?;
         let reply = match query {
             ConfigQuery::Get { key } => ConfigReply::Item(match view.get(&key.item_key())? {
                 Some(b) => Some(dec(&b, "config record")?),

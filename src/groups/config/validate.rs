@@ -14,31 +14,7 @@ pub const MAX_TAG: usize = 64;
 pub const MAX_DESCRIPTION: usize = 1024;
 pub const TYPES: [&str; 7] = ["text", "json", "xml", "yaml", "html", "properties", "toml"];
 
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
-}
-
-fn is_namespace_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
-}
-
-fn check(field: &str, value: &str, max: usize, ok: fn(char) -> bool, chars: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid(format!("{field} must not be empty")));
-    }
-    if value.len() > max {
-        return Err(Error::invalid(format!(
-            "{field} is {} characters; the limit is {max}",
-            value.len()
-        )));
-    }
-    if let Some(bad) = value.chars().find(|c| !ok(*c)) {
-        return Err(Error::invalid(format!(
-            "{field} contains {bad:?}; allowed characters are {chars}"
-        )));
-    }
-    Ok(())
-}
+use crate::groups::codec::{check_name as check, is_id_char as is_namespace_char, is_name_char};
 
 /// Apply defaults and check a key.
 pub fn key(namespace: &str, group: &str, data_id: &str) -> Result<ConfigKey> {

@@ -18,13 +18,7 @@ impl NamingProcessor {
     }
 }
 
-fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("plain data serializes")
-}
-
-fn dec<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, Error> {
-    bincode::deserialize(b).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
-}
+use crate::groups::codec::{dec, dec_message, enc};
 
 type Txn<'a> = KvTxn<'a, NamingChange>;
 
@@ -50,12 +44,34 @@ fn load_instance(
     })
 }
 
+/// Store a service's settings (create or replace) and announce it.
+fn put_settings(
+    txn: &mut Txn<'_>,
+    service: ServiceKey,
+    settings: ServiceSettings,
+    index: u64,
+) -> NamingReply {
+    let rec = ServiceRecord {
+        protect_threshold: settings.protect_threshold,
+        metadata: settings.metadata,
+        selector: settings.selector,
+        revision: index,
+    };
+    save_service(txn, &service, &rec);
+    txn.emit(NamingChange {
+        service,
+        index,
+        record: Some(rec.clone()),
+        kind: ChangeKind::ServiceUpdated,
+    });
+    NamingReply::Service { record: rec }
+}
+
 impl Processor for NamingProcessor {
     type Event = NamingChange;
 
     fn apply(&self, txn: &mut Txn<'_>, index: u64, cmd: &Command) -> Result<Vec<u8>, ApplyError> {
-        let command: NamingCommand = bincode::deserialize(&cmd.payload)
-            .map_err(|e| Error::invalid(format!("malformed naming command: {e}")))?;
+        let command: NamingCommand = dec_message(&cmd.payload, "naming command")?;
         let reply = match command {
             NamingCommand::Register { service, instances } => {
                 let mut rec = load_service(txn, &service)?.unwrap_or_default();
@@ -132,39 +148,13 @@ impl Processor for NamingProcessor {
                         Error::AlreadyExists(format!("service {service} already exists")).into(),
                     );
                 }
-                let rec = ServiceRecord {
-                    protect_threshold: settings.protect_threshold,
-                    metadata: settings.metadata,
-                    selector: settings.selector,
-                    revision: index,
-                };
-                save_service(txn, &service, &rec);
-                txn.emit(NamingChange {
-                    service,
-                    index,
-                    record: Some(rec.clone()),
-                    kind: ChangeKind::ServiceUpdated,
-                });
-                NamingReply::Service { record: rec }
+                put_settings(txn, service, settings, index)
             }
             NamingCommand::UpdateService { service, settings } => {
                 if load_service(txn, &service)?.is_none() {
                     return Err(Error::NotFound(format!("service {service} does not exist")).into());
                 }
-                let rec = ServiceRecord {
-                    protect_threshold: settings.protect_threshold,
-                    metadata: settings.metadata,
-                    selector: settings.selector,
-                    revision: index,
-                };
-                save_service(txn, &service, &rec);
-                txn.emit(NamingChange {
-                    service,
-                    index,
-                    record: Some(rec.clone()),
-                    kind: ChangeKind::ServiceUpdated,
-                });
-                NamingReply::Service { record: rec }
+                put_settings(txn, service, settings, index)
             }
             NamingCommand::DeleteService { service } => {
                 if load_service(txn, &service)?.is_none() {
@@ -191,8 +181,7 @@ impl Processor for NamingProcessor {
     }
 
     fn query(&self, view: &KvView<'_>, query: &[u8]) -> Result<Vec<u8>, Error> {
-        let query: NamingQuery = bincode::deserialize(query)
-            .map_err(|e| Error::invalid(format!("malformed naming query: {e}")))?;
+        let query: NamingQuery = dec_message(query, "naming query")?;
         let reply = match query {
             NamingQuery::Get {
                 service,

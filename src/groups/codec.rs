@@ -1,0 +1,58 @@
+//! Encoding of group records and messages, and the input-rule helpers the group APIs
+//! share.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Encode plain data (cannot fail for the types groups store).
+pub fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("plain data serializes")
+}
+
+/// Decode a stored record; failure means corrupt local data.
+pub fn dec<T: DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
+    bincode::deserialize(b).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
+}
+
+/// Decode a message from a client or a peer; failure is the sender's fault.
+pub fn dec_message<T: DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
+    bincode::deserialize(b).map_err(|e| Error::invalid(format!("malformed {what}: {e}")))
+}
+
+/// Check a name: non-empty, at most `max` bytes, every character accepted by `ok`
+/// (`chars` describes them in the error).
+pub fn check_name(
+    field: &str,
+    v: &str,
+    max: usize,
+    ok: fn(char) -> bool,
+    chars: &str,
+) -> Result<()> {
+    if v.is_empty() {
+        return Err(Error::invalid(format!("{field} must not be empty")));
+    }
+    if v.len() > max {
+        return Err(Error::invalid(format!(
+            "{field} is {} characters; the limit is {max}",
+            v.len()
+        )));
+    }
+    if let Some(bad) = v.chars().find(|c| !ok(*c)) {
+        return Err(Error::invalid(format!(
+            "{field} contains {bad:?}; allowed characters are {chars}"
+        )));
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9._:-]`: Nacos group, data id and service name characters.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+/// `[A-Za-z0-9_-]`: namespace and cluster characters.
+pub fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
+}
