@@ -32,6 +32,7 @@ use crate::raft::peer_service::PeerService;
 pub const CLIENT_SERVICES: &[&str] = &[
     "nacosd.v1.ConfigService",
     "nacosd.v1.NamingService",
+    "nacosd.v1.DbService",
     "nacosd.v1.ClusterService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
@@ -190,6 +191,11 @@ pub async fn start(
         crate::api::naming::NamingApi::new(node.clone(), shared.naming_feed.clone()),
     )
     .max_decoding_message_size(max);
+    let db_svc = pb::db_service_server::DbServiceServer::new(crate::api::db::DbApi::new(
+        node.clone(),
+        shared.db.clone(),
+    ))
+    .max_decoding_message_size(max);
     let client_incoming = TcpListenerStream::new(listeners.client);
     let stop = stopped();
     tasks.push(tokio::spawn(async move {
@@ -203,6 +209,7 @@ pub async fn start(
             .add_service(cluster_svc)
             .add_service(config_svc)
             .add_service(naming_svc)
+            .add_service(db_svc)
             .serve_with_incoming_shutdown(client_incoming, stop)
             .await;
         if let Err(e) = res {

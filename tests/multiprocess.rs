@@ -248,3 +248,121 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn db_node_killed_mid_load_has_exactly_the_acknowledged_rows() {
+    use nacosd::pb::db_service_client::DbServiceClient;
+    use nacosd::pb::value::Value as V;
+    let stmt = |sql: &str, params: Vec<pb::Value>| pb::Statement {
+        sql: sql.into(),
+        params,
+        named_params: Default::default(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster(3, dir.path());
+    wait_async("every group has a leader", DEADLINE, || async {
+        agreed_leaders(&procs).await.is_some()
+    })
+    .await;
+    let victim = agreed_leaders(&procs).await.unwrap()["embedded_db"];
+    let via = procs
+        .iter()
+        .find(|p| p.id != victim)
+        .unwrap()
+        .client
+        .clone();
+    let mut c = DbServiceClient::connect(format!("http://{via}"))
+        .await
+        .unwrap();
+    c.execute(pb::ExecuteRequest {
+        statements: vec![stmt(
+            "CREATE TABLE rows (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+            vec![],
+        )],
+    })
+    .await
+    .unwrap();
+
+    let mut acked = Vec::new();
+    let mut attempted = Vec::new();
+    for id in 0..150i64 {
+        if id == 40 {
+            procs.iter_mut().find(|p| p.id == victim).unwrap().kill9();
+        }
+        if id == 100 {
+            procs.iter_mut().find(|p| p.id == victim).unwrap().start();
+        }
+        attempted.push(id);
+        let mut req = tonic::Request::new(pb::ExecuteRequest {
+            statements: vec![stmt(
+                "INSERT INTO rows (id, body) VALUES (?1, ?2)",
+                vec![
+                    pb::Value {
+                        value: Some(V::Integer(id)),
+                    },
+                    pb::Value {
+                        value: Some(V::Text(format!("row {id}"))),
+                    },
+                ],
+            )],
+        });
+        req.set_timeout(Duration::from_secs(10));
+        if c.execute(req).await.is_ok() {
+            acked.push(id);
+        }
+    }
+    assert!(
+        acked.len() >= 100,
+        "most inserts acknowledged ({})",
+        acked.len()
+    );
+    wait_async(
+        "all nodes at the same applied index in every group",
+        DEADLINE,
+        || async {
+            let mut seen = Vec::new();
+            for p in &procs {
+                match applied(p).await {
+                    Some(a) => seen.push(a),
+                    None => return false,
+                }
+            }
+            seen.windows(2).all(|w| w[0] == w[1])
+        },
+    )
+    .await;
+    for p in &procs {
+        let mut c = DbServiceClient::connect(format!("http://{}", p.client))
+            .await
+            .unwrap();
+        let r = c
+            .query(pb::QueryRequest {
+                statements: vec![stmt("SELECT id FROM rows ORDER BY id", vec![])],
+                consistency: pb::Consistency::Stale as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<i64> = r.results[0]
+            .rows
+            .iter()
+            .map(|row| match row.values[0].value {
+                Some(V::Integer(i)) => i,
+                ref other => panic!("{other:?}"),
+            })
+            .collect();
+        for a in &acked {
+            assert!(
+                ids.contains(a),
+                "node {}: acknowledged row {a} missing\n{}",
+                p.id,
+                p.log()
+            );
+        }
+        assert!(
+            ids.iter().all(|i| attempted.contains(i)),
+            "node {} has rows never written",
+            p.id
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod db;
 pub mod naming;
 
 use std::time::Duration;

@@ -1,12 +1,13 @@
 //! The processor groups a nacosd node runs.
 //!
-//! `config` runs the configuration center ([`config`]) and `naming_persistent` the
-//! persistent service registry ([`naming`]). `embedded_db` still runs the generic
-//! replicated key-value state machine in [`kv`] until its SQLite processor lands; the
-//! raft layer, storage, snapshots, forwarding and reads it runs on are the real ones.
+//! `config` runs the configuration center ([`config`]), `naming_persistent` the
+//! persistent service registry ([`naming`]) and `embedded_db` a replicated SQLite
+//! database ([`db`]). [`kv`] is a small replicated key-value machine the tests drive
+//! the raft layer with.
 
 pub mod codec;
 pub mod config;
+pub mod db;
 pub mod feed;
 pub mod kv;
 pub mod naming;
@@ -25,12 +26,16 @@ pub const EMBEDDED_DB: &str = "embedded_db";
 pub struct Shared {
     pub config_feed: Arc<config::ConfigFeed>,
     pub naming_feed: Arc<naming::NamingFeed>,
+    /// The embedded DB's state machine, once the group has opened it (the API checks
+    /// statements against its schema before proposing).
+    pub db: Arc<std::sync::OnceLock<Arc<db::SqliteStateMachine>>>,
 }
 
 /// The groups of a production node.
 pub fn builtin_registry(shared: &Shared) -> GroupRegistry {
     let config_feed = shared.config_feed.clone();
     let naming_feed = shared.naming_feed.clone();
+    let db_slot = shared.db.clone();
     GroupRegistry::new()
         .register(CONFIG, move |ctx| {
             let processor = config::ConfigProcessor::new(config_feed.clone());
@@ -48,11 +53,9 @@ pub fn builtin_registry(shared: &Shared) -> GroupRegistry {
                 processor,
             )?))
         })
-        .register(EMBEDDED_DB, |ctx| {
-            Ok(Arc::new(RocksStateMachine::new(
-                &ctx.name,
-                ctx.db.clone(),
-                kv::KvProcessor,
-            )?))
+        .register(EMBEDDED_DB, move |ctx| {
+            let sm = Arc::new(db::SqliteStateMachine::open(&ctx.dir)?);
+            let _ = db_slot.set(sm.clone());
+            Ok(sm)
         })
 }

@@ -1,0 +1,205 @@
+//! What statements may run in the embedded DB, and the limits.
+//!
+//! The checks run twice: at the API edge before anything is proposed (so a refused
+//! statement costs no Raft round), and through the same authorizer while applying (so
+//! a statement that slipped through is refused identically on every replica instead
+//! of diverging).
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+
+use crate::error::{Error, Result};
+use crate::groups::db::model::{Stmt, Value};
+
+pub const MAX_STATEMENTS: usize = 100;
+pub const MAX_SQL_BYTES: usize = 64 * 1024;
+pub const MAX_ROWS: u32 = 10_000;
+/// Prefix of the group's own tables.
+pub const INTERNAL_PREFIX: &str = "_nacosd";
+
+/// Functions whose result differs between replicas.
+const RANDOM_FUNCTIONS: [&str; 2] = ["random", "randomblob"];
+/// Date/time functions: deterministic unless asked for the current time.
+const TIME_FUNCTIONS: [&str; 7] = [
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+];
+
+/// Reasons the authorizer refused something while preparing a statement.
+#[derive(Default, Clone)]
+pub struct Refusals(Arc<Mutex<Vec<String>>>);
+
+impl Refusals {
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn push(&self, reason: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reason);
+    }
+}
+
+fn internal(name: &str) -> bool {
+    name.to_ascii_lowercase().starts_with(INTERNAL_PREFIX)
+}
+
+/// An authorizer that refuses (and records why) everything `rules` forbids.
+/// `time_used` records whether a date/time function appears.
+pub fn authorizer(
+    refusals: Refusals,
+    time_used: Arc<Mutex<bool>>,
+) -> impl for<'r> FnMut(AuthContext<'r>) -> Authorization + Send + 'static {
+    move |ctx: AuthContext<'_>| {
+        let deny = |why: String| {
+            refusals.push(why);
+            Authorization::Deny
+        };
+        match ctx.action {
+            AuthAction::Function { function_name } => {
+                let f = function_name.to_ascii_lowercase();
+                if RANDOM_FUNCTIONS.contains(&f.as_str()) {
+                    return deny(format!("{f}() gives a different result on every replica"));
+                }
+                if TIME_FUNCTIONS.contains(&f.as_str()) {
+                    *time_used.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                }
+                Authorization::Allow
+            }
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => deny(
+                "transactions are managed by the server; send the statements as one batch".into(),
+            ),
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+                deny("ATTACH and DETACH are not allowed".into())
+            }
+            AuthAction::Pragma { pragma_name, .. } => {
+                deny(format!("PRAGMA {pragma_name} is not allowed"))
+            }
+            AuthAction::Read { table_name, .. }
+            | AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name }
+            | AuthAction::CreateTable { table_name }
+            | AuthAction::DropTable { table_name }
+            | AuthAction::AlterTable { table_name, .. }
+            | AuthAction::CreateIndex { table_name, .. }
+                if internal(table_name) =>
+            {
+                deny(format!("table {table_name} is internal to nacosd"))
+            }
+            _ => Authorization::Allow,
+        }
+    }
+}
+
+/// The current-time keywords are not reported to the authorizer; find them as tokens.
+fn mentions_current_time(sql: &str) -> Option<&'static str> {
+    let upper = sql.to_ascii_uppercase();
+    ["CURRENT_TIMESTAMP", "CURRENT_TIME", "CURRENT_DATE"]
+        .into_iter()
+        .find(|kw| {
+            upper.match_indices(kw).any(|(i, _)| {
+                let before = upper[..i].chars().next_back();
+                let after = upper[i + kw.len()..].chars().next();
+                let ident =
+                    |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                !ident(before) && !ident(after)
+            })
+        })
+}
+
+fn is_now(v: &Value) -> bool {
+    matches!(v, Value::Text(t) if t.trim().eq_ignore_ascii_case("now"))
+}
+
+/// Refuse a statement that uses a date/time function with 'now' (in the SQL or a
+/// parameter), or a current-time keyword.
+pub fn check_time(stmt: &Stmt, time_used: bool) -> Result<()> {
+    if let Some(kw) = mentions_current_time(&stmt.sql) {
+        return Err(Error::invalid(format!(
+            "{kw} gives a different result on every replica; pass the time as a parameter"
+        )));
+    }
+    if time_used {
+        let lower = stmt.sql.to_ascii_lowercase();
+        let literal_now = lower.contains("'now'") || lower.contains("\"now\"");
+        let param_now = stmt.params.iter().chain(stmt.named.values()).any(is_now);
+        if literal_now || param_now {
+            return Err(Error::invalid(
+                "date/time functions with 'now' give a different result on every replica; pass the time as a parameter",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Size and count limits of a batch.
+pub fn check_limits(statements: &[Stmt]) -> Result<()> {
+    if statements.is_empty() {
+        return Err(Error::invalid("statements must not be empty"));
+    }
+    if statements.len() > MAX_STATEMENTS {
+        return Err(Error::invalid(format!(
+            "{} statements in one request; the limit is {MAX_STATEMENTS}",
+            statements.len()
+        )));
+    }
+    for (i, s) in statements.iter().enumerate() {
+        if s.sql.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "statement {i}: sql must not be empty"
+            )));
+        }
+        if s.sql.len() > MAX_SQL_BYTES {
+            return Err(Error::invalid(format!(
+                "statement {i}: sql is {} bytes; the limit is {MAX_SQL_BYTES}",
+                s.sql.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stmt(sql: &str, params: Vec<Value>) -> Stmt {
+        Stmt {
+            sql: sql.into(),
+            params,
+            named: Default::default(),
+        }
+    }
+
+    #[test]
+    fn current_time_keywords_are_found_as_tokens_only() {
+        assert!(check_time(
+            &stmt("INSERT INTO t VALUES (CURRENT_TIMESTAMP)", vec![]),
+            false
+        )
+        .is_err());
+        assert!(check_time(&stmt("select current_date", vec![]), false).is_err());
+        assert!(check_time(&stmt("SELECT my_current_time_col FROM t", vec![]), false).is_ok());
+    }
+
+    #[test]
+    fn now_is_refused_only_with_time_functions() {
+        assert!(check_time(&stmt("SELECT datetime('now')", vec![]), true).is_err());
+        assert!(check_time(
+            &stmt("SELECT datetime(?)", vec![Value::Text("NOW".into())]),
+            true
+        )
+        .is_err());
+        assert!(check_time(&stmt("SELECT datetime('2024-01-01')", vec![]), true).is_ok());
+        assert!(check_time(&stmt("INSERT INTO t VALUES ('now')", vec![]), false).is_ok());
+    }
+}

@@ -1,0 +1,426 @@
+//! The embedded-DB state machine over a SQLite file.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, ToSql};
+
+use crate::error::{Error, Result};
+use crate::groups::codec::{dec_message, enc};
+use crate::groups::db::model::*;
+use crate::groups::db::rules::{self, Refusals};
+use crate::raft::group::{ApplyItem, SnapshotSource, StateMachine};
+use crate::raft::types::{AppliedState, CommandResult};
+
+const DB_FILE: &str = "db.sqlite";
+const META_TABLE: &str = "_nacosd_meta";
+
+pub struct SqliteStateMachine {
+    path: PathBuf,
+    dir: PathBuf,
+    /// Applies (and restores) through this one; `None` only while a restore swaps files.
+    writer: Mutex<Option<Connection>>,
+    /// Queries and snapshot copies.
+    reader: Mutex<Option<Connection>>,
+}
+
+fn sql_err(e: rusqlite::Error) -> io::Error {
+    io::Error::other(format!("sqlite: {e}"))
+}
+
+fn open_writer(path: &Path) -> io::Result<Connection> {
+    let conn = Connection::open(path).map_err(sql_err)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+         CREATE TABLE IF NOT EXISTS {META_TABLE} (k TEXT PRIMARY KEY, v BLOB NOT NULL);"
+    ))
+    .map_err(sql_err)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> io::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err)?;
+    Ok(conn)
+}
+
+fn read_applied(conn: &Connection) -> io::Result<AppliedState> {
+    let v: Option<Vec<u8>> = conn
+        .query_row(
+            &format!("SELECT v FROM {META_TABLE} WHERE k = 'applied'"),
+            [],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(sql_err)?;
+    match v {
+        Some(b) => AppliedState::decode(&b),
+        None => Ok(AppliedState::default()),
+    }
+}
+
+fn write_applied(conn: &Connection, applied: &AppliedState) -> io::Result<()> {
+    conn.execute(
+        &format!("INSERT OR REPLACE INTO {META_TABLE} (k, v) VALUES ('applied', ?1)"),
+        [applied.encode()],
+    )
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Integer(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Real(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+fn value_of(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// A statement error as a deterministic answer naming the statement.
+fn statement_error(i: usize, e: rusqlite::Error) -> Error {
+    let constraint = matches!(
+        &e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    );
+    let msg = format!("statement {i}: {e}");
+    if constraint {
+        Error::FailedPrecondition(msg)
+    } else {
+        Error::InvalidArgument(msg)
+    }
+}
+
+/// Why a statement could not be prepared.
+enum PrepareError {
+    /// The rules forbid it (decided before proposing where possible).
+    Refused(Error),
+    /// SQLite rejected it (e.g. a table that an earlier statement creates).
+    Sql(Error),
+}
+
+impl From<PrepareError> for Error {
+    fn from(e: PrepareError) -> Self {
+        match e {
+            PrepareError::Refused(e) | PrepareError::Sql(e) => e,
+        }
+    }
+}
+
+/// Prepare a user statement under the rules' authorizer and bind its parameters.
+fn prepare<'c>(
+    conn: &'c Connection,
+    i: usize,
+    stmt: &Stmt,
+) -> std::result::Result<rusqlite::Statement<'c>, PrepareError> {
+    use PrepareError::{Refused, Sql};
+    let refusals = Refusals::default();
+    let time_used = Arc::new(Mutex::new(false));
+    conn.authorizer(Some(rules::authorizer(refusals.clone(), time_used.clone())));
+    let prepared = conn.prepare(&stmt.sql);
+    conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>);
+    let refused = refusals.take();
+    if let Some(why) = refused.first() {
+        return Err(Refused(Error::invalid(format!("statement {i}: {why}"))));
+    }
+    // Current-time keywords are refused even when the statement cannot be prepared yet.
+    rules::check_time(stmt, false)
+        .map_err(|e| Refused(Error::invalid(format!("statement {i}: {e}"))))?;
+    let mut prepared = prepared.map_err(|e| Sql(statement_error(i, e)))?;
+    let used_time = *time_used.lock().unwrap_or_else(|e| e.into_inner());
+    rules::check_time(stmt, used_time)
+        .map_err(|e| Refused(Error::invalid(format!("statement {i}: {e}"))))?;
+    for (n, v) in stmt.params.iter().enumerate() {
+        prepared
+            .raw_bind_parameter(n + 1, v)
+            .map_err(|e| Refused(statement_error(i, e)))?;
+    }
+    for (name, v) in &stmt.named {
+        let idx = prepared
+            .parameter_index(name)
+            .map_err(|e| Refused(statement_error(i, e)))?
+            .ok_or_else(|| {
+                Refused(Error::invalid(format!(
+                    "statement {i}: no parameter named {name}"
+                )))
+            })?;
+        prepared
+            .raw_bind_parameter(idx, v)
+            .map_err(|e| Refused(statement_error(i, e)))?;
+    }
+    Ok(prepared)
+}
+
+/// Run one command's statements; on error the caller rolls back its savepoint.
+fn execute_all(conn: &Connection, cmd: &DbCommand) -> Result<Vec<ExecResult>> {
+    let mut out = Vec::with_capacity(cmd.statements.len());
+    for (i, stmt) in cmd.statements.iter().enumerate() {
+        let mut prepared = prepare(conn, i, stmt)?;
+        let mut rows = prepared.raw_query();
+        while rows.next().map_err(|e| statement_error(i, e))?.is_some() {}
+        drop(rows);
+        out.push(ExecResult {
+            rows_affected: conn.changes(),
+            last_insert_id: conn.last_insert_rowid(),
+        });
+    }
+    Ok(out)
+}
+
+impl SqliteStateMachine {
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let writer = open_writer(&path)?;
+        let reader = open_reader(&path)?;
+        Ok(SqliteStateMachine {
+            path,
+            dir: dir.to_path_buf(),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(Some(reader)),
+        })
+    }
+
+    fn lock(m: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connection>> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Check a batch at the API edge, without running it: the same rules the apply
+    /// enforces.
+    pub fn check(&self, statements: &[Stmt]) -> Result<()> {
+        rules::check_limits(statements)?;
+        let guard = Self::lock(&self.reader);
+        let conn = guard
+            .as_ref()
+            .ok_or_else(|| Error::unavailable("database is being restored"))?;
+        for (i, s) in statements.iter().enumerate() {
+            // A statement that refers to a table an earlier statement of the batch
+            // creates cannot be prepared yet; only the rules' refusals count here, and
+            // the apply checks again.
+            if let Err(PrepareError::Refused(e)) = prepare(conn, i, s) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateMachine for SqliteStateMachine {
+    fn applied_state(&self) -> io::Result<AppliedState> {
+        let guard = Self::lock(&self.writer);
+        read_applied(
+            guard
+                .as_ref()
+                .ok_or_else(|| io::Error::other("database closed"))?,
+        )
+    }
+
+    fn apply(
+        &self,
+        items: &[ApplyItem<'_>],
+        applied: &AppliedState,
+    ) -> io::Result<Vec<CommandResult>> {
+        let guard = Self::lock(&self.writer);
+        let conn = guard
+            .as_ref()
+            .ok_or_else(|| io::Error::other("database closed"))?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_err)?;
+        let mut results = Vec::new();
+        let outcome = (|| -> io::Result<()> {
+            for item in items {
+                let Some(cmd) = item.command else { continue };
+                let parsed: Result<DbCommand> = dec_message(&cmd.payload, "db command");
+                let result = match parsed {
+                    Err(e) => Err(e),
+                    Ok(batch) => {
+                        conn.execute_batch("SAVEPOINT cmd").map_err(sql_err)?;
+                        match execute_all(conn, &batch) {
+                            Ok(r) => {
+                                conn.execute_batch("RELEASE cmd").map_err(sql_err)?;
+                                Ok(enc(&DbReply::Executed {
+                                    results: r,
+                                    index: item.index,
+                                }))
+                            }
+                            Err(e) => {
+                                conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+                                    .map_err(sql_err)?;
+                                Err(e)
+                            }
+                        }
+                    }
+                };
+                results.push(CommandResult(result));
+            }
+            write_applied(conn, applied)
+        })();
+        match outcome {
+            Ok(()) => {
+                conn.execute_batch("COMMIT").map_err(sql_err)?;
+                Ok(results)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>> {
+        let q: DbQuery = dec_message(query, "db query")?;
+        rules::check_limits(&q.statements)?;
+        let guard = Self::lock(&self.reader);
+        let conn = guard
+            .as_ref()
+            .ok_or_else(|| Error::unavailable("database is being restored"))?;
+        // One read transaction: every statement sees the same state.
+        conn.execute_batch("BEGIN")
+            .map_err(Error::internal)?;
+        let result = (|| {
+            let mut out = Vec::with_capacity(q.statements.len());
+            for (i, s) in q.statements.iter().enumerate() {
+                let mut prepared = prepare(conn, i, s)?;
+                if !prepared.readonly() {
+                    return Err(Error::invalid(format!(
+                        "statement {i} would modify the database; use Execute for writes"
+                    )));
+                }
+                let columns: Vec<String> = prepared
+                    .column_names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                let types: Vec<String> = prepared
+                    .columns()
+                    .iter()
+                    .map(|c| c.decl_type().unwrap_or("").to_string())
+                    .collect();
+                let n = columns.len();
+                let mut rows_out = Vec::new();
+                let mut rows = prepared.raw_query();
+                while let Some(row) = rows.next().map_err(|e| statement_error(i, e))? {
+                    if rows_out.len() >= q.max_rows as usize {
+                        return Err(Error::ResourceExhausted(format!(
+                            "statement {i} returns more than {} rows; add a LIMIT",
+                            q.max_rows
+                        )));
+                    }
+                    let mut values = Vec::with_capacity(n);
+                    for c in 0..n {
+                        values.push(value_of(row.get_ref(c).map_err(|e| statement_error(i, e))?));
+                    }
+                    rows_out.push(values);
+                }
+                out.push(QueryResult {
+                    columns,
+                    types,
+                    rows: rows_out,
+                });
+            }
+            Ok(out)
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        Ok(enc(&DbReply::Rows(result?)))
+    }
+
+    fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource>> {
+        // VACUUM INTO writes a consistent copy, including the applied position stored
+        // inside the database.
+        let copy = self
+            .dir
+            .join(format!("snapshot-copy-{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&copy);
+        {
+            let guard = Self::lock(&self.reader);
+            let conn = guard
+                .as_ref()
+                .ok_or_else(|| io::Error::other("database closed"))?;
+            conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+                .map_err(sql_err)?;
+        }
+        let applied = {
+            let c = open_reader(&copy)?;
+            read_applied(&c)?
+        };
+        Ok(Box::new(FileSource {
+            path: copy,
+            applied,
+        }))
+    }
+
+    fn restore(&self, data: &mut dyn Read, applied: &AppliedState) -> io::Result<()> {
+        let incoming = self.dir.join(format!("restore-{}.tmp", std::process::id()));
+        {
+            let mut f = std::fs::File::create(&incoming)?;
+            io::copy(data, &mut f)?;
+            f.sync_all()?;
+        }
+        // Record the snapshot's position inside the incoming file before it goes live.
+        {
+            let c = open_writer(&incoming)?;
+            write_applied(&c, applied)?;
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
+                .map_err(sql_err)?;
+        }
+        let mut w = Self::lock(&self.writer);
+        let mut r = Self::lock(&self.reader);
+        w.take();
+        r.take();
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+        }
+        std::fs::rename(&incoming, &self.path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        *w = Some(open_writer(&self.path)?);
+        *r = Some(open_reader(&self.path)?);
+        Ok(())
+    }
+}
+
+/// Snapshot data of the embedded DB: the bytes of a consistent copy of the file.
+struct FileSource {
+    path: PathBuf,
+    applied: AppliedState,
+}
+
+impl SnapshotSource for FileSource {
+    fn applied(&self) -> &AppliedState {
+        &self.applied
+    }
+
+    fn write_to(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let mut f = std::fs::File::open(&self.path)?;
+        io::copy(&mut f, out)?;
+        Ok(())
+    }
+}
+
+impl Drop for FileSource {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
