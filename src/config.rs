@@ -12,6 +12,10 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::raft::types::NodeId;
 
+/// Entries per append-entries message (with [`Config::peer_message_limit`], this bounds
+/// a message's size whatever the entries hold).
+pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+
 /// The resolved configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -257,11 +261,16 @@ impl Config {
                 self.heartbeat
             )));
         }
+        if self.snapshot_interval < Duration::from_secs(1) {
+            return Err(Error::invalid("snapshot-interval-secs must be at least 1"));
+        }
         if self.snapshot_logs == 0 {
             return Err(Error::invalid("snapshot-logs must be at least 1"));
         }
-        if self.max_request_bytes < 1024 {
-            return Err(Error::invalid("max-request-bytes must be at least 1024"));
+        if self.max_request_bytes < 1024 || self.max_request_bytes > 64 << 20 {
+            return Err(Error::invalid(
+                "max-request-bytes must be between 1024 and 67108864 (64 MiB)",
+            ));
         }
         if self.max_config_bytes == 0 || self.max_config_bytes + 64 * 1024 > self.max_request_bytes
         {
@@ -274,6 +283,13 @@ impl Config {
             return Err(Error::invalid("config-history-limit must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Largest peer message: an append-entries batch holds up to
+    /// [`MAX_ENTRIES_PER_APPEND`] entries, each at most one client request.
+    pub fn peer_message_limit(&self) -> usize {
+        (64 << 20)
+            .max(MAX_ENTRIES_PER_APPEND as usize * (self.max_request_bytes + 4096) + (1 << 20))
     }
 
     pub fn is_standalone(&self) -> bool {

@@ -24,7 +24,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::raft::group::GroupRegistry;
-use crate::raft::network::MAX_PEER_MESSAGE;
 use crate::raft::node::MultiRaft;
 use crate::raft::peer_service::PeerService;
 
@@ -142,8 +141,8 @@ pub async fn start(
 
     // Peer port.
     let peer_svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
+        .max_decoding_message_size(config.peer_message_limit())
+        .max_encoding_message_size(config.peer_message_limit());
     let peer_incoming = TcpListenerStream::new(listeners.peer);
     let stop = stopped();
     tasks.push(tokio::spawn(async move {

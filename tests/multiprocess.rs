@@ -62,12 +62,10 @@ async fn writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_survives_kill_9_of_a_leader_under_concurrent_writes() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut procs = cluster(3, dir.path());
-    wait_async("every group has a leader", DEADLINE, || async {
-        agreed_leaders(&procs).await.is_some()
-    })
-    .await;
+    wait_for_leaders(&mut procs, DEADLINE).await;
     let leaders = agreed_leaders(&procs).await.unwrap();
     let victim = leaders["config"];
 
@@ -162,6 +160,7 @@ fn nacosctl(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_node_and_nacosctl_status() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = Proc::new(1, dir.path());
     p.start();
@@ -251,6 +250,7 @@ async fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn db_node_killed_mid_load_has_exactly_the_acknowledged_rows() {
+    let _serial = SERIAL.lock().await;
     use nacosd::pb::db_service_client::DbServiceClient;
     use nacosd::pb::value::Value as V;
     let stmt = |sql: &str, params: Vec<pb::Value>| pb::Statement {
@@ -260,10 +260,7 @@ async fn db_node_killed_mid_load_has_exactly_the_acknowledged_rows() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut procs = cluster(3, dir.path());
-    wait_async("every group has a leader", DEADLINE, || async {
-        agreed_leaders(&procs).await.is_some()
-    })
-    .await;
+    wait_for_leaders(&mut procs, DEADLINE).await;
     let victim = agreed_leaders(&procs).await.unwrap()["embedded_db"];
     let via = procs
         .iter()

@@ -123,8 +123,10 @@ async fn propose(group: &Group, cmd: Command, timeout: Duration) -> Result<Vec<u
             )))
         }
         Ok(Err(RaftError::APIError(e))) => Err(Error::internal(e)),
-        Ok(Err(RaftError::Fatal(f))) => Err(Error::unavailable(format!(
-            "group {} is stopped on this node: {f}",
+        // The entry may have been appended (and replicated) before the group stopped:
+        // never report this as "not proposed", which would invite a retry.
+        Ok(Err(RaftError::Fatal(f))) => Err(Error::UnknownOutcome(format!(
+            "group {} stopped on this node while handling the write ({f}); it may or may not have been applied",
             group.name
         ))),
         Err(_) => Err(Error::UnknownOutcome(format!(
@@ -181,5 +183,34 @@ pub(crate) fn never_sent(status: &tonic::Status) -> bool {
         msg.push_str(&s.to_string().to_ascii_lowercase());
         source = s.source();
     }
-    msg.contains("connect") || msg.contains("connection refused")
+    // Only failures to establish the connection prove the request was never sent;
+    // a reset or broken connection may have lost a request the peer already took.
+    [
+        "tcp connect error",
+        "connection refused",
+        "error trying to connect",
+        "dns error",
+        "failed to lookup address",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_sent;
+
+    #[test]
+    fn only_connection_establishment_failures_count_as_never_sent() {
+        let unavailable = |m: &str| tonic::Status::unavailable(m.to_string());
+        assert!(never_sent(&unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)"
+        )));
+        assert!(never_sent(&unavailable(
+            "dns error: failed to lookup address information"
+        )));
+        assert!(!never_sent(&unavailable("connection reset by peer")));
+        assert!(!never_sent(&unavailable("connection error: broken pipe")));
+        assert!(!never_sent(&tonic::Status::cancelled("tcp connect error")));
+    }
 }

@@ -31,23 +31,24 @@ use crate::pb::raft_peer_client::RaftPeerClient;
 use crate::raft::snapshot::SnapshotFile;
 use crate::raft::types::{NodeId, TypeConfig, Vote};
 
-/// Largest message the peer port accepts or sends. Append-entries batches are bounded
-/// by openraft's `max_payload_entries`; with entries capped by the client request
-/// limit this leaves ample headroom, and snapshots never need one message.
-pub const MAX_PEER_MESSAGE: usize = 64 << 20;
-
 /// Bytes of snapshot data per streamed chunk.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 /// One lazily connected channel per peer address, shared by all groups.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Largest message sent or accepted (see `Config::peer_message_limit`); snapshots
+    /// are streamed in chunks and never need one message.
+    max_message: usize,
 }
 
 impl PeerChannels {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(max_message: usize) -> Self {
+        PeerChannels {
+            channels: Arc::default(),
+            max_message,
+        }
     }
 
     /// The channel to `addr` (`host:port`), created on first use.
@@ -71,8 +72,8 @@ impl PeerChannels {
 
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
         Ok(RaftPeerClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE))
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message))
     }
 }
 
@@ -263,10 +264,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             }
         });
 
-        let mut client = self
-            .client()
-            .map_err(to_streaming)?
-            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut client = self.client().map_err(to_streaming)?;
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
         let target = self.target;

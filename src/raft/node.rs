@@ -85,7 +85,7 @@ impl MultiRaft {
         let names = registry.names();
         let db = db::open(&config.data_dir.join("raft"), &names)?;
         let syncer = WalSyncer::start(db.clone())?;
-        let channels = PeerChannels::new();
+        let channels = PeerChannels::new(config.peer_message_limit());
         let (shutdown_tx, _) = watch::channel(false);
         let mut groups = BTreeMap::new();
 
@@ -122,7 +122,7 @@ impl MultiRaft {
                 snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
                 max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
                 install_snapshot_timeout: 30_000,
-                max_payload_entries: 256,
+                max_payload_entries: crate::config::MAX_ENTRIES_PER_APPEND,
                 enable_pre_vote: Some(true),
                 ..Default::default()
             }

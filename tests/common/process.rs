@@ -11,6 +11,10 @@ use std::time::Duration;
 use nacosd::pb;
 use nacosd::pb::cluster_service_client::ClusterServiceClient;
 
+/// Multi-process tests run one at a time: fewer processes competing for 2 cores, and
+/// no two clusters picking ports at once.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -98,6 +102,19 @@ impl Proc {
         c.wait().ok()
     }
 
+    /// Panic with the node's log if its process exited on its own.
+    pub fn assert_alive(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!(
+                    "node {} exited unexpectedly ({status}):\n{}",
+                    self.id,
+                    self.log()
+                );
+            }
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("nacosd.log")).unwrap_or_default()
     }
@@ -131,6 +148,31 @@ pub fn cluster(n: u64, base: &Path) -> Vec<Proc> {
         p.start();
     }
     procs
+}
+
+/// Wait until every group has a leader all running nodes agree on, failing fast (with
+/// the node's log) if a node died.
+pub async fn wait_for_leaders(procs: &mut [Proc], deadline: Duration) {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        for p in procs.iter_mut() {
+            p.assert_alive();
+        }
+        if agreed_leaders(procs).await.is_some() {
+            return;
+        }
+        if tokio::time::Instant::now() > end {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("--- node {}:\n{}", p.id, p.log()))
+                .collect();
+            panic!(
+                "timed out waiting for leaders in every group\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Each group's leader if every running node agrees on it.

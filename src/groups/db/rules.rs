@@ -18,8 +18,15 @@ pub const MAX_ROWS: u32 = 10_000;
 /// Prefix of the group's own tables.
 pub const INTERNAL_PREFIX: &str = "_nacosd";
 
-/// Functions whose result differs between replicas.
-const RANDOM_FUNCTIONS: [&str; 2] = ["random", "randomblob"];
+/// Functions whose result differs between replicas (random, or tied to the
+/// connection's history, which differs on a replica that restarted).
+const RANDOM_FUNCTIONS: [&str; 5] = [
+    "random",
+    "randomblob",
+    "changes",
+    "total_changes",
+    "last_insert_rowid",
+];
 /// Date/time functions: deterministic unless asked for the current time.
 const TIME_FUNCTIONS: [&str; 7] = [
     "date",
@@ -120,12 +127,92 @@ fn is_now(v: &Value) -> bool {
     matches!(v, Value::Text(t) if t.trim().eq_ignore_ascii_case("now"))
 }
 
+/// Calls of date/time functions whose arguments mean "the current time": none at all,
+/// or only a format for `strftime`. Scans the SQL text, skipping quoted literals.
+fn implicit_now_call(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'\'' || c == b'"' {
+            // Skip the literal; a doubled quote inside it is an escaped quote.
+            i += 1;
+            while i < bytes.len() {
+                if bytes[i] == c {
+                    if i + 1 < bytes.len() && bytes[i + 1] == c {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == b'_') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        let word = &lower[start..i];
+        if !TIME_FUNCTIONS.contains(&word) {
+            continue;
+        }
+        let mut j = i;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j >= bytes.len() || bytes[j] != b'(' {
+            continue;
+        }
+        // Count the top-level arguments up to the matching parenthesis.
+        let (mut depth, mut commas, mut any) = (0i32, 0usize, false);
+        let mut k = j + 1;
+        while k < bytes.len() {
+            match bytes[k] {
+                q @ (b'\'' | b'"') => {
+                    any = true;
+                    k += 1;
+                    while k < bytes.len() && bytes[k] != q {
+                        k += 1;
+                    }
+                }
+                b'(' => {
+                    depth += 1;
+                    any = true;
+                }
+                b')' if depth == 0 => break,
+                b')' => depth -= 1,
+                b',' if depth == 0 => commas += 1,
+                b if !b.is_ascii_whitespace() => any = true,
+                _ => {}
+            }
+            k += 1;
+        }
+        let args = if any { commas + 1 } else { 0 };
+        if args == 0 || (word == "strftime" && args == 1) {
+            return Some(word.to_string());
+        }
+    }
+    None
+}
+
 /// Refuse a statement that uses a date/time function with 'now' (in the SQL or a
-/// parameter), or a current-time keyword.
+/// parameter) or with no time value, or a current-time keyword.
 pub fn check_time(stmt: &Stmt, time_used: bool) -> Result<()> {
     if let Some(kw) = mentions_current_time(&stmt.sql) {
         return Err(Error::invalid(format!(
             "{kw} gives a different result on every replica; pass the time as a parameter"
+        )));
+    }
+    if let Some(f) = implicit_now_call(&stmt.sql) {
+        return Err(Error::invalid(format!(
+            "{f}() without a time value means 'now', which gives a different result on every replica; pass the time as a parameter"
         )));
     }
     if time_used {
@@ -189,6 +276,27 @@ mod tests {
         .is_err());
         assert!(check_time(&stmt("select current_date", vec![]), false).is_err());
         assert!(check_time(&stmt("SELECT my_current_time_col FROM t", vec![]), false).is_ok());
+    }
+
+    #[test]
+    fn time_functions_without_a_time_value_are_refused() {
+        for sql in [
+            "SELECT date()",
+            "CREATE TABLE t (c DEFAULT (datetime( )))",
+            "SELECT strftime('%s')",
+            "SELECT julianday ()",
+        ] {
+            assert!(check_time(&stmt(sql, vec![]), false).is_err(), "{sql}");
+        }
+        for sql in [
+            "SELECT date('2024-01-01')",
+            "SELECT strftime('%s', '2024-01-01')",
+            "SELECT 'date()' AS literal",
+            "SELECT datetime(ts, '+1 day') FROM t",
+            "SELECT mydate() FROM t",
+        ] {
+            assert!(check_time(&stmt(sql, vec![]), false).is_ok(), "{sql}");
+        }
     }
 
     #[test]

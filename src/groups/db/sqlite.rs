@@ -101,6 +101,21 @@ fn value_of(v: ValueRef<'_>) -> Value {
     }
 }
 
+/// True for failures of the local machine (disk, memory, corruption), which must stop
+/// the group rather than be answered: another replica would not fail the same way.
+fn is_local_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            SystemIoFailure | DiskFull | DatabaseCorrupt | NotADatabase | OutOfMemory
+                | CannotOpen | FileLockingProtocolFailed | DatabaseBusy | DatabaseLocked
+                | PermissionDenied | ReadOnly
+        )
+    )
+}
+
 /// A statement error as a deterministic answer naming the statement.
 fn statement_error(i: usize, e: rusqlite::Error) -> Error {
     let constraint = matches!(
@@ -115,19 +130,31 @@ fn statement_error(i: usize, e: rusqlite::Error) -> Error {
     }
 }
 
-/// Why a statement could not be prepared.
+/// Why a statement could not be prepared or run.
 enum PrepareError {
     /// The rules forbid it (decided before proposing where possible).
     Refused(Error),
     /// SQLite rejected it (e.g. a table that an earlier statement creates).
     Sql(Error),
+    /// The local machine failed (see [`is_local_failure`]).
+    Local(io::Error),
 }
 
 impl From<PrepareError> for Error {
     fn from(e: PrepareError) -> Self {
         match e {
             PrepareError::Refused(e) | PrepareError::Sql(e) => e,
+            PrepareError::Local(e) => Error::internal(e),
         }
+    }
+}
+
+/// Classify a SQLite error of statement `i`.
+fn sql_failure(i: usize, e: rusqlite::Error) -> PrepareError {
+    if is_local_failure(&e) {
+        PrepareError::Local(io::Error::other(format!("statement {i}: {e}")))
+    } else {
+        PrepareError::Sql(statement_error(i, e))
     }
 }
 
@@ -137,7 +164,7 @@ fn prepare<'c>(
     i: usize,
     stmt: &Stmt,
 ) -> std::result::Result<rusqlite::Statement<'c>, PrepareError> {
-    use PrepareError::{Refused, Sql};
+    use PrepareError::Refused;
     let refusals = Refusals::default();
     let time_used = Arc::new(Mutex::new(false));
     conn.authorizer(Some(rules::authorizer(refusals.clone(), time_used.clone())));
@@ -150,7 +177,7 @@ fn prepare<'c>(
     // Current-time keywords are refused even when the statement cannot be prepared yet.
     rules::check_time(stmt, false)
         .map_err(|e| Refused(Error::invalid(format!("statement {i}: {e}"))))?;
-    let mut prepared = prepared.map_err(|e| Sql(statement_error(i, e)))?;
+    let mut prepared = prepared.map_err(|e| sql_failure(i, e))?;
     let used_time = *time_used.lock().unwrap_or_else(|e| e.into_inner());
     rules::check_time(stmt, used_time)
         .map_err(|e| Refused(Error::invalid(format!("statement {i}: {e}"))))?;
@@ -176,15 +203,22 @@ fn prepare<'c>(
 }
 
 /// Run one command's statements; on error the caller rolls back its savepoint.
-fn execute_all(conn: &Connection, cmd: &DbCommand) -> Result<Vec<ExecResult>> {
+fn execute_all(
+    conn: &Connection,
+    cmd: &DbCommand,
+) -> std::result::Result<Vec<ExecResult>, PrepareError> {
     let mut out = Vec::with_capacity(cmd.statements.len());
     for (i, stmt) in cmd.statements.iter().enumerate() {
         let mut prepared = prepare(conn, i, stmt)?;
+        let before = conn.total_changes();
         let mut rows = prepared.raw_query();
-        while rows.next().map_err(|e| statement_error(i, e))?.is_some() {}
+        while rows.next().map_err(|e| sql_failure(i, e))?.is_some() {}
         drop(rows);
+        // changes() keeps the last DML statement's count; report 0 for statements that
+        // modified nothing (DDL, SELECT).
+        let modified = conn.total_changes() != before;
         out.push(ExecResult {
-            rows_affected: conn.changes(),
+            rows_affected: if modified { conn.changes() } else { 0 },
             last_insert_id: conn.last_insert_rowid(),
         });
     }
@@ -266,10 +300,11 @@ impl StateMachine for SqliteStateMachine {
                                     index: item.index,
                                 }))
                             }
+                            Err(PrepareError::Local(e)) => return Err(e),
                             Err(e) => {
                                 conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
                                     .map_err(sql_err)?;
-                                Err(e)
+                                Err(e.into())
                             }
                         }
                     }
@@ -298,12 +333,11 @@ impl StateMachine for SqliteStateMachine {
             .as_ref()
             .ok_or_else(|| Error::unavailable("database is being restored"))?;
         // One read transaction: every statement sees the same state.
-        conn.execute_batch("BEGIN")
-            .map_err(Error::internal)?;
+        conn.execute_batch("BEGIN").map_err(Error::internal)?;
         let result = (|| {
             let mut out = Vec::with_capacity(q.statements.len());
             for (i, s) in q.statements.iter().enumerate() {
-                let mut prepared = prepare(conn, i, s)?;
+                let mut prepared = prepare(conn, i, s).map_err(Error::from)?;
                 if !prepared.readonly() {
                     return Err(Error::invalid(format!(
                         "statement {i} would modify the database; use Execute for writes"
@@ -388,8 +422,13 @@ impl StateMachine for SqliteStateMachine {
         }
         let mut w = Self::lock(&self.writer);
         let mut r = Self::lock(&self.reader);
-        w.take();
         r.take();
+        // Fold the live WAL into the database first: until the rename below, the old
+        // file must stay complete on its own.
+        if let Some(conn) = w.take() {
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(sql_err)?;
+        }
         for ext in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
         }
