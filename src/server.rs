@@ -234,7 +234,10 @@ pub async fn start(
                 } else {
                     tonic_health::ServingStatus::NotServing
                 };
-                health_reporter.set_service_status("", status).await;
+                // The server as a whole ("") and each API service by name.
+                for name in std::iter::once("").chain(CLIENT_SERVICES.iter().copied()) {
+                    health_reporter.set_service_status(name, status).await;
+                }
                 last = Some(ready);
             }
         }

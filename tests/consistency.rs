@@ -252,25 +252,51 @@ async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
         .into_iter()
         .find(|i| *i != leader)
         .unwrap();
+    let node = cluster.node(via).clone();
 
+    // Four concurrent streams of forwarded writes; the leader stops while writes are
+    // in flight.
+    let acked_before_stop = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let node = node.clone();
+        let acked = acked_before_stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..30 {
+                let key = format!("w{w}-{i:03}");
+                let cmd = Command::new("incr", key.clone(), key.as_bytes().to_vec());
+                let r = consistency::write(&node, COUNTER, cmd, Some(Duration::from_secs(5))).await;
+                let outcome = match r {
+                    Ok(b) if b == 1u64.to_le_bytes() => {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        "acknowledged"
+                    }
+                    Ok(b) => panic!("write {key} applied {b:?} times"),
+                    Err(Error::UnknownOutcome(_)) => "unknown",
+                    Err(Error::Unavailable { .. }) | Err(Error::DeadlineExceeded(_)) => {
+                        "not-applied"
+                    }
+                    Err(e) => panic!("unexpected error for {key}: {e:?}"),
+                };
+                outcomes.push((key, outcome));
+            }
+            outcomes
+        }));
+    }
+    let acked = acked_before_stop.clone();
+    wait_until("some writes acknowledged", || {
+        acked.load(std::sync::atomic::Ordering::Relaxed) >= 20
+    })
+    .await;
+    cluster.stop(leader).await;
     let mut outcomes: BTreeMap<String, &'static str> = BTreeMap::new();
-    for i in 0..60 {
-        if i == 20 {
-            cluster.stop(leader).await;
-        }
-        let key = format!("w{i:03}");
-        let outcome = match incr(&cluster, via, &key).await {
-            Ok(1) => "acknowledged",
-            Ok(n) => panic!("write {key} applied {n} times"),
-            Err(Error::UnknownOutcome(_)) => "unknown",
-            Err(Error::Unavailable { .. }) | Err(Error::DeadlineExceeded(_)) => "not-applied",
-            Err(e) => panic!("unexpected error for {key}: {e:?}"),
-        };
-        outcomes.insert(key, outcome);
+    for w in writers {
+        outcomes.extend(w.await.unwrap());
     }
     let new_leader = cluster.wait_for_leader(COUNTER).await;
     assert_ne!(new_leader, leader);
-    assert!(outcomes.values().filter(|o| **o == "acknowledged").count() >= 40);
+    assert!(outcomes.values().filter(|o| **o == "acknowledged").count() >= 60);
 
     for (key, outcome) in &outcomes {
         let n = count(&cluster, via, key, ReadLevel::Linearizable)
