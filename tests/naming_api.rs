@@ -88,6 +88,73 @@ async fn every_operation_through_followers_and_leader() {
             assert_eq!(d.service.unwrap().revision, resp.revision);
         }
     }
+    // Service operations, instance updates and batches through every node (leader and
+    // followers alike), each read back linearizably on every node.
+    for i in 0..clients.len() {
+        let name = format!("per-node-{i}");
+        let (via, c) = &mut clients[i];
+        let via = *via;
+        c.create_service(pb::CreateServiceRequest {
+            key: svc(&name),
+            protect_threshold: 0.1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.update_service(pb::UpdateServiceRequest {
+            key: svc(&name),
+            protect_threshold: 0.2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.batch_register_instances(pb::BatchRegisterInstancesRequest {
+            service: svc(&name),
+            instances: vec![inst("10.2.0.1", 80), inst("10.2.0.2", 80)],
+        })
+        .await
+        .unwrap();
+        let mut upd = inst("10.2.0.1", 80);
+        upd.enabled = Some(false);
+        c.update_instance(pb::UpdateInstanceRequest {
+            service: svc(&name),
+            instance: Some(upd),
+        })
+        .await
+        .unwrap();
+        for (id, reader) in &mut clients {
+            let d = reader.get_service(get(&name)).await.unwrap().into_inner();
+            assert_eq!(
+                d.service.unwrap().protect_threshold,
+                0.2,
+                "node {id}, written via {via}"
+            );
+            assert_eq!(d.instances.len(), 2);
+            assert!(d.instances.iter().any(|i| i.enabled == Some(false)));
+        }
+        let (_, c) = &mut clients[i];
+        for ip in ["10.2.0.1", "10.2.0.2"] {
+            c.deregister_instance(pb::DeregisterInstanceRequest {
+                service: svc(&name),
+                ip: ip.into(),
+                port: 80,
+                cluster_name: String::new(),
+            })
+            .await
+            .unwrap();
+        }
+        c.delete_service(pb::DeleteServiceRequest { key: svc(&name) })
+            .await
+            .unwrap();
+        for (id, reader) in &mut clients {
+            assert_eq!(
+                reader.get_service(get(&name)).await.unwrap_err().code(),
+                Code::NotFound,
+                "node {id}"
+            );
+        }
+    }
+
     let (_, c) = &mut clients[1];
     // Registering again updates (idempotent).
     let mut again = inst("10.0.0.0", 8080);
