@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use nacosd::consistency::ReadLevel;
 use nacosd::groups::{CONFIG, EMBEDDED_DB, NAMING_PERSISTENT};
-use openraft::rt::watch::WatchReceiver;
 
 /// Groups whose state is the test key-value machine.
 const ALL: [&str; 1] = [KV];
@@ -98,11 +97,7 @@ async fn stopping_a_leader_elects_a_new_one_and_writes_continue() {
 async fn a_restarted_node_rejoins_and_catches_up() {
     let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = cluster.wait_for_leader(KV).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.other_than(leader);
     put(cluster.node(leader), KV, "a", "1").await.unwrap();
 
     cluster.stop(follower).await;
@@ -129,11 +124,7 @@ async fn a_node_behind_the_purge_point_catches_up_by_snapshot() {
     })
     .await;
     let leader = cluster.wait_for_leader(KV).await;
-    let lagging = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let lagging = cluster.other_than(leader);
     cluster.stop(lagging).await;
 
     let mut last = 0;
@@ -147,32 +138,8 @@ async fn a_node_behind_the_purge_point_catches_up_by_snapshot() {
         .await
         .unwrap();
     }
-    // The leader has purged past everything the stopped node has.
-    let leader_group = cluster.node(leader).group(KV).unwrap().clone();
-    wait_until("leader purges its log", || {
-        leader_group
-            .raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .as_ref()
-            .map(|l| l.index)
-            .unwrap_or(0)
-            > 20
-    })
-    .await;
-
-    cluster.restart(lagging).await;
-    cluster.wait_applied(KV, last).await;
-    let snap = cluster
-        .node(lagging)
-        .group(KV)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow_watched()
-        .snapshot;
-    assert!(snap.is_some(), "the lagging node received a snapshot");
+    // The leader purges past everything the stopped node has.
+    cluster.restart_behind_purge(KV, leader, lagging, 20).await;
     assert_eq!(
         dump(cluster.node(lagging), KV),
         dump(cluster.node(leader), KV)

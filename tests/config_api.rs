@@ -414,11 +414,7 @@ async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchE
 async fn watch_follows_changes_made_anywhere_and_survives_a_leader_change() {
     let mut cluster = TestCluster::start(3, |r| r, |_| {}).await;
     let leader = cluster.wait_for_leader(CONFIG).await;
-    let watcher_node = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let watcher_node = cluster.other_than(leader);
     let writer_node = cluster
         .running()
         .into_iter()
@@ -541,11 +537,7 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
     )
     .await;
     let leader = cluster.wait_for_leader(CONFIG).await;
-    let lagging = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let lagging = cluster.other_than(leader);
     cluster.stop(lagging).await;
     let mut c = client(&cluster, leader).await;
     for i in 0..60 {
@@ -559,33 +551,9 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
     })
     .await
     .unwrap();
-    let leader_purged = || {
-        cluster
-            .node(leader)
-            .group(CONFIG)
-            .unwrap()
-            .raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .as_ref()
-            .map(|l| l.index)
-            .unwrap_or(0)
-    };
-    use openraft::rt::watch::WatchReceiver;
-    wait_until("leader purges", || leader_purged() > 10).await;
-    cluster.restart(lagging).await;
-    let last = cluster.applied(leader, CONFIG).unwrap();
-    cluster.wait_applied(CONFIG, last).await;
-    let snap = cluster
-        .node(lagging)
-        .group(CONFIG)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow_watched()
-        .snapshot;
-    assert!(snap.is_some(), "restored through a snapshot");
+    cluster
+        .restart_behind_purge(CONFIG, leader, lagging, 10)
+        .await;
 
     let mut restored = client(&cluster, lagging).await;
     let stale = |r: &mut pb::ListConfigsRequest| r.consistency = pb::Consistency::Stale as i32;

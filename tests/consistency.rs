@@ -181,11 +181,7 @@ async fn without_a_quorum_linearizable_reads_fail_and_stale_reads_are_served() {
     cluster.wait_applied(KV, idx).await;
 
     // Stop the leader and one more node: the survivor can never get a quorum.
-    let survivor = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let survivor = cluster.other_than(leader);
     for id in cluster.running() {
         if id != survivor {
             cluster.stop(id).await;
@@ -247,11 +243,7 @@ async fn after_the_leader_stops_linearizable_reads_see_the_last_acknowledged_wri
 async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
     let mut cluster = TestCluster::start(3, counter_registry, |_| {}).await;
     let leader = cluster.wait_for_leader(COUNTER).await;
-    let via = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let via = cluster.other_than(leader);
     let node = cluster.node(via).clone();
 
     // Four concurrent streams of forwarded writes; the leader stops while writes are
@@ -315,11 +307,7 @@ async fn forwarded_writes_across_a_leader_change_apply_exactly_once() {
 async fn a_lagging_follower_falls_back_to_the_leader() {
     let cluster = TestCluster::start(3, counter_registry, |_| {}).await;
     let leader = cluster.wait_for_leader(COUNTER).await;
-    let lagging = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let lagging = cluster.other_than(leader);
     incr(&cluster, leader, "warmup").await.unwrap();
     cluster
         .wait_applied(COUNTER, cluster.applied(leader, COUNTER).unwrap())

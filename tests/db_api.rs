@@ -337,11 +337,7 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
     )
     .await;
     let leader = cluster.wait_for_leader(EMBEDDED_DB).await;
-    let lagging = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let lagging = cluster.other_than(leader);
     let mut c = client(&cluster, leader).await;
     exec(
         &mut c,
@@ -364,32 +360,9 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
         .await
         .unwrap();
     }
-    use openraft::rt::watch::WatchReceiver;
-    let purged = || {
-        cluster
-            .node(leader)
-            .group(EMBEDDED_DB)
-            .unwrap()
-            .raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .map(|l| l.index)
-            .unwrap_or(0)
-    };
-    wait_until("leader purges", || purged() > 10).await;
-    cluster.restart(lagging).await;
-    let last = cluster.applied(leader, EMBEDDED_DB).unwrap();
-    cluster.wait_applied(EMBEDDED_DB, last).await;
-    assert!(cluster
-        .node(lagging)
-        .group(EMBEDDED_DB)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow_watched()
-        .snapshot
-        .is_some());
+    cluster
+        .restart_behind_purge(EMBEDDED_DB, leader, lagging, 10)
+        .await;
     let mut restored = client(&cluster, lagging).await;
     let sql = "SELECT k, v FROM kv ORDER BY k";
     let a = query(&mut restored, sql, pb::Consistency::Stale)

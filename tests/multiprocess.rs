@@ -107,21 +107,7 @@ async fn cluster_survives_kill_9_of_a_leader_under_concurrent_writes() {
     );
 
     // Every node converges to the same applied index in every group.
-    wait_async(
-        "all nodes at the same applied index in every group",
-        DEADLINE,
-        || async {
-            let mut seen = Vec::new();
-            for p in &procs {
-                match applied(p).await {
-                    Some(a) => seen.push(a),
-                    None => return false,
-                }
-            }
-            seen.windows(2).all(|w| w[0] == w[1])
-        },
-    )
-    .await;
+    wait_converged(&procs, DEADLINE).await;
 
     // Every acknowledged write is on every node, including the one killed with -9.
     for p in &procs {
@@ -313,21 +299,7 @@ async fn db_node_killed_mid_load_has_exactly_the_acknowledged_rows() {
         "most inserts acknowledged ({})",
         acked.len()
     );
-    wait_async(
-        "all nodes at the same applied index in every group",
-        DEADLINE,
-        || async {
-            let mut seen = Vec::new();
-            for p in &procs {
-                match applied(p).await {
-                    Some(a) => seen.push(a),
-                    None => return false,
-                }
-            }
-            seen.windows(2).all(|w| w[0] == w[1])
-        },
-    )
-    .await;
+    wait_converged(&procs, DEADLINE).await;
     for p in &procs {
         let mut c = DbServiceClient::connect(format!("http://{}", p.client))
             .await

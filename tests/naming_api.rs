@@ -448,11 +448,7 @@ async fn subscribe(
 async fn subscribe_sees_changes_in_order_resumes_without_gaps_and_survives_leader_change() {
     let mut cluster = TestCluster::start(3, |r| r, |_| {}).await;
     let leader = cluster.wait_for_leader(NAMING_PERSISTENT).await;
-    let a = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let a = cluster.other_than(leader);
     let b = cluster
         .running()
         .into_iter()
@@ -562,11 +558,7 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
     )
     .await;
     let leader = cluster.wait_for_leader(NAMING_PERSISTENT).await;
-    let lagging = cluster
-        .running()
-        .into_iter()
-        .find(|i| *i != leader)
-        .unwrap();
+    let lagging = cluster.other_than(leader);
     cluster.stop(lagging).await;
     let mut c = client(&cluster, leader).await;
     for i in 0..60u32 {
@@ -577,32 +569,9 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
         .await
         .unwrap();
     }
-    use openraft::rt::watch::WatchReceiver;
-    let purged = || {
-        cluster
-            .node(leader)
-            .group(NAMING_PERSISTENT)
-            .unwrap()
-            .raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .map(|l| l.index)
-            .unwrap_or(0)
-    };
-    wait_until("leader purges", || purged() > 10).await;
-    cluster.restart(lagging).await;
-    let last = cluster.applied(leader, NAMING_PERSISTENT).unwrap();
-    cluster.wait_applied(NAMING_PERSISTENT, last).await;
-    assert!(cluster
-        .node(lagging)
-        .group(NAMING_PERSISTENT)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow_watched()
-        .snapshot
-        .is_some());
+    cluster
+        .restart_behind_purge(NAMING_PERSISTENT, leader, lagging, 10)
+        .await;
 
     let mut restored = client(&cluster, lagging).await;
     let stale = pb::Consistency::Stale as i32;

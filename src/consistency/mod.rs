@@ -25,3 +25,25 @@ mod write;
 
 pub use read::{read, read_index_on_leader, read_on_leader, ReadLevel};
 pub use write::{write, write_on_leader};
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::raft::node::{Group, MultiRaft};
+
+/// The group, if this node leads it; otherwise `Unavailable` (not proposed, safe to
+/// retry elsewhere) naming the leader when known. Requests forwarded here by a
+/// follower stop at this check: they are never forwarded again.
+fn led_here<'a>(node: &'a MultiRaft, group_name: &str) -> Result<&'a Arc<Group>> {
+    let group = node.group(group_name)?;
+    if !group.raft.is_leader() {
+        return Err(Error::Unavailable {
+            message: format!(
+                "node {} is not the leader of group {}",
+                node.node_id, group.name
+            ),
+            leader: group.leader(),
+        });
+    }
+    Ok(group)
+}

@@ -130,16 +130,7 @@ pub async fn read_index_on_leader(
     lease: bool,
     timeout: Duration,
 ) -> Result<LogId> {
-    let group = node.group(group_name)?;
-    if !group.raft.is_leader() {
-        return Err(Error::Unavailable {
-            message: format!(
-                "node {} is not the leader of group {}",
-                node.node_id, group.name
-            ),
-            leader: group.leader(),
-        });
-    }
+    let group = super::led_here(node, group_name)?;
     local_read_index(group, lease, timeout).await
 }
 

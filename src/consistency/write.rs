@@ -91,16 +91,7 @@ pub async fn write_on_leader(
     cmd: Command,
     timeout: Duration,
 ) -> Result<Vec<u8>> {
-    let group = node.group(group_name)?;
-    if !group.raft.is_leader() {
-        return Err(Error::Unavailable {
-            message: format!(
-                "node {} is not the leader of group {}",
-                node.node_id, group.name
-            ),
-            leader: group.leader(),
-        });
-    }
+    let group = super::led_here(node, group_name)?;
     GroupCounters::inc(&group.counters.writes_local);
     propose(group, cmd, timeout).await
 }

@@ -56,3 +56,24 @@ pub fn is_name_char(c: char) -> bool {
 pub fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
 }
+
+/// Namespace used when a request leaves it empty.
+pub const DEFAULT_NAMESPACE: &str = "public";
+/// Group used when a request leaves it empty.
+pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
+
+/// `value`, or `default` when empty.
+pub fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() {
+        default
+    } else {
+        value
+    }
+}
+
+/// A namespace (default `public`): 1..=128 characters of `[A-Za-z0-9_-]`.
+pub fn namespace(namespace: &str) -> Result<String> {
+    let namespace = or_default(namespace, DEFAULT_NAMESPACE);
+    check_name("namespace", namespace, 128, is_id_char, "[A-Za-z0-9_-]")?;
+    Ok(namespace.into())
+}

@@ -102,6 +102,26 @@ impl KvView<'_> {
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         scan_db(self.db, self.cf, prefix, start_after, limit)
     }
+
+    /// Visit every key starting with `prefix`, in order, reading in bounded chunks so a
+    /// large prefix never sits in memory at once.
+    pub fn for_each(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self.scan(prefix, after.as_deref(), 1024)?;
+            let Some((last, _)) = chunk.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (k, v) in chunk {
+                visit(k, v)?;
+            }
+        }
+    }
 }
 
 fn scan_db(

@@ -26,6 +26,7 @@ pub type Raft = openraft::Raft<TypeConfig, crate::raft::state_machine::GroupStat
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// The payload of one Raft log entry: a write for a group's state machine (the role of
 /// Nacos's `WriteRequest`).

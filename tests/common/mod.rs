@@ -174,11 +174,50 @@ impl TestCluster {
         self.agreed_leader(group).unwrap()
     }
 
+    /// A snapshot of node `id`'s Raft metrics for `group`.
+    pub fn metrics(&self, id: u64, group: &str) -> nacosd::raft::types::RaftMetrics {
+        let g = self.node(id).group(group).expect("group exists");
+        let m = g.raft.metrics().borrow_watched().clone();
+        m
+    }
+
     pub fn applied(&self, id: u64, group: &str) -> Option<u64> {
-        let g = self.node(id).group(group).ok()?;
-        let m = g.raft.metrics();
-        let idx = m.borrow_watched().last_applied.as_ref().map(|l| l.index);
-        idx
+        self.metrics(id, group).last_applied.map(|l| l.index)
+    }
+
+    /// A running node other than `leader`.
+    pub fn other_than(&self, leader: u64) -> u64 {
+        self.running()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("another running node")
+    }
+
+    /// Restart the stopped node `lagging` once `leader` has purged its `group` log past
+    /// `purged_past`, wait until it has applied as far as the leader, and check that it
+    /// got there by installing a snapshot.
+    pub async fn restart_behind_purge(
+        &mut self,
+        group: &str,
+        leader: u64,
+        lagging: u64,
+        purged_past: u64,
+    ) {
+        wait_until("leader purges its log", || {
+            self.metrics(leader, group)
+                .purged
+                .map(|l| l.index)
+                .unwrap_or(0)
+                > purged_past
+        })
+        .await;
+        self.restart(lagging).await;
+        let last = self.applied(leader, group).expect("leader applied");
+        self.wait_applied(group, last).await;
+        assert!(
+            self.metrics(lagging, group).snapshot.is_some(),
+            "node {lagging} caught up through a snapshot"
+        );
     }
 
     /// Wait until every running node has applied at least `index` in `group`.

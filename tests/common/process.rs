@@ -211,6 +211,25 @@ pub async fn applied(p: &Proc) -> Option<BTreeMap<String, u64>> {
     )
 }
 
+/// Wait until every node reports the same applied index in every group.
+pub async fn wait_converged(procs: &[Proc], deadline: Duration) {
+    wait_async(
+        "all nodes at the same applied index in every group",
+        deadline,
+        || async {
+            let mut seen = Vec::new();
+            for p in procs {
+                match applied(p).await {
+                    Some(a) => seen.push(a),
+                    None => return false,
+                }
+            }
+            seen.windows(2).all(|w| w[0] == w[1])
+        },
+    )
+    .await;
+}
+
 /// Poll an async condition until it holds or `deadline` passes.
 pub async fn wait_async<F, Fut>(what: &str, deadline: Duration, mut f: F)
 where

@@ -183,28 +183,23 @@ impl Processor for ConfigProcessor {
                 let prefix = ConfigKey::namespace_prefix(&namespace);
                 let mut items = Vec::new();
                 let mut total = 0u64;
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let chunk = view.scan(&prefix, after.as_deref(), 1024)?;
-                    let Some((last, _)) = chunk.last() else { break };
-                    after = Some(last.clone());
-                    for (k, v) in chunk {
-                        let Some(key) = ConfigKey::from_item_key(&k) else {
-                            continue;
-                        };
-                        if !glob_match(&group_pattern, &key.group)
-                            || !glob_match(&data_id_pattern, &key.data_id)
-                        {
-                            continue;
-                        }
-                        if total >= offset && items.len() < limit as usize {
-                            let mut rec: ConfigRecord = dec(&v, "config record")?;
-                            rec.content.clear();
-                            items.push((key, rec));
-                        }
-                        total += 1;
+                view.for_each(&prefix, |k, v| {
+                    let Some(key) = ConfigKey::from_item_key(&k) else {
+                        return Ok(());
+                    };
+                    if !glob_match(&group_pattern, &key.group)
+                        || !glob_match(&data_id_pattern, &key.data_id)
+                    {
+                        return Ok(());
                     }
-                }
+                    if total >= offset && items.len() < limit as usize {
+                        let mut rec: ConfigRecord = dec(&v, "config record")?;
+                        rec.content.clear();
+                        items.push((key, rec));
+                    }
+                    total += 1;
+                    Ok(())
+                })?;
                 ConfigReply::Page { items, total }
             }
             ConfigQuery::History { key, offset, limit } => {

@@ -4,9 +4,6 @@
 use crate::error::{Error, Result};
 use crate::groups::config::model::ConfigKey;
 
-pub const DEFAULT_NAMESPACE: &str = "public";
-pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
-pub const MAX_NAMESPACE: usize = 128;
 pub const MAX_NAME: usize = 256;
 pub const MAX_APP_NAME: usize = 128;
 pub const MAX_TAGS: usize = 10;
@@ -14,27 +11,13 @@ pub const MAX_TAG: usize = 64;
 pub const MAX_DESCRIPTION: usize = 1024;
 pub const TYPES: [&str; 7] = ["text", "json", "xml", "yaml", "html", "properties", "toml"];
 
-use crate::groups::codec::{check_name as check, is_id_char as is_namespace_char, is_name_char};
+pub use crate::groups::codec::namespace;
+use crate::groups::codec::{check_name as check, is_name_char, or_default, DEFAULT_GROUP};
 
 /// Apply defaults and check a key.
 pub fn key(namespace: &str, group: &str, data_id: &str) -> Result<ConfigKey> {
-    let namespace = if namespace.is_empty() {
-        DEFAULT_NAMESPACE
-    } else {
-        namespace
-    };
-    let group = if group.is_empty() {
-        DEFAULT_GROUP
-    } else {
-        group
-    };
-    check(
-        "namespace",
-        namespace,
-        MAX_NAMESPACE,
-        is_namespace_char,
-        "[A-Za-z0-9_-]",
-    )?;
+    let namespace = self::namespace(namespace)?;
+    let group = or_default(group, DEFAULT_GROUP);
     check("group", group, MAX_NAME, is_name_char, "[A-Za-z0-9._:-]")?;
     check(
         "data_id",
@@ -44,26 +27,10 @@ pub fn key(namespace: &str, group: &str, data_id: &str) -> Result<ConfigKey> {
         "[A-Za-z0-9._:-]",
     )?;
     Ok(ConfigKey {
-        namespace: namespace.into(),
+        namespace,
         group: group.into(),
         data_id: data_id.into(),
     })
-}
-
-pub fn namespace(namespace: &str) -> Result<String> {
-    let namespace = if namespace.is_empty() {
-        DEFAULT_NAMESPACE
-    } else {
-        namespace
-    };
-    check(
-        "namespace",
-        namespace,
-        MAX_NAMESPACE,
-        is_namespace_char,
-        "[A-Za-z0-9_-]",
-    )?;
-    Ok(namespace.into())
 }
 
 /// A list pattern: name characters plus `*`.

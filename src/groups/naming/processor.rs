@@ -214,29 +214,24 @@ impl Processor for NamingProcessor {
                 let prefix = ServiceKey::group_prefix(&namespace, &group);
                 let mut services = Vec::new();
                 let mut total = 0u64;
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let chunk = view.scan(&prefix, after.as_deref(), 1024)?;
-                    let Some((last, _)) = chunk.last() else { break };
-                    after = Some(last.clone());
-                    for (k, v) in chunk {
-                        if total >= offset && services.len() < limit as usize {
-                            let Some(name) = ServiceKey::name_from_service_key(&k) else {
-                                continue;
-                            };
-                            let rec: ServiceRecord = dec(&v, "service record")?;
-                            let key = ServiceKey {
-                                namespace: namespace.clone(),
-                                group: group.clone(),
-                                name: name.clone(),
-                            };
-                            let count =
-                                view.scan(&key.instance_prefix(), None, usize::MAX)?.len() as u32;
-                            services.push((name, count, rec.revision));
-                        }
-                        total += 1;
+                view.for_each(&prefix, |k, v| {
+                    if total >= offset && services.len() < limit as usize {
+                        let Some(name) = ServiceKey::name_from_service_key(&k) else {
+                            return Ok(());
+                        };
+                        let rec: ServiceRecord = dec(&v, "service record")?;
+                        let key = ServiceKey {
+                            namespace: namespace.clone(),
+                            group: group.clone(),
+                            name: name.clone(),
+                        };
+                        let count =
+                            view.scan(&key.instance_prefix(), None, usize::MAX)?.len() as u32;
+                        services.push((name, count, rec.revision));
                     }
-                }
+                    total += 1;
+                    Ok(())
+                })?;
                 NamingReply::Page { services, total }
             }
         };

@@ -4,10 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::error::{Error, Result};
+use crate::groups::codec::{
+    self, check_name as check, is_id_char as ns_char, is_name_char as name_char, or_default,
+    DEFAULT_GROUP,
+};
 use crate::groups::naming::model::{InstanceAddr, Selector, ServiceKey, ServiceSettings};
 
-pub const DEFAULT_NAMESPACE: &str = "public";
-pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
 pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_KEY: usize = 128;
@@ -15,46 +17,11 @@ pub const MAX_METADATA_VALUE: usize = 1024;
 pub const MAX_METADATA_TOTAL: usize = 16 * 1024;
 pub const MAX_WEIGHT: f64 = 10_000.0;
 
-fn check(field: &str, v: &str, max: usize, ok: fn(char) -> bool, chars: &str) -> Result<()> {
-    if v.is_empty() {
-        return Err(Error::invalid(format!("{field} must not be empty")));
-    }
-    if v.len() > max {
-        return Err(Error::invalid(format!(
-            "{field} is {} characters; the limit is {max}",
-            v.len()
-        )));
-    }
-    if let Some(bad) = v.chars().find(|c| !ok(*c)) {
-        return Err(Error::invalid(format!(
-            "{field} contains {bad:?}; allowed characters are {chars}"
-        )));
-    }
-    Ok(())
-}
-
-fn name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
-}
-
-fn ns_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
-}
-
 pub fn namespace_and_group(namespace: &str, group: &str) -> Result<(String, String)> {
-    let ns = if namespace.is_empty() {
-        DEFAULT_NAMESPACE
-    } else {
-        namespace
-    };
-    let group = if group.is_empty() {
-        DEFAULT_GROUP
-    } else {
-        group
-    };
-    check("namespace", ns, 128, ns_char, "[A-Za-z0-9_-]")?;
+    let namespace = codec::namespace(namespace)?;
+    let group = or_default(group, DEFAULT_GROUP);
     check("group", group, 128, name_char, "[A-Za-z0-9._:-]")?;
-    Ok((ns.into(), group.into()))
+    Ok((namespace, group.into()))
 }
 
 pub fn service_key(namespace: &str, group: &str, name: &str) -> Result<ServiceKey> {
