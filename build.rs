@@ -26,5 +26,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+
+    // etcd's KV API, for the benchmark's side-by-side runs: a client only, and not
+    // part of the descriptor set that reflection serves.
+    let etcd = "proto/etcd/kv.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

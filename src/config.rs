@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::groups::db::rules::DbLimits;
 use crate::raft::types::NodeId;
 
 /// Entries per append-entries message (with [`Config::peer_message_limit`], this bounds
@@ -56,6 +57,8 @@ pub struct Config {
     pub max_config_bytes: usize,
     /// Revisions of history kept per configuration item.
     pub config_history_limit: u32,
+    /// Embedded DB request limits.
+    pub db_limits: DbLimits,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             max_request_bytes: 4 << 20,
             max_config_bytes: 100 * 1024,
             config_history_limit: 30,
+            db_limits: DbLimits::default(),
         }
     }
 }
@@ -142,6 +146,15 @@ pub struct ConfigArgs {
     /// Revisions of history kept per configuration item [default: 30].
     #[arg(long, env = "NACOSD_CONFIG_HISTORY_LIMIT")]
     pub config_history_limit: Option<u32>,
+    /// Embedded DB: statements in one request [default: 100].
+    #[arg(long, env = "NACOSD_DB_MAX_STATEMENTS")]
+    pub db_max_statements: Option<usize>,
+    /// Embedded DB: SQL text of one statement, in bytes [default: 65536].
+    #[arg(long, env = "NACOSD_DB_MAX_SQL_BYTES")]
+    pub db_max_sql_bytes: Option<usize>,
+    /// Embedded DB: rows one query statement returns [default: 10000].
+    #[arg(long, env = "NACOSD_DB_MAX_ROWS")]
+    pub db_max_rows: Option<u32>,
 }
 
 impl ConfigArgs {
@@ -170,6 +183,9 @@ impl ConfigArgs {
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
             max_config_bytes: self.max_config_bytes.or(other.max_config_bytes),
             config_history_limit: self.config_history_limit.or(other.config_history_limit),
+            db_max_statements: self.db_max_statements.or(other.db_max_statements),
+            db_max_sql_bytes: self.db_max_sql_bytes.or(other.db_max_sql_bytes),
+            db_max_rows: self.db_max_rows.or(other.db_max_rows),
         }
     }
 
@@ -218,6 +234,11 @@ impl ConfigArgs {
             max_request_bytes: args.max_request_bytes.unwrap_or(d.max_request_bytes),
             max_config_bytes: args.max_config_bytes.unwrap_or(d.max_config_bytes),
             config_history_limit: args.config_history_limit.unwrap_or(d.config_history_limit),
+            db_limits: DbLimits {
+                max_statements: args.db_max_statements.unwrap_or(d.db_limits.max_statements),
+                max_sql_bytes: args.db_max_sql_bytes.unwrap_or(d.db_limits.max_sql_bytes),
+                max_rows: args.db_max_rows.unwrap_or(d.db_limits.max_rows),
+            },
         };
         c.fill_advertise_peer();
         c.validate()?;
@@ -281,6 +302,21 @@ impl Config {
         }
         if self.config_history_limit == 0 {
             return Err(Error::invalid("config-history-limit must be at least 1"));
+        }
+        let db = &self.db_limits;
+        if db.max_statements == 0 || db.max_statements > 10_000 {
+            return Err(Error::invalid(
+                "db-max-statements must be between 1 and 10000",
+            ));
+        }
+        if db.max_sql_bytes < 64 || db.max_sql_bytes > self.max_request_bytes {
+            return Err(Error::invalid(format!(
+                "db-max-sql-bytes must be between 64 and max-request-bytes ({})",
+                self.max_request_bytes
+            )));
+        }
+        if db.max_rows == 0 || db.max_rows > 1_000_000 {
+            return Err(Error::invalid("db-max-rows must be between 1 and 1000000"));
         }
         Ok(())
     }
@@ -406,5 +442,53 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("does not include"), "{err}");
+    }
+
+    #[test]
+    fn db_limits_layer_and_are_validated() {
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("n.toml");
+        std::fs::write(&file, "db-max-statements = 7\ndb-max-rows = 50\n").unwrap();
+        let c = ConfigArgs {
+            config: Some(file),
+            db_max_rows: Some(20),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.db_limits,
+            DbLimits {
+                max_statements: 7,
+                max_sql_bytes: DbLimits::default().max_sql_bytes,
+                max_rows: 20,
+            }
+        );
+        for (args, want) in [
+            (
+                ConfigArgs {
+                    db_max_statements: Some(0),
+                    ..Default::default()
+                },
+                "db-max-statements",
+            ),
+            (
+                ConfigArgs {
+                    db_max_sql_bytes: Some(8 << 20),
+                    ..Default::default()
+                },
+                "db-max-sql-bytes",
+            ),
+            (
+                ConfigArgs {
+                    db_max_rows: Some(0),
+                    ..Default::default()
+                },
+                "db-max-rows",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
     }
 }

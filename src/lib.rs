@@ -11,6 +11,7 @@
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod consistency;
 pub mod error;

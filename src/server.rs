@@ -14,7 +14,6 @@ use openraft::rt::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
 use tonic::transport::Server;
 
@@ -143,11 +142,10 @@ pub async fn start(
     let peer_svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
         .max_decoding_message_size(config.peer_message_limit())
         .max_encoding_message_size(config.peer_message_limit());
-    let peer_incoming = TcpListenerStream::new(listeners.peer);
+    let peer_incoming = incoming(listeners.peer);
     let stop = stopped();
     tasks.push(tokio::spawn(async move {
         let res = Server::builder()
-            .tcp_nodelay(true)
             .initial_connection_window_size(8 << 20)
             .initial_stream_window_size(4 << 20)
             .add_service(peer_svc)
@@ -193,13 +191,13 @@ pub async fn start(
     let db_svc = pb::db_service_server::DbServiceServer::new(crate::api::db::DbApi::new(
         node.clone(),
         shared.db.clone(),
+        config.db_limits,
     ))
     .max_decoding_message_size(max);
-    let client_incoming = TcpListenerStream::new(listeners.client);
+    let client_incoming = incoming(listeners.client);
     let stop = stopped();
     tasks.push(tokio::spawn(async move {
         let res = Server::builder()
-            .tcp_nodelay(true)
             .concurrency_limit_per_connection(1024)
             .layer(tower::util::MapResponseLayer::new(oversized_request_status))
             .add_service(health_svc)
@@ -365,4 +363,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => Ok(()),
         Some(reason) => Err(Error::internal(reason)),
     }
+}
+
+/// Accepted connections with TCP_NODELAY and keepalive. tonic ignores its builder's
+/// `tcp_nodelay` for a caller-supplied listener, and without it Nagle's algorithm
+/// holds small responses back for a delayed ACK: about 40 ms per request.
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }

@@ -326,6 +326,96 @@ async fn nondeterministic_and_forbidden_statements_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_limits_come_from_the_configuration() {
+    let cluster = TestCluster::start(
+        1,
+        |r| r,
+        |c| {
+            c.db_limits.max_statements = 3;
+            c.db_limits.max_sql_bytes = 100;
+            c.db_limits.max_rows = 5;
+        },
+    )
+    .await;
+    cluster.wait_for_leader(EMBEDDED_DB).await;
+    let mut c = client(&cluster, 1).await;
+    exec(
+        &mut c,
+        vec![
+            stmt("CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]),
+            stmt("INSERT INTO t (id) VALUES (1), (2), (3), (4), (5)", vec![]),
+        ],
+    )
+    .await
+    .unwrap();
+    let applied = cluster.applied(1, EMBEDDED_DB);
+
+    let four: Vec<_> = (6..10)
+        .map(|i| stmt("INSERT INTO t (id) VALUES (?1)", vec![int(i)]))
+        .collect();
+    let err = exec(&mut c, four).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("4 statements")
+            && err.message().contains("the limit is 3 (db-max-statements)"),
+        "{}",
+        err.message()
+    );
+
+    let long = format!("INSERT INTO t (id) VALUES (6) -- {}", "x".repeat(80));
+    let err = exec(&mut c, vec![stmt(&long, vec![])]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("statement 0")
+            && err
+                .message()
+                .contains("the limit is 100 (db-max-sql-bytes)"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .query(pb::QueryRequest {
+            statements: vec![stmt(&long.replace("INSERT", "SELECT"), vec![])],
+            consistency: pb::Consistency::Linearizable as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        cluster.applied(1, EMBEDDED_DB),
+        applied,
+        "refused before proposing: nothing reached the log"
+    );
+
+    // Five rows is the limit, a sixth is refused whole.
+    let q = query(&mut c, "SELECT id FROM t", pb::Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(q.rows.len(), 5);
+    exec(&mut c, vec![stmt("INSERT INTO t (id) VALUES (6)", vec![])])
+        .await
+        .unwrap();
+    let err = query(&mut c, "SELECT id FROM t", pb::Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("more than 5 rows (db-max-rows)"),
+        "{}",
+        err.message()
+    );
+    let q = query(
+        &mut c,
+        "SELECT id FROM t ORDER BY id DESC LIMIT 5",
+        pb::Consistency::Linearizable,
+    )
+    .await
+    .unwrap();
+    assert_eq!(as_int(&q.rows[0].values[0]), 6);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
     let mut cluster = TestCluster::start(
         3,

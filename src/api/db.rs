@@ -8,7 +8,8 @@ use crate::api::{deadline, level};
 use crate::consistency;
 use crate::error::{Error, Result};
 use crate::groups::codec::enc;
-use crate::groups::db::{rules, DbCommand, DbQuery, DbReply, SqliteStateMachine, Stmt, Value};
+use crate::groups::db::rules::{self, DbLimits};
+use crate::groups::db::{DbCommand, DbQuery, DbReply, SqliteStateMachine, Stmt, Value};
 use crate::groups::EMBEDDED_DB;
 use crate::pb;
 use crate::raft::node::MultiRaft;
@@ -17,11 +18,16 @@ use crate::raft::types::Command;
 pub struct DbApi {
     node: Arc<MultiRaft>,
     db: Arc<OnceLock<Arc<SqliteStateMachine>>>,
+    limits: DbLimits,
 }
 
 impl DbApi {
-    pub fn new(node: Arc<MultiRaft>, db: Arc<OnceLock<Arc<SqliteStateMachine>>>) -> Self {
-        DbApi { node, db }
+    pub fn new(
+        node: Arc<MultiRaft>,
+        db: Arc<OnceLock<Arc<SqliteStateMachine>>>,
+        limits: DbLimits,
+    ) -> Self {
+        DbApi { node, db, limits }
     }
 }
 
@@ -91,8 +97,8 @@ impl pb::db_service_server::DbService for DbApi {
         let timeout = deadline(&req);
         let stmts = statements(req.into_inner().statements)?;
         match self.db.get() {
-            Some(db) => db.check(&stmts)?,
-            None => rules::check_limits(&stmts)?,
+            Some(db) => db.check(&stmts, &self.limits)?,
+            None => rules::check_limits(&stmts, &self.limits)?,
         }
         let first = stmts
             .first()
@@ -122,10 +128,10 @@ impl pb::db_service_server::DbService for DbApi {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let stmts = statements(r.statements)?;
-        rules::check_limits(&stmts)?;
+        rules::check_limits(&stmts, &self.limits)?;
         let q = DbQuery {
             statements: stmts,
-            max_rows: rules::MAX_ROWS,
+            max_rows: self.limits.max_rows,
         };
         let bytes = consistency::read(
             &self.node,

@@ -41,6 +41,16 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Load generator: closed-loop clients against nacosd (or etcd), then a table of
+    /// throughput, latency percentiles and errors by code.
+    Bench(Box<nacosd::bench::Options>),
+    /// Side-by-side table of `bench --json` reports (files of one JSON object per
+    /// line), nacosd beside etcd with ratios.
+    BenchCompare {
+        /// Files of JSON reports; `-` reads stdin.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,7 +62,7 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -72,6 +82,52 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Bench(mut opts) => {
+            if opts.endpoints.is_empty() {
+                opts.endpoints = vec![cli.endpoint.clone()];
+            }
+            let (json, quiet) = (opts.json || cli.output == Output::Json, opts.quiet);
+            let report = nacosd::bench::run(*opts, !quiet).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", nacosd::bench::report::table(&[report]));
+            }
+            Ok(())
+        }
+        Command::BenchCompare { files } => {
+            let mut reports = Vec::new();
+            for f in &files {
+                let text = if f.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(f)
+                }
+                .map_err(|e| format!("reading {}: {e}", f.display()))?;
+                for (n, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    reports.push(serde_json::from_str(line).map_err(|e| {
+                        format!("{} line {}: not a bench report: {e}", f.display(), n + 1)
+                    })?);
+                }
+            }
+            print!("{}", nacosd::bench::report::compare(&reports));
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => cluster_status(&cli).await,
+    }
+}
+
+async fn cluster_status(cli: &Cli) -> Result<(), String> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     let endpoint = if cli.endpoint.contains("://") {
         cli.endpoint.clone()
@@ -85,24 +141,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", cli.endpoint))?;
-    match cli.command {
-        Command::Cluster {
-            command: ClusterCommand::Status,
-        } => {
-            let status = ClusterServiceClient::new(channel)
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-                .into_inner();
-            match cli.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status_json(&status))
-                        .map_err(|e| e.to_string())?
-                ),
-                Output::Table => print!("{}", status_table(&status)),
-            }
-        }
+    let status = ClusterServiceClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    match cli.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status_json(&status)).map_err(|e| e.to_string())?
+        ),
+        Output::Table => print!("{}", status_table(&status)),
     }
     Ok(())
 }

@@ -12,9 +12,28 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use crate::error::{Error, Result};
 use crate::groups::db::model::{Stmt, Value};
 
-pub const MAX_STATEMENTS: usize = 100;
-pub const MAX_SQL_BYTES: usize = 64 * 1024;
-pub const MAX_ROWS: u32 = 10_000;
+/// Limits of one request, set by the node that accepts it (`--db-max-*`). They are
+/// checked at the API edge only, never while applying: a node's limits may differ
+/// from another's, and an apply must not depend on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbLimits {
+    /// Statements in one `Execute` or `Query`.
+    pub max_statements: usize,
+    /// SQL text of one statement, in bytes.
+    pub max_sql_bytes: usize,
+    /// Rows one statement of a `Query` returns; more is `RESOURCE_EXHAUSTED`.
+    pub max_rows: u32,
+}
+
+impl Default for DbLimits {
+    fn default() -> Self {
+        DbLimits {
+            max_statements: 100,
+            max_sql_bytes: 64 * 1024,
+            max_rows: 10_000,
+        }
+    }
+}
 /// Prefix of the group's own tables.
 pub const INTERNAL_PREFIX: &str = "_nacosd";
 
@@ -229,14 +248,15 @@ pub fn check_time(stmt: &Stmt, time_used: bool) -> Result<()> {
 }
 
 /// Size and count limits of a batch.
-pub fn check_limits(statements: &[Stmt]) -> Result<()> {
+pub fn check_limits(statements: &[Stmt], limits: &DbLimits) -> Result<()> {
     if statements.is_empty() {
         return Err(Error::invalid("statements must not be empty"));
     }
-    if statements.len() > MAX_STATEMENTS {
+    if statements.len() > limits.max_statements {
         return Err(Error::invalid(format!(
-            "{} statements in one request; the limit is {MAX_STATEMENTS}",
-            statements.len()
+            "{} statements in one request; the limit is {} (db-max-statements)",
+            statements.len(),
+            limits.max_statements
         )));
     }
     for (i, s) in statements.iter().enumerate() {
@@ -245,10 +265,11 @@ pub fn check_limits(statements: &[Stmt]) -> Result<()> {
                 "statement {i}: sql must not be empty"
             )));
         }
-        if s.sql.len() > MAX_SQL_BYTES {
+        if s.sql.len() > limits.max_sql_bytes {
             return Err(Error::invalid(format!(
-                "statement {i}: sql is {} bytes; the limit is {MAX_SQL_BYTES}",
-                s.sql.len()
+                "statement {i}: sql is {} bytes; the limit is {} (db-max-sql-bytes)",
+                s.sql.len(),
+                limits.max_sql_bytes
             )));
         }
     }

@@ -245,8 +245,8 @@ impl SqliteStateMachine {
 
     /// Check a batch at the API edge, without running it: the same rules the apply
     /// enforces.
-    pub fn check(&self, statements: &[Stmt]) -> Result<()> {
-        rules::check_limits(statements)?;
+    pub fn check(&self, statements: &[Stmt], limits: &rules::DbLimits) -> Result<()> {
+        rules::check_limits(statements, limits)?;
         let guard = Self::lock(&self.reader);
         let conn = guard
             .as_ref()
@@ -327,7 +327,9 @@ impl StateMachine for SqliteStateMachine {
 
     fn query(&self, query: &[u8]) -> Result<Vec<u8>> {
         let q: DbQuery = dec_message(query, "db query")?;
-        rules::check_limits(&q.statements)?;
+        if q.statements.is_empty() {
+            return Err(Error::invalid("statements must not be empty"));
+        }
         let guard = Self::lock(&self.reader);
         let conn = guard
             .as_ref()
@@ -359,7 +361,7 @@ impl StateMachine for SqliteStateMachine {
                 while let Some(row) = rows.next().map_err(|e| statement_error(i, e))? {
                     if rows_out.len() >= q.max_rows as usize {
                         return Err(Error::ResourceExhausted(format!(
-                            "statement {i} returns more than {} rows; add a LIMIT",
+                            "statement {i} returns more than {} rows (db-max-rows); add a LIMIT",
                             q.max_rows
                         )));
                     }

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# nacosd beside etcd, on this machine, in one run.
+#
+# Starts a 3-node nacosd cluster on loopback, runs the workloads below against it,
+# reads each node's RSS and stops it; then does the same with a 3-node etcd cluster
+# (Debian's etcd-server); then prints the side-by-side table with nacosd/etcd ratios.
+# One system runs at a time, so neither steals the other's CPU. Everything started is
+# stopped on exit, also on failure or Ctrl-C.
+#
+#   bench/compare.sh                 # 10 s per run after a 2 s warm-up
+#   DURATION=3 WARMUP=1 bench/compare.sh
+#
+# Environment: DURATION, WARMUP (seconds), KEYS (10000), VALUE_SIZE (256),
+# CONNECTIONS (per run, spread over the 3 endpoints; 6), CLIENTS ("1 64": the client
+# counts of the put/get runs), OUT (results directory; target/bench/<time>),
+# NACOSD_BIN/NACOSCTL_BIN (default: target/release, built if missing), ETCD_BIN.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+duration="${DURATION:-10}"
+warmup="${WARMUP:-2}"
+keys="${KEYS:-10000}"
+value_size="${VALUE_SIZE:-256}"
+connections="${CONNECTIONS:-6}"
+clients="${CLIENTS:-1 64}"
+out="${OUT:-$root/target/bench/$(date +%Y%m%d-%H%M%S)}"
+etcd_bin="${ETCD_BIN:-etcd}"
+
+if ! command -v "$etcd_bin" >/dev/null; then
+    echo "compare.sh: etcd not found; install Debian's etcd-server (apt-get install etcd-server) or set ETCD_BIN" >&2
+    exit 1
+fi
+if [ -z "${NACOSD_BIN:-}" ]; then
+    (cd "$root" && cargo build --release --bins)
+fi
+nacosd_bin="${NACOSD_BIN:-$root/target/release/nacosd}"
+nacosctl_bin="${NACOSCTL_BIN:-$(dirname "$nacosd_bin")/nacosctl}"
+
+mkdir -p "$out"
+work="$(mktemp -d "${TMPDIR:-/tmp}/nacosd-bench.XXXXXX")"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# A free loopback port base: 9 consecutive ports from $1 that nothing listens on.
+port_base() {
+    local base=$1
+    while ss -Hltn "sport >= :$base and sport <= :$((base + 8))" | grep -q .; do
+        base=$((base + 10))
+    done
+    echo "$base"
+}
+
+wait_for() { # what, deadline seconds, command...
+    local what=$1 secs=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $end ]; then
+            echo "compare.sh: timed out waiting for $what" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+results="$out/results.jsonl"
+: >"$results"
+rss_file="$out/rss.txt"
+: >"$rss_file"
+
+# bench TARGET ENDPOINTS WORKLOAD CLIENTS [extra flags...]
+bench() {
+    local target=$1 endpoints=$2 workload=$3 n=$4
+    shift 4
+    echo "== $target $workload clients=$n $*" >&2
+    "$nacosctl_bin" bench --target "$target" --endpoints "$endpoints" \
+        --workload "$workload" --clients "$n" --connections "$connections" \
+        --duration-secs "$duration" --warmup-secs "$warmup" \
+        --keys "$keys" --value-size "$value_size" --json "$@" >>"$results"
+}
+
+# The put/get workloads both systems run.
+common_runs() {
+    local target=$1 endpoints=$2
+    for n in $clients; do
+        bench "$target" "$endpoints" config-publish "$n"
+        bench "$target" "$endpoints" config-get "$n" --level linearizable
+    done
+    bench "$target" "$endpoints" config-get 64 --level stale
+    bench "$target" "$endpoints" mixed 64 --level linearizable
+}
+
+record_rss() { # label pids...
+    local label=$1
+    shift
+    local i=1
+    for pid in "$@"; do
+        echo "$label node $i: $(( $(rss_kib "$pid") / 1024 )) MiB" | tee -a "$rss_file" >&2
+        i=$((i + 1))
+    done
+}
+
+stop_all() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    pids=()
+}
+
+# ---- nacosd -------------------------------------------------------------------
+base=$(port_base 19840)
+members="1=127.0.0.1:$((base + 3)),2=127.0.0.1:$((base + 4)),3=127.0.0.1:$((base + 5))"
+endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+for i in 1 2 3; do
+    NACOSD_LOG="${NACOSD_LOG:-warn}" "$nacosd_bin" --node-id "$i" --data-dir "$work/nacosd$i" \
+        --client-addr "127.0.0.1:$((base + i - 1))" \
+        --peer-addr "127.0.0.1:$((base + i + 2))" \
+        --http-addr "127.0.0.1:$((base + i + 5))" \
+        --initial-members "$members" >"$work/nacosd$i.log" 2>&1 &
+    pids+=($!)
+done
+nacosd_pids=("${pids[@]}")
+for i in 1 2 3; do
+    wait_for "nacosd node $i to know every group's leader" 60 \
+        curl -sf "http://127.0.0.1:$((base + i + 5))/readyz"
+done
+common_runs nacosd "$endpoints"
+bench nacosd "$endpoints" config-get 64 --level lease
+bench nacosd "$endpoints" naming-register 64
+bench nacosd "$endpoints" db-insert 64
+record_rss nacosd "${nacosd_pids[@]}"
+stop_all
+
+# ---- etcd ---------------------------------------------------------------------
+base=$(port_base 23790)
+cluster="e1=http://127.0.0.1:$((base + 3)),e2=http://127.0.0.1:$((base + 4)),e3=http://127.0.0.1:$((base + 5))"
+endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+for i in 1 2 3; do
+    client="http://127.0.0.1:$((base + i - 1))"
+    peer="http://127.0.0.1:$((base + i + 2))"
+    "$etcd_bin" --name "e$i" --data-dir "$work/etcd$i" \
+        --listen-client-urls "$client" --advertise-client-urls "$client" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$cluster" --initial-cluster-state new \
+        --initial-cluster-token nacosd-bench >"$work/etcd$i.log" 2>&1 &
+    pids+=($!)
+done
+etcd_pids=("${pids[@]}")
+wait_for "etcd to elect a leader" 60 \
+    "$nacosctl_bin" bench --target etcd --endpoints "$endpoints" --workload config-publish \
+    --ops 1 --warmup-secs 0 --clients 1 --quiet
+common_runs etcd "$endpoints"
+record_rss etcd "${etcd_pids[@]}"
+stop_all
+
+echo
+echo "Side by side (results: $results):"
+"$nacosctl_bin" bench-compare "$results" | tee "$out/compare.txt"
+echo
+cat "$rss_file"
