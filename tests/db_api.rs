@@ -225,12 +225,13 @@ async fn nondeterministic_and_forbidden_statements_are_refused() {
     let cluster = TestCluster::start(1, |r| r, |_| {}).await;
     cluster.wait_for_leader(EMBEDDED_DB).await;
     let mut c = client(&cluster, 1).await;
-    exec(
+    let created = exec(
         &mut c,
         vec![stmt("CREATE TABLE t (id INTEGER PRIMARY KEY, v)", vec![])],
     )
     .await
     .unwrap();
+    cluster.wait_applied(EMBEDDED_DB, created.index).await;
     let applied = cluster.applied(1, EMBEDDED_DB);
     let refused: Vec<(&str, pb::Statement)> = vec![
         (
@@ -339,7 +340,7 @@ async fn request_limits_come_from_the_configuration() {
     .await;
     cluster.wait_for_leader(EMBEDDED_DB).await;
     let mut c = client(&cluster, 1).await;
-    exec(
+    let created = exec(
         &mut c,
         vec![
             stmt("CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]),
@@ -348,6 +349,7 @@ async fn request_limits_come_from_the_configuration() {
     )
     .await
     .unwrap();
+    cluster.wait_applied(EMBEDDED_DB, created.index).await;
     let applied = cluster.applied(1, EMBEDDED_DB);
 
     let four: Vec<_> = (6..10)
