@@ -14,7 +14,30 @@ struct Cli {
     config: ConfigArgs,
 }
 
+/// glibc gives every thread that allocates its own malloc arena (up to 8 per core),
+/// and each keeps freed memory: measured, about 8 MiB of a node's RSS after a
+/// benchmark. Two arenas are plenty for a server whose hot paths run on two tokio
+/// workers. An explicit MALLOC_ARENA_MAX in the environment wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc tunable; it is called before any other
+        // thread exists, and a failure (return value 0) leaves glibc's default.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NACOSD_LOG")
