@@ -195,12 +195,24 @@ impl<E> KvTxn<'_, E> {
     }
 
     /// All live keys starting with `prefix`, in order, with pending writes applied.
-    pub fn scan(&self, prefix: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            scan_db(self.db, self.cf, prefix, None, usize::MAX)?
-                .into_iter()
-                .map(|(k, v)| (k, Some(v)))
-                .collect();
+    /// Only keys are read: on the apply path of every write (history pruning), copying
+    /// each value out of RocksDB was a tenth of a leader's CPU under load.
+    pub fn scan_keys(&self, prefix: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let start = keys::sm_data_key(prefix);
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&start) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf, opts);
+        it.seek(&start);
+        let mut live: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        while let Some(k) = it.key() {
+            if let Some(user) = keys::sm_user_key(k) {
+                live.insert(user.to_vec(), true);
+            }
+            it.next();
+        }
+        it.status().map_err(io::Error::other)?;
         let end = keys::prefix_end(prefix);
         for layer in [self.batch, &self.staged] {
             let upper = match &end {
@@ -208,12 +220,12 @@ impl<E> KvTxn<'_, E> {
                 None => Bound::Unbounded,
             };
             for (k, v) in layer.range((Bound::Included(prefix.to_vec()), upper)) {
-                merged.insert(k.clone(), v.clone());
+                live.insert(k.clone(), v.is_some());
             }
         }
-        Ok(merged
+        Ok(live
             .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .filter_map(|(k, alive)| alive.then_some(k))
             .collect())
     }
 }

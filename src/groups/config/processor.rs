@@ -48,9 +48,9 @@ fn add_history(
     limit: u32,
 ) -> Result<(), ApplyError> {
     txn.put(&key.history_key(rec.revision), enc(&rec));
-    let existing = txn.scan(&key.history_prefix())?;
+    let existing = txn.scan_keys(&key.history_prefix())?;
     let excess = existing.len().saturating_sub(limit.max(1) as usize);
-    for (k, _) in existing.into_iter().take(excess) {
+    for k in existing.into_iter().take(excess) {
         txn.delete(&k);
     }
     Ok(())

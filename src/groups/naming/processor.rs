@@ -160,7 +160,7 @@ impl Processor for NamingProcessor {
                 if load_service(txn, &service)?.is_none() {
                     return Err(Error::NotFound(format!("service {service} does not exist")).into());
                 }
-                let remaining = txn.scan(&service.instance_prefix())?.len();
+                let remaining = txn.scan_keys(&service.instance_prefix())?.len();
                 if remaining > 0 {
                     return Err(Error::FailedPrecondition(format!(
                         "service {service} still has {remaining} instance(s); deregister them first"
