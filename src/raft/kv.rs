@@ -79,15 +79,27 @@ pub trait Processor: Send + Sync + 'static {
 
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Read-only access to a group's applied data.
+/// Read-only access to a group's applied data, as of one point in time: every read
+/// through a view sees the same RocksDB snapshot, so a query that reads several keys
+/// (a service and its instances, a listing in chunks) never sees half of a batch that
+/// was applied while it ran.
 pub struct KvView<'a> {
     db: &'a DB,
     cf: &'a rocksdb::ColumnFamily,
+    snapshot: rocksdb::Snapshot<'a>,
 }
 
-impl KvView<'_> {
+impl<'a> KvView<'a> {
+    pub fn new(db: &'a DB, cf: &'a rocksdb::ColumnFamily) -> Self {
+        KvView {
+            db,
+            cf,
+            snapshot: db.snapshot(),
+        }
+    }
+
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        self.db
+        self.snapshot
             .get_cf(self.cf, keys::sm_data_key(key))
             .map_err(io::Error::other)
     }
@@ -100,7 +112,7 @@ impl KvView<'_> {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        scan_db(self.db, self.cf, prefix, start_after, limit)
+        scan_db(self.db, self.cf, &self.snapshot, prefix, start_after, limit)
     }
 
     /// Visit every key starting with `prefix`, in order, reading in bounded chunks so a
@@ -127,12 +139,14 @@ impl KvView<'_> {
 fn scan_db(
     db: &DB,
     cf: &rocksdb::ColumnFamily,
+    snapshot: &rocksdb::Snapshot<'_>,
     prefix: &[u8],
     start_after: Option<&[u8]>,
     limit: usize,
 ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let start = keys::sm_data_key(prefix);
     let mut opts = ReadOptions::default();
+    opts.set_snapshot(snapshot);
     if let Some(end) = keys::prefix_end(&start) {
         opts.set_iterate_upper_bound(end);
     }
@@ -315,10 +329,7 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
     }
 
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error> {
-        let view = KvView {
-            db: &self.db,
-            cf: self.cf()?,
-        };
+        let view = KvView::new(&self.db, self.cf()?);
         self.processor.query(&view, query)
     }
 
@@ -468,4 +479,39 @@ fn read_frame(r: &mut dyn Read) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
     r.read_exact(&mut buf)?;
     Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_reads_one_point_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::db::open(dir.path(), &["g"]).unwrap();
+        let cf = crate::raft::db::cf(&db, &keys::sm_cf("g")).unwrap();
+        let put = |k: &str, v: &str| {
+            db.put_cf(cf, keys::sm_data_key(k.as_bytes()), v.as_bytes())
+                .unwrap()
+        };
+        put("svc", "v1");
+        put("svc/a", "1");
+        let view = KvView::new(&db, cf);
+        // A batch applied while the view is in use: invisible to it.
+        put("svc", "v2");
+        put("svc/b", "2");
+        db.delete_cf(cf, keys::sm_data_key(b"svc/a")).unwrap();
+        assert_eq!(view.get(b"svc").unwrap().as_deref(), Some(&b"v1"[..]));
+        let seen: Vec<Vec<u8>> = view
+            .scan(b"svc/", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(seen, vec![b"svc/a".to_vec()]);
+        // A new view sees the batch.
+        let now = KvView::new(&db, cf);
+        assert_eq!(now.get(b"svc").unwrap().as_deref(), Some(&b"v2"[..]));
+        assert_eq!(now.scan(b"svc/", None, 10).unwrap().len(), 1);
+    }
 }
