@@ -5,7 +5,6 @@
 //! layer, encode. A forwarded write is only ever proposed here if this node leads the
 //! group; it is never forwarded again, so requests cannot loop between nodes.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +121,7 @@ impl RaftPeer for PeerService {
         let tmp = group.snapshots.temp_path("incoming");
         let received = receive_snapshot(&tmp, first, &mut stream, header.size).await;
         if let Err(status) = received {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(status);
         }
         let snapshot = openraft::type_config::alias::SnapshotOf::<
@@ -134,7 +133,7 @@ impl RaftPeer for PeerService {
         };
         let result = group.raft.install_full_snapshot(vote, snapshot).await;
         // Installed snapshots are renamed into place; anything left is unused.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = tokio::fs::remove_file(&tmp).await;
         match result {
             Ok(resp) => ok_reply(&resp),
             Err(e) => err_reply(e),
@@ -201,9 +200,14 @@ async fn receive_snapshot(
     stream: &mut Streaming<pb::SnapshotChunk>,
     expected_size: u64,
 ) -> Result<(), Status> {
+    use tokio::io::AsyncWriteExt;
     let io_err = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
-    let mut file =
-        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).map_err(io_err)?);
+    // tokio's file runs each write on the blocking pool: a large snapshot never stalls
+    // a runtime worker that also serves Raft and client traffic.
+    let mut file = tokio::io::BufWriter::with_capacity(
+        1 << 20,
+        tokio::fs::File::create(tmp).await.map_err(io_err)?,
+    );
     let mut crc = crc32fast::Hasher::new();
     let mut size = 0u64;
     let mut chunk = first;
@@ -215,8 +219,7 @@ async fn receive_snapshot(
                 "snapshot stream longer than announced",
             ));
         }
-        // Small synchronous writes into a buffered file; the buffer absorbs them.
-        file.write_all(&chunk.data).map_err(io_err)?;
+        file.write_all(&chunk.data).await.map_err(io_err)?;
         if chunk.done {
             if size != expected_size {
                 return Err(Status::invalid_argument(format!(
@@ -233,7 +236,7 @@ async fn receive_snapshot(
             .await
             .ok_or_else(|| Status::invalid_argument("snapshot stream ended without done"))??;
     }
-    let file = file.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)?;
+    file.flush().await.map_err(io_err)?;
+    file.into_inner().sync_all().await.map_err(io_err)?;
     Ok(())
 }
