@@ -20,6 +20,7 @@ impl std::fmt::Display for ConfigKey {
 const SEP: u8 = 0;
 const ITEM: u8 = b'i';
 const HISTORY: u8 = b'h';
+const HISTORY_INDEX: u8 = b'r';
 
 impl ConfigKey {
     fn push_parts(&self, out: &mut Vec<u8>) {
@@ -48,6 +49,21 @@ impl ConfigKey {
     pub fn history_key(&self, revision: u64) -> Vec<u8> {
         let mut k = self.history_prefix();
         k.extend_from_slice(&revision.to_be_bytes());
+        k
+    }
+
+    /// The revision of one of this item's history keys.
+    pub fn history_revision(history_key: &[u8]) -> Option<u64> {
+        let tail = history_key.get(history_key.len().checked_sub(8)?..)?;
+        Some(u64::from_be_bytes(tail.try_into().ok()?))
+    }
+
+    /// `r ns \0 group \0 data_id` — the revisions of the item's retained history,
+    /// oldest first (`Vec<u64>`), so that dropping the oldest is a point delete and
+    /// not a scan over the item's history and its tombstones.
+    pub fn history_index_key(&self) -> Vec<u8> {
+        let mut k = vec![HISTORY_INDEX];
+        self.push_parts(&mut k);
         k
     }
 
@@ -214,6 +230,11 @@ mod tests {
         let k = key("n", "g", "d");
         assert!(k.history_key(9) < k.history_key(10));
         assert!(k.history_key(u64::MAX).starts_with(&k.history_prefix()));
+        assert_eq!(ConfigKey::history_revision(&k.history_key(77)), Some(77));
+        assert!(!k.history_index_key().starts_with(&k.history_prefix()));
+        assert!(!k
+            .history_index_key()
+            .starts_with(&ConfigKey::namespace_prefix("n")));
         // Another item whose data id extends this one's does not share the prefix.
         let longer = key("n", "g", "d2");
         assert!(!longer.history_key(1).starts_with(&k.history_prefix()));

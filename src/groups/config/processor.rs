@@ -41,18 +41,35 @@ fn check_cas(
 }
 
 /// Record a history entry and drop the oldest beyond `limit`.
+///
+/// The item's history index lists its retained revisions, so pruning is a point
+/// read, a point delete and a point write. Scanning the history instead cost a tenth
+/// of a leader's CPU under a publish load: a hot item's deleted history keys pile up
+/// as tombstones that every scan steps over until a compaction.
 fn add_history(
     txn: &mut KvTxn<'_, ConfigChange>,
     key: &ConfigKey,
     rec: HistoryRecord,
     limit: u32,
 ) -> Result<(), ApplyError> {
+    let index_key = key.history_index_key();
+    let mut revisions: Vec<u64> = match txn.get(&index_key)? {
+        Some(b) => dec(&b, "config history index")?,
+        // History written before the index existed: build the index from the keys
+        // once (deterministically, the same on every replica).
+        None => txn
+            .scan_keys(&key.history_prefix())?
+            .iter()
+            .filter_map(|k| ConfigKey::history_revision(k))
+            .collect(),
+    };
     txn.put(&key.history_key(rec.revision), enc(&rec));
-    let existing = txn.scan_keys(&key.history_prefix())?;
-    let excess = existing.len().saturating_sub(limit.max(1) as usize);
-    for k in existing.into_iter().take(excess) {
-        txn.delete(&k);
+    revisions.push(rec.revision);
+    let excess = revisions.len().saturating_sub(limit.max(1) as usize);
+    for old in revisions.drain(..excess) {
+        txn.delete(&key.history_key(old));
     }
+    txn.put(&index_key, enc(&revisions));
     Ok(())
 }
 
