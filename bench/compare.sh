@@ -44,7 +44,8 @@ cleanup() {
     wait 2>/dev/null || true
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # A free loopback port base: 9 consecutive ports from $1 that nothing listens on.
 port_base() {
@@ -68,7 +69,7 @@ wait_for() { # what, deadline seconds, command...
     done
 }
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 
 results="$out/results.jsonl"
 : >"$results"
@@ -102,7 +103,13 @@ record_rss() { # label pids...
     shift
     local i=1
     for pid in "$@"; do
-        echo "$label node $i: $(( $(rss_kib "$pid") / 1024 )) MiB" | tee -a "$rss_file" >&2
+        local kib
+        kib=$(rss_kib "$pid")
+        if [ -n "$kib" ]; then
+            echo "$label node $i: $((kib / 1024)) MiB" | tee -a "$rss_file" >&2
+        else
+            echo "$label node $i: not running (see $work/*.log)" | tee -a "$rss_file" >&2
+        fi
         i=$((i + 1))
     done
 }

@@ -172,14 +172,20 @@ impl Options {
         if self.connections == Some(0) {
             return Err("--connections must be at least 1".into());
         }
-        if self.ops.is_none() && !(self.duration_secs > 0.0 && self.duration_secs.is_finite()) {
-            return Err("--duration-secs must be positive (or give --ops)".into());
+        if self.ops.is_none() && !(self.duration_secs > 0.0 && self.duration_secs <= 86_400.0) {
+            return Err("--duration-secs must be above 0 and at most 86400 (or give --ops)".into());
         }
         if self.ops == Some(0) {
             return Err("--ops must be at least 1".into());
         }
-        if !(self.warmup_secs >= 0.0 && self.warmup_secs.is_finite()) {
-            return Err("--warmup-secs must be zero or positive".into());
+        if !(self.warmup_secs >= 0.0 && self.warmup_secs <= 3_600.0) {
+            return Err("--warmup-secs must be between 0 and 3600".into());
+        }
+        if self.value_size > 16 << 20 {
+            return Err("--value-size must be at most 16777216".into());
+        }
+        if self.connections.is_some_and(|c| c > 1024) {
+            return Err("--connections must be at most 1024".into());
         }
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
@@ -452,6 +458,12 @@ mod tests {
         let mut no_clients = ok.clone();
         no_clients.clients = 0;
         assert!(no_clients.validate().is_err());
+        let mut huge = ok.clone();
+        huge.warmup_secs = 1e20;
+        assert!(huge.validate().unwrap_err().contains("warmup"));
+        huge.warmup_secs = 0.0;
+        huge.duration_secs = 1e19;
+        assert!(huge.validate().unwrap_err().contains("duration"));
         let mut ratio = ok;
         ratio.read_ratio = 1.5;
         assert!(ratio.validate().unwrap_err().contains("read-ratio"));

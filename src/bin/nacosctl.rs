@@ -89,13 +89,25 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             let (json, quiet) = (opts.json || cli.output == Output::Json, opts.quiet);
             let report = nacosd::bench::run(*opts, !quiet).await?;
+            // Printed either way; a run in which nothing succeeded is a failure, so
+            // scripts (and bench/compare.sh's readiness wait) can tell.
+            let failed = report.ok == 0;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string(&report).map_err(|e| e.to_string())?
                 );
             } else {
-                print!("{}", nacosd::bench::report::table(&[report]));
+                print!(
+                    "{}",
+                    nacosd::bench::report::table(std::slice::from_ref(&report))
+                );
+            }
+            if failed {
+                return Err(format!(
+                    "no operation succeeded (errors: {:?})",
+                    report.errors
+                ));
             }
             Ok(())
         }

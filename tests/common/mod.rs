@@ -266,9 +266,33 @@ impl TestCluster {
             }
         };
         tracing::info!(id, "restarting node");
-        let server = nacosd::server::start(c, registry, listeners)
-            .await
-            .expect("node restarts");
+        // The old instance's RocksDB can still be closing on another thread after its
+        // last reference is gone (MultiRaft::wait_closed sees the reference, not the
+        // end of the close): retry while RocksDB reports its lock held in-process.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut listeners = Some(listeners);
+        let server = loop {
+            let l = match listeners.take() {
+                Some(l) => l,
+                None => Listeners {
+                    client: TcpListener::bind(c.client_addr)
+                        .await
+                        .expect("rebind client"),
+                    peer: TcpListener::bind(c.peer_addr).await.expect("rebind peer"),
+                    http: TcpListener::bind(c.http_addr).await.expect("rebind http"),
+                },
+            };
+            match nacosd::server::start(c, registry, l).await {
+                Ok(server) => break server,
+                Err(e)
+                    if e.to_string().contains("lock hold by current process")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("node restarts: {e:?}"),
+            }
+        };
         slot.server = Some(server);
     }
 

@@ -51,13 +51,19 @@ fn add_history(
     key: &ConfigKey,
     rec: HistoryRecord,
     limit: u32,
+    current_revision: Option<u64>,
 ) -> Result<(), ApplyError> {
     let index_key = key.history_index_key();
-    let mut revisions: Vec<u64> = match txn.get(&index_key)? {
-        Some(b) => dec(&b, "config history index")?,
-        // History written before the index existed: build the index from the keys
-        // once (deterministically, the same on every replica).
-        None => txn
+    let index: Option<Vec<u64>> = txn
+        .get(&index_key)?
+        .and_then(|b| dec::<Vec<u64>>(&b, "config history index").ok());
+    let mut revisions = match index {
+        // Every change of the item is in its history, so an index that does not
+        // reach the item's current revision was left behind (written by a version
+        // without the index); like a missing or unreadable one, it is rebuilt.
+        Some(r) if current_revision.is_none_or(|c| r.last().is_some_and(|l| *l >= c)) => r,
+        // Rebuilt from the keys, deterministically: the same on every replica.
+        _ => txn
             .scan_keys(&key.history_prefix())?
             .iter()
             .filter_map(|k| ConfigKey::history_revision(k))
@@ -124,6 +130,7 @@ impl Processor for ConfigProcessor {
                         r#type: rec.r#type.clone(),
                     },
                     history_limit,
+                    current.as_ref().map(|c| c.revision),
                 )?;
                 txn.put(&key.item_key(), enc(&rec));
                 txn.emit(ConfigChange {
@@ -165,6 +172,7 @@ impl Processor for ConfigProcessor {
                                 r#type: old.r#type,
                             },
                             history_limit,
+                            Some(old.revision),
                         )?;
                         txn.delete(&key.item_key());
                         txn.emit(ConfigChange {
