@@ -244,8 +244,13 @@ impl TestCluster {
         let slot = self.nodes.get_mut(&id).unwrap();
         assert!(slot.server.is_none(), "node {id} is running");
         let c = &slot.config;
-        let mut tries = 0;
-        let listeners = loop {
+        tracing::info!(id, "restarting node");
+        // Each attempt binds the old ports and starts the node. Two things may need a
+        // moment to be released: the old sockets, and the old RocksDB, which can still
+        // be closing on another thread after its last reference is gone
+        // (MultiRaft::wait_closed sees the reference, not the end of the close).
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let server = loop {
             let bound = async {
                 Ok::<_, std::io::Error>(Listeners {
                     client: TcpListener::bind(c.client_addr).await?,
@@ -254,44 +259,20 @@ impl TestCluster {
                 })
             }
             .await;
-            match bound {
-                Ok(l) => break l,
-                // The old sockets may take a moment to be released.
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("rebinding node {id}: {e}"),
-            }
-        };
-        tracing::info!(id, "restarting node");
-        // The old instance's RocksDB can still be closing on another thread after its
-        // last reference is gone (MultiRaft::wait_closed sees the reference, not the
-        // end of the close): retry while RocksDB reports its lock held in-process.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let mut listeners = Some(listeners);
-        let server = loop {
-            let l = match listeners.take() {
-                Some(l) => l,
-                None => Listeners {
-                    client: TcpListener::bind(c.client_addr)
-                        .await
-                        .expect("rebind client"),
-                    peer: TcpListener::bind(c.peer_addr).await.expect("rebind peer"),
-                    http: TcpListener::bind(c.http_addr).await.expect("rebind http"),
+            let retry = match bound {
+                Ok(l) => match nacosd::server::start(c, registry, l).await {
+                    Ok(server) => break server,
+                    Err(e) if e.to_string().contains("lock hold by current process") => {
+                        format!("node restarts: {e:?}")
+                    }
+                    Err(e) => panic!("node restarts: {e:?}"),
                 },
+                Err(e) => format!("rebinding node {id}: {e}"),
             };
-            match nacosd::server::start(c, registry, l).await {
-                Ok(server) => break server,
-                Err(e)
-                    if e.to_string().contains("lock hold by current process")
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("node restarts: {e:?}"),
+            if tokio::time::Instant::now() > deadline {
+                panic!("{retry}");
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         slot.server = Some(server);
     }
