@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite: install build dependencies, build the binaries (the
-# multi-process tests spawn target/debug/nacosd), then run every test target.
+# Run the whole test suite: install build dependencies, then build and run every
+# test target (cargo builds the binaries the multi-process tests spawn).
 # Exits with cargo's status.
 set -euo pipefail
 
@@ -16,9 +16,6 @@ NACOSD_SETUP_GRPCURL=1 NACOSD_SETUP_ETCD=1 bash scripts/setup.sh
 # The benchmark test's etcd half skips when etcd is missing, except here: the suite
 # installed etcd above, so a missing etcd is a failure, not a silent skip.
 export NACOSD_REQUIRE_ETCD=1
-
-echo "==> cargo build --bins"
-cargo build --bins
 
 echo "==> cargo test --all-targets"
 status=0

@@ -10,8 +10,32 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::groups::db::rules::DbLimits;
-use crate::raft::types::NodeId;
+
+/// A node's stable identity within the cluster.
+pub type NodeId = u64;
+
+/// Limits of one embedded-DB request, set by the node that accepts it (`--db-max-*`).
+/// They are checked at the API edge only, never while applying: a node's limits may
+/// differ from another's, and an apply must not depend on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbLimits {
+    /// Statements in one `Execute` or `Query`.
+    pub max_statements: usize,
+    /// SQL text of one statement, in bytes.
+    pub max_sql_bytes: usize,
+    /// Rows one statement of a `Query` returns; more is `RESOURCE_EXHAUSTED`.
+    pub max_rows: u32,
+}
+
+impl Default for DbLimits {
+    fn default() -> Self {
+        DbLimits {
+            max_statements: 100,
+            max_sql_bytes: 64 * 1024,
+            max_rows: 10_000,
+        }
+    }
+}
 
 /// Entries per append-entries message (with [`Config::peer_message_limit`], this bounds
 /// a message's size whatever the entries hold).
@@ -36,6 +60,18 @@ pub struct Config {
     /// Initial cluster membership (`id -> host:port`). Empty: standalone. Only used
     /// when the data directory is empty.
     pub initial_members: BTreeMap<NodeId, String>,
+    /// Whether an empty data directory may bootstrap a new cluster from
+    /// `initial_members` (`New`), or must only join an existing one (`Existing`).
+    pub initial_cluster_state: InitialClusterState,
+    /// A member's peer address to ask for admission when the data directory
+    /// is empty: the node joins the existing cluster as a learner, catches up, and is
+    /// promoted to voter unless `learner` is set.
+    pub join: Option<String>,
+    /// Stay a learner after joining (no automatic promotion).
+    pub learner: bool,
+    /// Disaster recovery: restart this node as the only member of every group, keeping
+    /// its data. Only for when a majority is permanently lost.
+    pub force_new_cluster: bool,
     /// Leader heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout range: a follower that hears nothing from a leader for a random
@@ -71,6 +107,10 @@ impl Default for Config {
             http_addr: ([0, 0, 0, 0], 8848).into(),
             advertise_peer: String::new(),
             initial_members: BTreeMap::new(),
+            initial_cluster_state: InitialClusterState::New,
+            join: None,
+            learner: false,
+            force_new_cluster: false,
             heartbeat: Duration::from_millis(250),
             election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
             snapshot_logs: 10_000,
@@ -83,6 +123,18 @@ impl Default for Config {
             db_limits: DbLimits::default(),
         }
     }
+}
+
+/// How an empty data directory gets its cluster (see `cluster::bootstrap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitialClusterState {
+    /// Bootstrap a brand-new cluster, but only once every initial member is reachable
+    /// and empty; if any of them already belongs to a cluster, join it instead.
+    #[default]
+    New,
+    /// Never bootstrap: an empty node only joins the existing cluster.
+    Existing,
 }
 
 /// Flags, environment variables and file keys. Every field is optional so that the
@@ -116,6 +168,28 @@ pub struct ConfigArgs {
     /// Initial members, "1=host:7848,2=host:7848,3=host:7848"; absent: standalone.
     #[arg(long, env = "NACOSD_INITIAL_MEMBERS")]
     pub initial_members: Option<String>,
+    /// With an empty data directory: `new` bootstraps a new cluster once every initial
+    /// member is reachable and empty (or joins the cluster they already form);
+    /// `existing` only joins [default: new].
+    #[arg(long, env = "NACOSD_INITIAL_CLUSTER_STATE", value_enum)]
+    pub initial_cluster_state: Option<InitialClusterState>,
+    /// Peer address (host:port) of any member to ask for admission when the data
+    /// directory is empty.
+    #[arg(long, env = "NACOSD_JOIN")]
+    pub join: Option<String>,
+    /// After joining, stay a learner (no automatic promotion to voter).
+    #[arg(long, env = "NACOSD_LEARNER", num_args = 0..=1, default_missing_value = "true")]
+    pub learner: Option<bool>,
+    /// DISASTER RECOVERY ONLY: restart as the sole member of every group, keeping this
+    /// node's data, after a majority of the cluster is permanently lost.
+    #[arg(
+        long,
+        env = "NACOSD_FORCE_NEW_CLUSTER",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    #[serde(skip)]
+    pub force_new_cluster: Option<bool>,
     /// Leader heartbeat interval in milliseconds [default: 250].
     #[arg(long, env = "NACOSD_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -169,6 +243,10 @@ impl ConfigArgs {
             http_addr: self.http_addr.or(other.http_addr),
             advertise_peer: self.advertise_peer.or(other.advertise_peer),
             initial_members: self.initial_members.or(other.initial_members),
+            initial_cluster_state: self.initial_cluster_state.or(other.initial_cluster_state),
+            join: self.join.or(other.join),
+            learner: self.learner.or(other.learner),
+            force_new_cluster: self.force_new_cluster.or(other.force_new_cluster),
             heartbeat_ms: self.heartbeat_ms.or(other.heartbeat_ms),
             election_timeout_min_ms: self
                 .election_timeout_min_ms
@@ -215,6 +293,10 @@ impl ConfigArgs {
                 Some(s) => parse_members(s)?,
                 None => BTreeMap::new(),
             },
+            initial_cluster_state: args.initial_cluster_state.unwrap_or_default(),
+            join: args.join.clone().filter(|j| !j.is_empty()),
+            learner: args.learner.unwrap_or(false),
+            force_new_cluster: args.force_new_cluster.unwrap_or(false),
             heartbeat: args.heartbeat_ms.map(ms).unwrap_or(d.heartbeat),
             election_timeout: (
                 args.election_timeout_min_ms
@@ -275,6 +357,16 @@ impl Config {
                 )));
             }
         }
+        if let Some(j) = &self.join {
+            if !is_host_port(j) {
+                return Err(Error::invalid(format!("join {j:?} is not HOST:PORT")));
+            }
+        }
+        if self.learner && self.join.is_none() && self.initial_members.is_empty() {
+            return Err(Error::invalid(
+                "learner only applies to a node that joins a cluster (--join or --initial-members)",
+            ));
+        }
         let (min, max) = self.election_timeout;
         if self.heartbeat.is_zero() || min <= self.heartbeat * 2 || max <= min {
             return Err(Error::invalid(format!(
@@ -333,6 +425,12 @@ impl Config {
     }
 }
 
+/// `host:port` with a non-empty host and a port in 1..=65535.
+pub fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// Parse `"1=host:7848,2=host:7848"`.
 pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, String>> {
     let mut out = BTreeMap::new();
@@ -348,10 +446,7 @@ pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, String>> {
             ))
         })?;
         let addr = addr.trim();
-        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok {
+        if !is_host_port(addr) {
             return Err(Error::invalid(format!(
                 "initial-members entry {part:?}: {addr:?} is not HOST:PORT"
             )));

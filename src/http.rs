@@ -1,5 +1,6 @@
-//! The HTTP port (8848): `/healthz` (the process is up), `/readyz` (every group knows
-//! a leader) and `/metrics` (Prometheus text format).
+//! The HTTP port (8848): `/healthz` (the process is up), `/readyz` (the node has a
+//! cluster identity and every group has a leader it is in contact with) and `/metrics`
+//! (Prometheus text format).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -10,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use openraft::rt::watch::WatchReceiver;
 
 use crate::api::cluster::group_status;
 use crate::pb;
@@ -24,19 +26,33 @@ pub fn router(node: Arc<MultiRaft>) -> Router {
 }
 
 async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
-    let leaders = node.leaders();
     let mut body = String::new();
-    for (group, leader) in &leaders {
-        match leader {
-            Some(id) => {
-                let _ = writeln!(body, "{group}: leader {id}");
-            }
-            None => {
-                let _ = writeln!(body, "{group}: no leader");
-            }
+    match node.identity().cluster_id() {
+        Some(c) => {
+            let _ = writeln!(body, "cluster {c}");
+        }
+        None => {
+            let _ = writeln!(
+                body,
+                "no cluster identity yet (bootstrapping or waiting to be admitted)"
+            );
         }
     }
-    if leaders.values().all(Option::is_some) {
+    for g in node.groups() {
+        let leader = g.raft.metrics().borrow_watched().current_leader;
+        let contact = match g.quorum_contact_age() {
+            Some(age) if g.has_quorum_contact() => {
+                format!("quorum contact {} ms ago", age.as_millis())
+            }
+            Some(age) => format!("NO quorum contact for {} ms", age.as_millis()),
+            None => "NO quorum contact".to_string(),
+        };
+        let _ = match leader {
+            Some(id) => writeln!(body, "{}: leader {id}, {contact}", g.name),
+            None => writeln!(body, "{}: no leader, {contact}", g.name),
+        };
+    }
+    if node.ready() {
         (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)
@@ -120,12 +136,12 @@ pub fn render_metrics(node: &MultiRaft) -> String {
         ),
         (
             "nacosd_read_index_failures_total",
-            "Linearizable reads whose read-index step failed.",
+            "LINEARIZABLE and LEASE reads whose read-index step failed or timed out.",
             |c| c.read_index_failures.load(Ordering::Relaxed),
         ),
         (
             "nacosd_read_leader_fallbacks_total",
-            "Reads executed on the leader after a read-index failure.",
+            "Reads executed on the leader after the local read-index path failed.",
             |c| c.leader_fallbacks.load(Ordering::Relaxed),
         ),
     ];

@@ -12,12 +12,15 @@
 
 pub mod api;
 pub mod bench;
+pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod consistency;
 pub mod error;
 pub mod groups;
 pub mod http;
 pub mod pb;
+pub mod peer;
 pub mod raft;
 pub mod server;
 

@@ -2,8 +2,13 @@
 //!
 //! [`start`] takes already-bound listeners so tests can bind port 0 and learn the
 //! addresses before the cluster's member list is written; [`run`] is what the binary
-//! calls. Shutdown order: stop accepting client and peer requests (letting in-flight
-//! ones finish), then shut each Raft group down, which flushes its pending I/O.
+//! calls. What runs, and each task's part in shutdown, is listed in [`RunningServer`].
+//!
+//! Shutdown order: a leader first hands each group it leads to its most up-to-date
+//! follower (so a rolling restart costs a leader change, not an election timeout),
+//! then the servers stop accepting requests and let in-flight ones finish, then every
+//! group's Raft is shut down (flushing its pending I/O), and finally the storage is
+//! closed, with a real completion signal, so the data directory can be reopened at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,12 +24,13 @@ use tonic::transport::Server;
 
 use crate::api::cluster::ClusterApi;
 use crate::api::config::{ConfigApi, ConfigLimits};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::peer::server::PeerService;
 use crate::raft::group::GroupRegistry;
 use crate::raft::node::MultiRaft;
-use crate::raft::peer_service::PeerService;
 
 /// Services served on the client port, as advertised by reflection.
 pub const CLIENT_SERVICES: &[&str] = &[
@@ -36,6 +42,12 @@ pub const CLIENT_SERVICES: &[&str] = &[
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 ];
+
+/// How long a stopping server lets in-flight requests finish.
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a stopping leader waits for a group's leadership to move.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// The three listening sockets of a node.
 pub struct Listeners {
@@ -59,14 +71,21 @@ impl Listeners {
     }
 }
 
-/// A running node.
+/// A running node and its tasks.
 pub struct RunningServer {
     pub node: Arc<MultiRaft>,
+    pub cluster: Arc<Cluster>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Set to `true` to stop: every task below watches it.
     stop_tx: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The client, peer and HTTP servers: on stop they refuse new connections and
+    /// finish the requests in flight; shutdown waits for them (bounded).
+    servers: Vec<JoinHandle<()>>,
+    /// Health reporting, bootstrap, and one watchdog per group: they just end.
+    background: Vec<JoinHandle<()>>,
+    /// Why the node must stop by itself (a group's Raft stopped), once it happens.
     failure: watch::Receiver<Option<String>>,
 }
 
@@ -91,28 +110,77 @@ impl RunningServer {
         }
     }
 
-    /// Graceful shutdown: stop serving, then shut every group down.
+    /// Graceful shutdown: hand leaderships over, stop serving, shut every group down,
+    /// wait for the storage to close.
     pub async fn shutdown(self) {
+        hand_over_leadership(&self.node).await;
         let _ = self.stop_tx.send(true);
         drop(self.failure);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        // In-flight requests get a grace period; connections still open after it
+        // (idle keep-alive peers, clients that ignore GOAWAY, open streams) are cut.
+        for mut t in self.servers {
+            if tokio::time::timeout(DRAIN_GRACE, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
-        self.node.shutdown().await;
+        for t in self.background {
+            t.abort();
+            let _ = t.await;
+        }
         let node_id = self.node.node_id;
-        let db = self.node.db_handle();
-        let holders = Arc::strong_count(&self.node);
+        let closing = self.node.shutdown().await;
+        drop(self.cluster);
         drop(self.node);
-        tracing::debug!(
-            node_id,
-            node_holders = holders,
-            db_holders = db.strong_count(),
-            "released node"
-        );
-        if !MultiRaft::wait_closed(db, Duration::from_secs(10)).await {
+        if !closing.wait(Duration::from_secs(10)).await {
             tracing::warn!(node_id, "storage still in use 10s after shutdown");
         }
         tracing::info!(node_id, "node stopped");
+    }
+}
+
+/// For every group this node leads: transfer leadership to the most up-to-date voter
+/// and wait (bounded) until it has moved.
+async fn hand_over_leadership(node: &MultiRaft) {
+    let mut moving = Vec::new();
+    for g in node.groups() {
+        if !g.raft.is_leader() {
+            continue;
+        }
+        let target = {
+            let metrics = g.raft.metrics();
+            let m = metrics.borrow_watched();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != node.node_id && voters.contains(id))
+                    .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
+                    .map(|(id, _)| *id)
+            })
+        };
+        let Some(to) = target else { continue };
+        tracing::info!(group = %g.name, to, "handing leadership over before stopping");
+        if g.raft.trigger().transfer_leader(to).await.is_ok() {
+            moving.push(g.clone());
+        }
+    }
+    for g in moving {
+        let mut rx = g.raft.metrics();
+        let moved = tokio::time::timeout(HANDOVER_WAIT, async {
+            loop {
+                let leader = rx.borrow_watched().current_leader;
+                if leader.is_some() && leader != Some(node.node_id) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if moved.is_err() {
+            tracing::warn!(group = %g.name, "leadership did not move before shutdown");
+        }
     }
 }
 
@@ -129,41 +197,109 @@ pub async fn start(
     let shared = crate::groups::Shared::default();
     let registry = extend(crate::groups::builtin_registry(&shared));
     let node = MultiRaft::start(config, registry).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let mut tasks = Vec::new();
+    let cluster = Cluster::new(node.clone(), config)?;
+    let (stop_tx, _) = watch::channel(false);
 
-    // Peer port.
-    let peer_svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
+    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+    let servers = vec![
+        serve_peer(&cluster, config, listeners.peer, &stop_tx),
+        serve_client(
+            &node,
+            &shared,
+            config,
+            listeners.client,
+            health_svc,
+            &stop_tx,
+        )?,
+        serve_http(&node, listeners.http, &stop_tx),
+    ];
+    let (failure_tx, failure) = watch::channel(None);
+    let mut background = vec![
+        report_health(&node, health_reporter, &stop_tx),
+        tokio::spawn(crate::cluster::bootstrap::run(
+            cluster.clone(),
+            stop_tx.subscribe(),
+        )),
+    ];
+    background.extend(watch_groups(&node, failure_tx, &stop_tx));
+
+    tracing::info!(
+        node_id = config.node_id,
+        %client_addr, %peer_addr, %http_addr,
+        advertise_peer = %config.advertise_peer,
+        cluster_id = ?node.identity().cluster_id(),
+        "nacosd started"
+    );
+    Ok(RunningServer {
+        node,
+        cluster,
+        client_addr,
+        peer_addr,
+        http_addr,
+        stop_tx,
+        servers,
+        background,
+        failure,
+    })
+}
+
+/// Resolves once `stop` says so.
+fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// The peer port: Raft RPCs of every group, forwarding, Hello, cluster operations.
+fn serve_peer(
+    cluster: &Arc<Cluster>,
+    config: &Config,
+    listener: TcpListener,
+    stop: &watch::Sender<bool>,
+) -> JoinHandle<()> {
+    let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(cluster.clone()))
         .max_decoding_message_size(config.peer_message_limit())
         .max_encoding_message_size(config.peer_message_limit());
-    let peer_incoming = incoming(listeners.peer);
-    let stop = stopped();
-    tasks.push(tokio::spawn(async move {
+    let stop = stopped(stop);
+    tokio::spawn(async move {
         let res = Server::builder()
-            .initial_connection_window_size(8 << 20)
-            .initial_stream_window_size(4 << 20)
-            .add_service(peer_svc)
-            .serve_with_incoming_shutdown(peer_incoming, stop)
+            .initial_connection_window_size(16 << 20)
+            .initial_stream_window_size(8 << 20)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming(listener), stop)
             .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "peer server failed");
         }
-    }));
+    })
+}
 
-    // Client port: API services, health, reflection.
-    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
-    // Reflection advertises the client services only: the peer service's types share
-    // the descriptor set but it is not served on this port.
+/// The client port: API services, health, reflection.
+fn serve_client(
+    node: &Arc<MultiRaft>,
+    shared: &crate::groups::Shared,
+    config: &Config,
+    listener: TcpListener,
+    health_svc: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: &watch::Sender<bool>,
+) -> Result<JoinHandle<()>> {
+    // Reflection advertises the client services only (the peer service's types share
+    // the descriptor set but it is not served here), and can resolve every one of them:
+    // the reflection and health protocols' own descriptors are registered too.
     let reflection = || {
         let mut b = tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
         for svc in CLIENT_SERVICES {
             b = b.with_service_name(*svc);
         }
@@ -194,9 +330,8 @@ pub async fn start(
         config.db_limits,
     ))
     .max_decoding_message_size(max);
-    let client_incoming = incoming(listeners.client);
-    let stop = stopped();
-    tasks.push(tokio::spawn(async move {
+    let stop = stopped(stop);
+    Ok(tokio::spawn(async move {
         let res = Server::builder()
             .concurrency_limit_per_connection(1024)
             .layer(tower::util::MapResponseLayer::new(oversized_request_status))
@@ -207,146 +342,122 @@ pub async fn start(
             .add_service(config_svc)
             .add_service(naming_svc)
             .add_service(db_svc)
-            .serve_with_incoming_shutdown(client_incoming, stop)
+            .serve_with_incoming_shutdown(incoming(listener), stop)
             .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "client server failed");
         }
-    }));
+    }))
+}
 
-    // Health: SERVING once every group has a leader, NOT_SERVING while one has none.
-    let health_node = node.clone();
-    let mut stop_health = stopped_rx(&stop_tx);
-    tasks.push(tokio::spawn(async move {
+/// The HTTP port: /healthz, /readyz, /metrics.
+fn serve_http(
+    node: &Arc<MultiRaft>,
+    listener: TcpListener,
+    stop: &watch::Sender<bool>,
+) -> JoinHandle<()> {
+    let app = crate::http::router(node.clone());
+    let stop = stopped(stop);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    })
+}
+
+/// gRPC health: SERVING while the node is ready (`MultiRaft::ready`), NOT_SERVING
+/// otherwise, for the server as a whole ("") and each API service by name.
+fn report_health(
+    node: &Arc<MultiRaft>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: &watch::Sender<bool>,
+) -> JoinHandle<()> {
+    let node = node.clone();
+    let mut stop = stop.subscribe();
+    tokio::spawn(async move {
         let mut last = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop_health.changed() => return,
+                _ = stop.changed() => return,
             }
-            let ready = health_node.all_groups_have_leader();
+            let ready = node.ready();
             if last != Some(ready) {
                 let status = if ready {
                     tonic_health::ServingStatus::Serving
                 } else {
                     tonic_health::ServingStatus::NotServing
                 };
-                // The server as a whole ("") and each API service by name.
                 for name in std::iter::once("").chain(CLIENT_SERVICES.iter().copied()) {
-                    health_reporter.set_service_status(name, status).await;
+                    reporter.set_service_status(name, status).await;
                 }
                 last = Some(ready);
             }
         }
-    }));
-
-    // HTTP port.
-    let app = crate::http::router(node.clone());
-    let stop = stopped();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listeners.http, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "http server failed");
-        }
-    }));
-
-    // A group whose Raft stopped by itself (storage error while applying a committed
-    // entry) must not be papered over: the node fails, so an operator or the
-    // orchestrator notices and replicas never silently diverge.
-    let (failure_tx, failure) = watch::channel(None);
-    for group in node.groups() {
-        let group = group.clone();
-        let failure_tx = failure_tx.clone();
-        let mut stop = stopped_rx(&stop_tx);
-        tasks.push(tokio::spawn(async move {
-            let mut metrics = group.raft.metrics();
-            loop {
-                let state = metrics.borrow_watched().running_state.clone();
-                if let Err(fatal) = state {
-                    if *stop.borrow() {
-                        return;
-                    }
-                    let reason = format!("group {} stopped: {fatal}", group.name);
-                    tracing::error!(%reason, "node failing");
-                    let _ = failure_tx.send(Some(reason));
-                    return;
-                }
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    _ = stop.changed() => return,
-                }
-            }
-        }));
-    }
-
-    tracing::info!(
-        node_id = config.node_id,
-        %client_addr, %peer_addr, %http_addr,
-        advertise_peer = %config.advertise_peer,
-        "nacosd started"
-    );
-    Ok(RunningServer {
-        node,
-        client_addr,
-        peer_addr,
-        http_addr,
-        stop_tx,
-        tasks,
-        failure,
     })
 }
 
-/// tonic rejects a request over the decoding limit with OUT_OF_RANGE; clients are
-/// told RESOURCE_EXHAUSTED (the status gRPC reserves for exceeded limits), with a
-/// message naming the setting.
+/// One watchdog per group. A group whose Raft stopped by itself (a storage error while
+/// applying a committed entry) must not be papered over: the node fails, so an operator
+/// or the orchestrator notices and replicas never silently diverge.
+fn watch_groups(
+    node: &Arc<MultiRaft>,
+    failure_tx: watch::Sender<Option<String>>,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    node.groups()
+        .map(|group| {
+            let group = group.clone();
+            let failure_tx = failure_tx.clone();
+            let mut stop = stop.subscribe();
+            tokio::spawn(async move {
+                let mut metrics = group.raft.metrics();
+                loop {
+                    let state = metrics.borrow_watched().running_state.clone();
+                    if let Err(fatal) = state {
+                        if *stop.borrow() {
+                            return;
+                        }
+                        let reason = format!("group {} stopped: {fatal}", group.name);
+                        tracing::error!(%reason, "node failing");
+                        let _ = failure_tx.send(Some(reason));
+                        return;
+                    }
+                    tokio::select! {
+                        changed = metrics.changed() => if changed.is_err() { return },
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// tonic refuses a request over the decoding limit with OUT_OF_RANGE; clients are told
+/// RESOURCE_EXHAUSTED (the status gRPC reserves for exceeded limits), naming the
+/// setting. Decided on the status code alone: no handler of the client port ever
+/// answers OUT_OF_RANGE (no [`Error`] variant maps to it, see `error.rs`), so on this
+/// port OUT_OF_RANGE can only be tonic's size check.
 fn oversized_request_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let headers = resp.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-    let too_large = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| m.contains("length%20too%20large") || m.contains("length too large"));
-    if out_of_range && too_large {
+    if headers.get("grpc-status").is_some_and(|v| v == "11") {
+        // grpc-message is already percent-encoded; the prefix needs no encoding.
         let original = headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
-            .map(|m| {
-                m.replace("%20", " ")
-                    .replace("%3A", ":")
-                    .replace("%2C", ",")
-            })
             .unwrap_or_default();
-        let message = format!(
-            "request too large for this server (max-request-bytes): {}",
-            original.trim_start_matches("Error, ")
-        );
+        let message =
+            format!("request too large for this server (limit: max-request-bytes): {original}");
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-        if let Ok(v) = http::HeaderValue::from_str(&percent_encode(&message)) {
+        if let Ok(v) = http::HeaderValue::from_str(&message) {
             headers.insert("grpc-message", v);
         }
     }
     resp
-}
-
-/// Percent-encoding of a grpc-message value (everything outside printable ASCII,
-/// and '%' itself).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn stopped_rx(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
-    tx.subscribe()
 }
 
 /// Run a node until `shutdown` resolves.

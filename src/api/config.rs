@@ -1,28 +1,24 @@
-//! `nacosd.v1.ConfigService`: validate, route to the `config` group, map errors.
+//! `nacosd.v1.ConfigService`: validate, build a typed request for the `config` group,
+//! convert the answer. The Watch engine lives with the group (`groups::config::watch`).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{deadline, level};
-use crate::consistency::{self, ReadLevel};
 use crate::error::{Error, Result};
-use crate::groups::config::model::HistoryOp;
-use crate::groups::config::watch::FeedEvent;
+use crate::groups::client::GroupClient;
+use crate::groups::config::watch::{self, WatchEvent, WatchInput, WatchRequest};
 use crate::groups::config::{
-    md5_hex, validate, ConfigCommand, ConfigFeed, ConfigKey, ConfigQuery, ConfigRecord,
-    ConfigReply, HistoryRecord,
+    md5_hex, validate, ConfigFeed, ConfigKey, ConfigRecord, Get, History, HistoryAt, HistoryOp,
+    HistoryRecord, List, Publish, Remove,
 };
-use crate::groups::CONFIG;
 use crate::pb;
 use crate::raft::node::MultiRaft;
-use crate::raft::types::Command;
 
 /// Limits of the config API.
 #[derive(Debug, Clone)]
@@ -43,26 +39,18 @@ impl Default for ConfigLimits {
 }
 
 pub struct ConfigApi {
-    node: Arc<MultiRaft>,
+    client: GroupClient,
     feed: Arc<ConfigFeed>,
     limits: ConfigLimits,
 }
 
 impl ConfigApi {
     pub fn new(node: Arc<MultiRaft>, feed: Arc<ConfigFeed>, limits: ConfigLimits) -> Self {
-        ConfigApi { node, feed, limits }
-    }
-
-    async fn write(
-        &self,
-        cmd: ConfigCommand,
-        key: &ConfigKey,
-        op: &str,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<ConfigReply> {
-        let command = Command::new(op, key.to_string(), bincode::serialize(&cmd)?);
-        let bytes = consistency::write(&self.node, CONFIG, command, timeout).await?;
-        Ok(bincode::deserialize(&bytes)?)
+        ConfigApi {
+            client: GroupClient::new(node),
+            feed,
+            limits,
+        }
     }
 }
 
@@ -109,28 +97,49 @@ fn pb_history(k: &ConfigKey, h: HistoryRecord) -> pb::ConfigHistoryEntry {
     }
 }
 
-async fn query(
-    node: &MultiRaft,
-    q: &ConfigQuery,
-    level: ReadLevel,
-    timeout: Option<std::time::Duration>,
-) -> Result<ConfigReply> {
-    let bytes = consistency::read(node, CONFIG, &bincode::serialize(q)?, level, timeout).await?;
-    Ok(bincode::deserialize(&bytes)?)
+fn pb_event(e: WatchEvent) -> pb::WatchEvent {
+    pb::WatchEvent {
+        key: Some(pb_key(&e.key)),
+        deleted: e.md5.is_none(),
+        md5: e.md5.unwrap_or_default(),
+        log_index: e.log_index,
+    }
 }
 
-fn unexpected(r: ConfigReply) -> Status {
-    Status::internal(format!("unexpected reply from the config group: {r:?}"))
+/// A client Watch message as the engine's input: validated, or the error that ends
+/// the stream.
+fn watch_input(msg: std::result::Result<pb::WatchRequest, Status>) -> WatchInput {
+    let req = match msg {
+        Ok(r) => r,
+        Err(_) => return WatchInput::Broken,
+    };
+    let parse = || -> Result<WatchRequest> {
+        let mut out = WatchRequest::default();
+        for k in req.remove {
+            out.remove
+                .push(validate::key(&k.namespace, &k.group, &k.data_id)?);
+        }
+        for w in req.add {
+            let key = key_of(w.key)?;
+            validate::md5("md5", &w.md5)?;
+            out.add.push((key, (!w.md5.is_empty()).then_some(w.md5)));
+        }
+        Ok(out)
+    };
+    match parse() {
+        Ok(r) => WatchInput::Request(r),
+        Err(e) => WatchInput::Invalid(e),
+    }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::config_service_server::ConfigService for ConfigApi {
     async fn publish_config(
         &self,
         req: Request<pb::PublishConfigRequest>,
-    ) -> Result<Response<pb::PublishConfigResponse>, Status> {
+    ) -> std::result::Result<Response<pb::PublishConfigResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let key = key_of(r.key)?;
@@ -145,8 +154,8 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         if let Some(cas) = &r.cas_md5 {
             validate::md5("cas_md5", cas)?;
         }
-        let cmd = ConfigCommand::Publish {
-            key: key.clone(),
+        let publish = Publish {
+            key,
             md5: md5_hex(r.content.as_bytes()),
             content: r.content,
             r#type,
@@ -156,134 +165,136 @@ impl pb::config_service_server::ConfigService for ConfigApi {
             cas_md5: r.cas_md5,
             history_limit: self.limits.history_limit,
         };
-        match self.write(cmd, &key, "publish", timeout).await? {
-            ConfigReply::Published {
-                md5,
-                revision,
-                modified_ms,
-            } => Ok(Response::new(pb::PublishConfigResponse {
-                md5,
-                revision,
-                modified_time_ms: modified_ms as i64,
-            })),
-            other => Err(unexpected(other)),
-        }
+        let done = self.client.mutate(publish, timeout).await?;
+        Ok(Response::new(pb::PublishConfigResponse {
+            md5: done.md5,
+            revision: done.revision,
+            modified_time_ms: done.modified_ms as i64,
+        }))
     }
 
     async fn get_config(
         &self,
         req: Request<pb::GetConfigRequest>,
-    ) -> Result<Response<pb::ConfigItem>, Status> {
+    ) -> std::result::Result<Response<pb::ConfigItem>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let key = key_of(r.key)?;
-        let q = ConfigQuery::Get { key: key.clone() };
-        match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            ConfigReply::Item(Some(rec)) => Ok(Response::new(pb_item(&key, rec))),
-            ConfigReply::Item(None) => {
-                Err(Error::NotFound(format!("config {key} does not exist")).into())
-            }
-            other => Err(unexpected(other)),
+        let level = level(r.consistency)?;
+        match self
+            .client
+            .query(Get { key: key.clone() }, level, timeout)
+            .await?
+        {
+            Some(rec) => Ok(Response::new(pb_item(&key, rec))),
+            None => Err(Error::NotFound(format!("config {key} does not exist")).into()),
         }
     }
 
     async fn remove_config(
         &self,
         req: Request<pb::RemoveConfigRequest>,
-    ) -> Result<Response<pb::RemoveConfigResponse>, Status> {
+    ) -> std::result::Result<Response<pb::RemoveConfigResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let key = key_of(r.key)?;
         if let Some(cas) = &r.cas_md5 {
             validate::md5("cas_md5", cas)?;
         }
-        let cmd = ConfigCommand::Remove {
-            key: key.clone(),
+        let remove = Remove {
+            key,
             cas_md5: r.cas_md5,
             history_limit: self.limits.history_limit,
         };
-        match self.write(cmd, &key, "remove", timeout).await? {
-            ConfigReply::Removed { existed, revision } => {
-                Ok(Response::new(pb::RemoveConfigResponse {
-                    existed,
-                    revision,
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let done = self.client.mutate(remove, timeout).await?;
+        Ok(Response::new(pb::RemoveConfigResponse {
+            existed: done.existed,
+            revision: done.revision,
+        }))
     }
 
     async fn list_configs(
         &self,
         req: Request<pb::ListConfigsRequest>,
-    ) -> Result<Response<pb::ListConfigsResponse>, Status> {
+    ) -> std::result::Result<Response<pb::ListConfigsResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let namespace = validate::namespace(&r.namespace)?;
         validate::pattern("group_pattern", &r.group_pattern)?;
         validate::pattern("data_id_pattern", &r.data_id_pattern)?;
         let (page_no, page_size) = validate::page(r.page_no, r.page_size)?;
-        let q = ConfigQuery::List {
+        let list = List {
             namespace,
             group_pattern: r.group_pattern,
             data_id_pattern: r.data_id_pattern,
             offset: (page_no as u64 - 1) * page_size as u64,
             limit: page_size,
         };
-        match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            ConfigReply::Page { items, total } => Ok(Response::new(pb::ListConfigsResponse {
-                items: items.into_iter().map(|(k, rec)| pb_item(&k, rec)).collect(),
-                total,
-                page_no,
-                page_size,
-            })),
-            other => Err(unexpected(other)),
-        }
+        let page = self
+            .client
+            .query(list, level(r.consistency)?, timeout)
+            .await?;
+        Ok(Response::new(pb::ListConfigsResponse {
+            items: page
+                .items
+                .into_iter()
+                .map(|(k, rec)| pb_item(&k, rec))
+                .collect(),
+            total: page.total,
+            page_no,
+            page_size,
+        }))
     }
 
     async fn list_config_history(
         &self,
         req: Request<pb::ListConfigHistoryRequest>,
-    ) -> Result<Response<pb::ListConfigHistoryResponse>, Status> {
+    ) -> std::result::Result<Response<pb::ListConfigHistoryResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let key = key_of(r.key)?;
         let (page_no, page_size) = validate::page(r.page_no, r.page_size)?;
-        let q = ConfigQuery::History {
+        let history = History {
             key: key.clone(),
             offset: (page_no as u64 - 1) * page_size as u64,
             limit: page_size,
         };
-        match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            ConfigReply::History { entries, total } => {
-                Ok(Response::new(pb::ListConfigHistoryResponse {
-                    entries: entries.into_iter().map(|h| pb_history(&key, h)).collect(),
-                    total,
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let page = self
+            .client
+            .query(history, level(r.consistency)?, timeout)
+            .await?;
+        Ok(Response::new(pb::ListConfigHistoryResponse {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|h| pb_history(&key, h))
+                .collect(),
+            total: page.total,
+        }))
     }
 
     async fn get_config_history(
         &self,
         req: Request<pb::GetConfigHistoryRequest>,
-    ) -> Result<Response<pb::ConfigHistoryEntry>, Status> {
+    ) -> std::result::Result<Response<pb::ConfigHistoryEntry>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let key = key_of(r.key)?;
-        let q = ConfigQuery::HistoryAt {
+        let at = HistoryAt {
             key: key.clone(),
             revision: r.revision,
         };
-        match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            ConfigReply::HistoryEntry(Some(h)) => Ok(Response::new(pb_history(&key, h))),
-            ConfigReply::HistoryEntry(None) => Err(Error::NotFound(format!(
+        match self
+            .client
+            .query(at, level(r.consistency)?, timeout)
+            .await?
+        {
+            Some(h) => Ok(Response::new(pb_history(&key, h))),
+            None => Err(Error::NotFound(format!(
                 "config {key} has no revision {} in its history",
                 r.revision
             ))
             .into()),
-            other => Err(unexpected(other)),
         }
     }
 
@@ -292,136 +303,13 @@ impl pb::config_service_server::ConfigService for ConfigApi {
     async fn watch(
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let incoming = req.into_inner();
+    ) -> std::result::Result<Response<Self::WatchStream>, Status> {
+        let input = req.into_inner().map(watch_input);
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before the first state read so no change can fall in between.
         let feed = self.feed.subscribe();
-        tokio::spawn(serve_watch(self.node.clone(), incoming, feed, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tokio::spawn(watch::serve(self.client.clone(), input, feed, tx));
+        let events = ReceiverStream::new(rx).map(|e| e.map(pb_event).map_err(Status::from));
+        Ok(Response::new(Box::pin(events)))
     }
-}
-
-/// What the client is known to hold for a watched key: md5 (None: absent) and the
-/// revision of the state that md5 describes.
-type Known = HashMap<ConfigKey, (Option<String>, u64)>;
-
-fn event(key: &ConfigKey, md5: &Option<String>, log_index: u64) -> pb::WatchEvent {
-    pb::WatchEvent {
-        key: Some(pb_key(key)),
-        md5: md5.clone().unwrap_or_default(),
-        deleted: md5.is_none(),
-        log_index,
-    }
-}
-
-async fn states(
-    node: &MultiRaft,
-    keys: Vec<ConfigKey>,
-    level: ReadLevel,
-) -> Result<Vec<(Option<String>, u64)>> {
-    match query(node, &ConfigQuery::States { keys }, level, None).await? {
-        ConfigReply::States(s) => Ok(s),
-        other => Err(Error::internal(format!("unexpected reply {other:?}"))),
-    }
-}
-
-async fn serve_watch(
-    node: Arc<MultiRaft>,
-    mut incoming: Streaming<pb::WatchRequest>,
-    mut feed: broadcast::Receiver<FeedEvent<crate::groups::config::ConfigChange>>,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
-) {
-    let mut known = Known::new();
-    // A client that half-closes (sends no more requests) still receives events until
-    // it cancels the call.
-    let mut requests_open = true;
-    loop {
-        tokio::select! {
-            msg = incoming.next(), if requests_open => {
-                let req = match msg {
-                    Some(Ok(req)) => req,
-                    None => {
-                        requests_open = false;
-                        continue;
-                    }
-                    Some(Err(_)) => return, // the client broke the stream
-                };
-                if let Err(e) = handle_watch_request(&node, req, &mut known, &tx).await {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            }
-            ev = feed.recv() => {
-                let resync = match ev {
-                    Ok(FeedEvent::Changed(c)) => {
-                        if let Some((md5, rev)) = known.get_mut(&c.key) {
-                            if c.log_index > *rev {
-                                *rev = c.log_index;
-                                if *md5 != c.md5 {
-                                    *md5 = c.md5.clone();
-                                    if tx.send(Ok(event(&c.key, &c.md5, c.log_index))).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                        false
-                    }
-                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if resync && !known.is_empty() {
-                    let keys: Vec<ConfigKey> = known.keys().cloned().collect();
-                    match states(&node, keys.clone(), ReadLevel::Stale).await {
-                        Ok(s) => {
-                            for (key, (md5, rev)) in keys.into_iter().zip(s) {
-                                let entry = known.get_mut(&key).expect("key from map");
-                                if entry.0 != md5
-                                    && tx.send(Ok(event(&key, &md5, rev))).await.is_err() {
-                                        return;
-                                    }
-                                *entry = (md5, rev.max(entry.1));
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    }
-                }
-            }
-            _ = tx.closed() => return,
-        }
-    }
-}
-
-async fn handle_watch_request(
-    node: &MultiRaft,
-    req: pb::WatchRequest,
-    known: &mut Known,
-    tx: &mpsc::Sender<Result<pb::WatchEvent, Status>>,
-) -> Result<()> {
-    for k in req.remove {
-        known.remove(&validate::key(&k.namespace, &k.group, &k.data_id)?);
-    }
-    let mut added = Vec::with_capacity(req.add.len());
-    for w in req.add {
-        let key = key_of(w.key)?;
-        validate::md5("md5", &w.md5)?;
-        added.push((key, if w.md5.is_empty() { None } else { Some(w.md5) }));
-    }
-    if added.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<ConfigKey> = added.iter().map(|(k, _)| k.clone()).collect();
-    // Linearizable: the answer reflects every change acknowledged before the request.
-    let current = states(node, keys, ReadLevel::Linearizable).await?;
-    for ((key, held), (md5, rev)) in added.into_iter().zip(current) {
-        if held != md5 && tx.send(Ok(event(&key, &md5, rev))).await.is_err() {
-            return Ok(());
-        }
-        known.insert(key, (md5, rev));
-    }
-    Ok(())
 }

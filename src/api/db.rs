@@ -5,18 +5,15 @@ use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
 use crate::api::{deadline, level};
-use crate::consistency;
 use crate::error::{Error, Result};
-use crate::groups::codec::enc;
+use crate::groups::client::GroupClient;
 use crate::groups::db::rules::{self, DbLimits};
-use crate::groups::db::{DbCommand, DbQuery, DbReply, SqliteStateMachine, Stmt, Value};
-use crate::groups::EMBEDDED_DB;
+use crate::groups::db::{DbCommand, DbQuery, SqliteStateMachine, Stmt, Value};
 use crate::pb;
 use crate::raft::node::MultiRaft;
-use crate::raft::types::Command;
 
 pub struct DbApi {
-    node: Arc<MultiRaft>,
+    client: GroupClient,
     db: Arc<OnceLock<Arc<SqliteStateMachine>>>,
     limits: DbLimits,
 }
@@ -27,7 +24,11 @@ impl DbApi {
         db: Arc<OnceLock<Arc<SqliteStateMachine>>>,
         limits: DbLimits,
     ) -> Self {
-        DbApi { node, db, limits }
+        DbApi {
+            client: GroupClient::new(node),
+            db,
+            limits,
+        }
     }
 }
 
@@ -88,43 +89,54 @@ fn statements(input: Vec<pb::Statement>) -> Result<Vec<Stmt>> {
     Ok(out)
 }
 
+/// Check a batch against the live schema with the same rules the apply enforces, on
+/// the blocking pool (it prepares SQL).
+async fn check(
+    db: Option<Arc<SqliteStateMachine>>,
+    stmts: Vec<Stmt>,
+    limits: DbLimits,
+) -> Result<Vec<Stmt>> {
+    tokio::task::spawn_blocking(move || {
+        match db {
+            Some(db) => db.check(&stmts, &limits)?,
+            None => rules::check_limits(&stmts, &limits)?,
+        }
+        Ok(stmts)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("statement check failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl pb::db_service_server::DbService for DbApi {
     async fn execute(
         &self,
         req: Request<pb::ExecuteRequest>,
-    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+    ) -> std::result::Result<Response<pb::ExecuteResponse>, Status> {
         let timeout = deadline(&req);
         let stmts = statements(req.into_inner().statements)?;
-        match self.db.get() {
-            Some(db) => db.check(&stmts, &self.limits)?,
-            None => rules::check_limits(&stmts, &self.limits)?,
-        }
-        let first = stmts
-            .first()
-            .map(|s| s.sql.chars().take(64).collect::<String>())
-            .unwrap_or_default();
-        let cmd = Command::new("execute", first, enc(&DbCommand { statements: stmts }));
-        let bytes = consistency::write(&self.node, EMBEDDED_DB, cmd, timeout).await?;
-        match crate::groups::codec::dec::<DbReply>(&bytes, "db reply")? {
-            DbReply::Executed { results, index } => Ok(Response::new(pb::ExecuteResponse {
-                results: results
-                    .into_iter()
-                    .map(|r| pb::ExecuteResult {
-                        rows_affected: r.rows_affected,
-                        last_insert_id: r.last_insert_id,
-                    })
-                    .collect(),
-                index,
-            })),
-            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
-        }
+        let statements = check(self.db.get().cloned(), stmts, self.limits).await?;
+        let done = self
+            .client
+            .mutate(DbCommand { statements }, timeout)
+            .await?;
+        Ok(Response::new(pb::ExecuteResponse {
+            results: done
+                .results
+                .into_iter()
+                .map(|r| pb::ExecuteResult {
+                    rows_affected: r.rows_affected,
+                    last_insert_id: r.last_insert_id,
+                })
+                .collect(),
+            index: done.index,
+        }))
     }
 
     async fn query(
         &self,
         req: Request<pb::QueryRequest>,
-    ) -> Result<Response<pb::QueryResponse>, Status> {
+    ) -> std::result::Result<Response<pb::QueryResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let stmts = statements(r.statements)?;
@@ -133,32 +145,22 @@ impl pb::db_service_server::DbService for DbApi {
             statements: stmts,
             max_rows: self.limits.max_rows,
         };
-        let bytes = consistency::read(
-            &self.node,
-            EMBEDDED_DB,
-            &enc(&q),
-            level(r.consistency)?,
-            timeout,
-        )
-        .await?;
-        match crate::groups::codec::dec::<DbReply>(&bytes, "db reply")? {
-            DbReply::Rows(results) => Ok(Response::new(pb::QueryResponse {
-                results: results
-                    .into_iter()
-                    .map(|q| pb::QueryResult {
-                        columns: q.columns,
-                        types: q.types,
-                        rows: q
-                            .rows
-                            .into_iter()
-                            .map(|row| pb::Row {
-                                values: row.into_iter().map(pb_value).collect(),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-            })),
-            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
-        }
+        let results = self.client.query(q, level(r.consistency)?, timeout).await?;
+        Ok(Response::new(pb::QueryResponse {
+            results: results
+                .into_iter()
+                .map(|q| pb::QueryResult {
+                    columns: q.columns,
+                    types: q.types,
+                    rows: q
+                        .rows
+                        .into_iter()
+                        .map(|row| pb::Row {
+                            values: row.into_iter().map(pb_value).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
     }
 }

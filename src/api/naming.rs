@@ -4,95 +4,34 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::{deadline, level};
-use crate::consistency::{self, ReadLevel};
 use crate::error::{Error, Result};
-use crate::groups::feed::FeedEvent;
+use crate::groups::client::GroupClient;
+use crate::groups::naming::subscribe::{self, EventKind, ServiceEvent};
 use crate::groups::naming::{
-    validate, ChangeKind, InstanceRecord, NamingChange, NamingCommand, NamingFeed, NamingQuery,
-    NamingReply, ServiceKey, ServiceRecord,
+    validate, CreateService, DeleteService, Deregister, GetService, InstanceRecord, ListServices,
+    NamingFeed, Register, ServiceKey, ServiceRecord, UpdateInstance, UpdateService,
 };
-use crate::groups::NAMING_PERSISTENT;
 use crate::pb;
 use crate::raft::node::MultiRaft;
-use crate::raft::types::Command;
 
 pub struct NamingApi {
-    node: Arc<MultiRaft>,
+    client: GroupClient,
     feed: Arc<NamingFeed>,
 }
 
 impl NamingApi {
     pub fn new(node: Arc<MultiRaft>, feed: Arc<NamingFeed>) -> Self {
-        NamingApi { node, feed }
-    }
-
-    async fn write(
-        &self,
-        cmd: NamingCommand,
-        service: &ServiceKey,
-        op: &str,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<NamingReply> {
-        let command = Command::new(op, service.to_string(), bincode::serialize(&cmd)?);
-        let bytes = consistency::write(&self.node, NAMING_PERSISTENT, command, timeout).await?;
-        Ok(bincode::deserialize(&bytes)?)
-    }
-}
-
-impl NamingApi {
-    /// Create (`create`) or replace a service's settings.
-    async fn write_settings(
-        &self,
-        create: bool,
-        service: ServiceKey,
-        settings: crate::groups::naming::ServiceSettings,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<Response<pb::Service>, Status> {
-        let (cmd, op) = if create {
-            (
-                NamingCommand::CreateService {
-                    service: service.clone(),
-                    settings,
-                },
-                "create-service",
-            )
-        } else {
-            (
-                NamingCommand::UpdateService {
-                    service: service.clone(),
-                    settings,
-                },
-                "update-service",
-            )
-        };
-        match self.write(cmd, &service, op, timeout).await? {
-            NamingReply::Service { record } => Ok(Response::new(pb_service(&service, &record))),
-            other => Err(unexpected(other)),
+        NamingApi {
+            client: GroupClient::new(node),
+            feed,
         }
     }
-}
-
-async fn query(
-    node: &MultiRaft,
-    q: &NamingQuery,
-    level: ReadLevel,
-    timeout: Option<std::time::Duration>,
-) -> Result<NamingReply> {
-    let bytes = consistency::read(
-        node,
-        NAMING_PERSISTENT,
-        &bincode::serialize(q)?,
-        level,
-        timeout,
-    )
-    .await?;
-    Ok(bincode::deserialize(&bytes)?)
 }
 
 fn key_of(k: Option<pb::ServiceKey>, field: &str) -> Result<ServiceKey> {
@@ -155,10 +94,6 @@ fn pb_instance(k: &ServiceKey, i: &InstanceRecord) -> pb::Instance {
     }
 }
 
-fn unexpected(r: NamingReply) -> Status {
-    Status::internal(format!("unexpected reply from the naming group: {r:?}"))
-}
-
 fn settings_of(
     threshold: f32,
     metadata: &std::collections::HashMap<String, String>,
@@ -171,90 +106,90 @@ fn settings_of(
     validate::settings(threshold, metadata, t, e)
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::ServiceEvent, Status>> + Send>>;
+fn pb_event(k: &ServiceKey, e: ServiceEvent) -> pb::ServiceEvent {
+    let kind = match e.kind {
+        EventKind::FullState => pb::ServiceEventKind::FullState,
+        EventKind::InstancesUpserted => pb::ServiceEventKind::InstanceUpserted,
+        EventKind::InstancesRemoved => pb::ServiceEventKind::InstanceRemoved,
+        EventKind::ServiceUpdated => pb::ServiceEventKind::ServiceUpdated,
+        EventKind::ServiceDeleted => pb::ServiceEventKind::ServiceDeleted,
+    };
+    pb::ServiceEvent {
+        kind: kind as i32,
+        index: e.index,
+        service: e.service.as_ref().map(|r| pb_service(k, r)),
+        instances: e.instances.iter().map(|i| pb_instance(k, i)).collect(),
+    }
+}
+
+type SubscribeStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::ServiceEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::naming_service_server::NamingService for NamingApi {
     async fn register_instance(
         &self,
         req: Request<pb::RegisterInstanceRequest>,
-    ) -> Result<Response<pb::RegisterInstanceResponse>, Status> {
+    ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         let inst = instance_of(r.instance)?;
-        let id = inst.instance_id(&service);
-        let cmd = NamingCommand::Register {
-            service: service.clone(),
+        let instance_id = inst.instance_id(&service);
+        let register = Register {
+            service,
             instances: vec![inst],
         };
-        match self.write(cmd, &service, "register", timeout).await? {
-            NamingReply::Registered { created, revision } => {
-                Ok(Response::new(pb::RegisterInstanceResponse {
-                    instance_id: id,
-                    created: created.first().copied().unwrap_or(false),
-                    revision,
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let done = self.client.mutate(register, timeout).await?;
+        Ok(Response::new(pb::RegisterInstanceResponse {
+            instance_id,
+            created: done.created.first().copied().unwrap_or(false),
+            revision: done.revision,
+        }))
     }
 
     async fn deregister_instance(
         &self,
         req: Request<pb::DeregisterInstanceRequest>,
-    ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
+    ) -> std::result::Result<Response<pb::DeregisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         let addr = validate::addr(&r.ip, r.port, &r.cluster_name)?;
-        let cmd = NamingCommand::Deregister {
-            service: service.clone(),
-            addr,
-        };
-        match self.write(cmd, &service, "deregister", timeout).await? {
-            NamingReply::Deregistered { existed, revision } => {
-                Ok(Response::new(pb::DeregisterInstanceResponse {
-                    existed,
-                    revision,
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let done = self
+            .client
+            .mutate(Deregister { service, addr }, timeout)
+            .await?;
+        Ok(Response::new(pb::DeregisterInstanceResponse {
+            existed: done.existed,
+            revision: done.revision,
+        }))
     }
 
     async fn update_instance(
         &self,
         req: Request<pb::UpdateInstanceRequest>,
-    ) -> Result<Response<pb::RegisterInstanceResponse>, Status> {
+    ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         let instance = instance_of(r.instance)?;
-        let id = instance.instance_id(&service);
-        let cmd = NamingCommand::Update {
-            service: service.clone(),
-            instance,
-        };
-        match self
-            .write(cmd, &service, "update-instance", timeout)
-            .await?
-        {
-            NamingReply::Registered { revision, .. } => {
-                Ok(Response::new(pb::RegisterInstanceResponse {
-                    instance_id: id,
-                    created: false,
-                    revision,
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let instance_id = instance.instance_id(&service);
+        let done = self
+            .client
+            .mutate(UpdateInstance { service, instance }, timeout)
+            .await?;
+        Ok(Response::new(pb::RegisterInstanceResponse {
+            instance_id,
+            created: false,
+            revision: done.revision,
+        }))
     }
 
     async fn batch_register_instances(
         &self,
         req: Request<pb::BatchRegisterInstancesRequest>,
-    ) -> Result<Response<pb::BatchRegisterInstancesResponse>, Status> {
+    ) -> std::result::Result<Response<pb::BatchRegisterInstancesResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
@@ -275,66 +210,79 @@ impl pb::naming_service_server::NamingService for NamingApi {
                 other => other,
             })?);
         }
-        let ids = instances.iter().map(|i| i.instance_id(&service)).collect();
-        let cmd = NamingCommand::Register {
-            service: service.clone(),
-            instances,
-        };
-        match self.write(cmd, &service, "batch-register", timeout).await? {
-            NamingReply::Registered { revision, .. } => {
-                Ok(Response::new(pb::BatchRegisterInstancesResponse {
-                    instance_ids: ids,
-                    revision,
-                }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let instance_ids = instances.iter().map(|i| i.instance_id(&service)).collect();
+        let done = self
+            .client
+            .mutate(Register { service, instances }, timeout)
+            .await?;
+        Ok(Response::new(pb::BatchRegisterInstancesResponse {
+            instance_ids,
+            revision: done.revision,
+        }))
     }
 
     async fn create_service(
         &self,
         req: Request<pb::CreateServiceRequest>,
-    ) -> Result<Response<pb::Service>, Status> {
+    ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
-        let key = key_of(r.key, "key")?;
+        let service = key_of(r.key, "key")?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
-        self.write_settings(true, key, settings, timeout).await
+        let record = self
+            .client
+            .mutate(
+                CreateService {
+                    service: service.clone(),
+                    settings,
+                },
+                timeout,
+            )
+            .await?;
+        Ok(Response::new(pb_service(&service, &record)))
     }
 
     async fn update_service(
         &self,
         req: Request<pb::UpdateServiceRequest>,
-    ) -> Result<Response<pb::Service>, Status> {
+    ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
-        let key = key_of(r.key, "key")?;
+        let service = key_of(r.key, "key")?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
-        self.write_settings(false, key, settings, timeout).await
+        let record = self
+            .client
+            .mutate(
+                UpdateService {
+                    service: service.clone(),
+                    settings,
+                },
+                timeout,
+            )
+            .await?;
+        Ok(Response::new(pb_service(&service, &record)))
     }
 
     async fn delete_service(
         &self,
         req: Request<pb::DeleteServiceRequest>,
-    ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+    ) -> std::result::Result<Response<pb::DeleteServiceResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
-        let cmd = NamingCommand::DeleteService {
-            service: service.clone(),
-        };
-        match self.write(cmd, &service, "delete-service", timeout).await? {
-            NamingReply::Deleted { revision } => {
-                Ok(Response::new(pb::DeleteServiceResponse { revision }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let done = self
+            .client
+            .mutate(DeleteService { service }, timeout)
+            .await?;
+        Ok(Response::new(pb::DeleteServiceResponse {
+            revision: done.revision,
+        }))
     }
 
     async fn get_service(
         &self,
         req: Request<pb::GetServiceRequest>,
-    ) -> Result<Response<pb::ServiceDetail>, Status> {
+    ) -> std::result::Result<Response<pb::ServiceDetail>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
@@ -343,56 +291,54 @@ impl pb::naming_service_server::NamingService for NamingApi {
             .iter()
             .map(|c| validate::cluster(c))
             .collect::<Result<Vec<_>>>()?;
-        let q = NamingQuery::Get {
+        let q = GetService {
             service: service.clone(),
             clusters,
             healthy_only: r.healthy_only,
         };
-        match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            NamingReply::Detail {
-                record: Some(record),
-                instances,
-            } => Ok(Response::new(pb::ServiceDetail {
-                service: Some(pb_service(&service, &record)),
-                instances: instances.iter().map(|i| pb_instance(&service, i)).collect(),
-            })),
-            NamingReply::Detail { record: None, .. } => {
-                Err(Error::NotFound(format!("service {service} does not exist")).into())
-            }
-            other => Err(unexpected(other)),
-        }
+        let detail = self.client.query(q, level(r.consistency)?, timeout).await?;
+        let Some(record) = detail.record else {
+            return Err(Error::NotFound(format!("service {service} does not exist")).into());
+        };
+        Ok(Response::new(pb::ServiceDetail {
+            service: Some(pb_service(&service, &record)),
+            instances: detail
+                .instances
+                .iter()
+                .map(|i| pb_instance(&service, i))
+                .collect(),
+        }))
     }
 
     async fn list_services(
         &self,
         req: Request<pb::ListServicesRequest>,
-    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+    ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let (namespace, group) = validate::namespace_and_group(&r.namespace, &r.group)?;
         let (page_no, page_size) = crate::groups::config::validate::page(r.page_no, r.page_size)?;
-        let q = NamingQuery::List {
+        let q = ListServices {
             namespace,
             group,
             offset: (page_no as u64 - 1) * page_size as u64,
             limit: page_size,
         };
-        match query(&self.node, &q, level(r.consistency)?, timeout).await? {
-            NamingReply::Page { services, total } => Ok(Response::new(pb::ListServicesResponse {
-                services: services
-                    .into_iter()
-                    .map(
-                        |(service_name, instance_count, revision)| pb::ServiceSummary {
-                            service_name,
-                            instance_count,
-                            revision,
-                        },
-                    )
-                    .collect(),
-                total,
-            })),
-            other => Err(unexpected(other)),
-        }
+        let page = self.client.query(q, level(r.consistency)?, timeout).await?;
+        Ok(Response::new(pb::ListServicesResponse {
+            services: page
+                .services
+                .into_iter()
+                .map(
+                    |(service_name, instance_count, revision)| pb::ServiceSummary {
+                        service_name,
+                        instance_count,
+                        revision,
+                    },
+                )
+                .collect(),
+            total: page.total,
+        }))
     }
 
     type SubscribeStream = SubscribeStream;
@@ -400,141 +346,21 @@ impl pb::naming_service_server::NamingService for NamingApi {
     async fn subscribe(
         &self,
         req: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> std::result::Result<Response<Self::SubscribeStream>, Status> {
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading the state so no change can fall in between.
         let feed = self.feed.subscribe();
-        tokio::spawn(serve_subscription(
-            self.node.clone(),
-            service,
+        tokio::spawn(subscribe::serve(
+            self.client.clone(),
+            service.clone(),
             r.last_index,
             feed,
             tx,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// The full current state, if the client (who has seen up to `seen`) missed anything.
-async fn full_state_if_missed(
-    node: &MultiRaft,
-    service: &ServiceKey,
-    seen: u64,
-    level: ReadLevel,
-) -> Result<Option<pb::ServiceEvent>> {
-    let q = NamingQuery::Get {
-        service: service.clone(),
-        clusters: vec![],
-        healthy_only: false,
-    };
-    let (record, instances) = match query(node, &q, level, None).await? {
-        NamingReply::Detail { record, instances } => (record, instances),
-        other => return Err(Error::internal(format!("unexpected reply {other:?}"))),
-    };
-    let index = match &record {
-        Some(r) => r.revision,
-        // A deleted (or never created) service has no revision: use how far this node
-        // has applied, so the client never keeps a stale view.
-        None => node
-            .group(NAMING_PERSISTENT)?
-            .raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0),
-    };
-    if seen != 0 && index <= seen {
-        return Ok(None);
-    }
-    Ok(Some(pb::ServiceEvent {
-        kind: pb::ServiceEventKind::FullState as i32,
-        index,
-        service: record.as_ref().map(|r| pb_service(service, r)),
-        instances: instances.iter().map(|i| pb_instance(service, i)).collect(),
-    }))
-}
-
-use openraft::rt::watch::WatchReceiver;
-
-fn change_event(c: &NamingChange) -> pb::ServiceEvent {
-    let (kind, instances) = match &c.kind {
-        ChangeKind::InstanceUpserted(i) => (
-            pb::ServiceEventKind::InstanceUpserted,
-            vec![pb_instance(&c.service, i)],
-        ),
-        ChangeKind::InstanceRemoved(i) => (
-            pb::ServiceEventKind::InstanceRemoved,
-            vec![pb_instance(&c.service, i)],
-        ),
-        ChangeKind::ServiceUpdated => (pb::ServiceEventKind::ServiceUpdated, vec![]),
-        ChangeKind::ServiceDeleted => (pb::ServiceEventKind::ServiceDeleted, vec![]),
-    };
-    pb::ServiceEvent {
-        kind: kind as i32,
-        index: c.index,
-        service: c.record.as_ref().map(|r| pb_service(&c.service, r)),
-        instances,
-    }
-}
-
-async fn serve_subscription(
-    node: Arc<MultiRaft>,
-    service: ServiceKey,
-    last_index: u64,
-    mut feed: broadcast::Receiver<FeedEvent<NamingChange>>,
-    tx: mpsc::Sender<std::result::Result<pb::ServiceEvent, Status>>,
-) {
-    // Linearizable: the first answer reflects every change acknowledged before the call.
-    let mut seen = last_index;
-    match full_state_if_missed(&node, &service, seen, ReadLevel::Linearizable).await {
-        Ok(Some(ev)) => {
-            seen = seen.max(ev.index);
-            if tx.send(Ok(ev)).await.is_err() {
-                return;
-            }
-        }
-        Ok(None) => {}
-        Err(e) => {
-            let _ = tx.send(Err(e.into())).await;
-            return;
-        }
-    }
-    loop {
-        tokio::select! {
-            ev = feed.recv() => {
-                let resync = match ev {
-                    Ok(FeedEvent::Changed(c)) => {
-                        if c.service == service && c.index > seen {
-                            seen = c.index;
-                            if tx.send(Ok(change_event(&c))).await.is_err() {
-                                return;
-                            }
-                        }
-                        false
-                    }
-                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if resync {
-                    match full_state_if_missed(&node, &service, seen, ReadLevel::Stale).await {
-                        Ok(Some(ev)) => {
-                            seen = seen.max(ev.index);
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    }
-                }
-            }
-            _ = tx.closed() => return,
-        }
+        let events = ReceiverStream::new(rx)
+            .map(move |e| e.map(|e| pb_event(&service, e)).map_err(Status::from));
+        Ok(Response::new(Box::pin(events)))
     }
 }

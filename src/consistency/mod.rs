@@ -18,6 +18,11 @@
 //!   assumes bounded clock drift).
 //! - `Stale`: the local state as it is, even with no leader.
 //!
+//! A node that has been out of contact with a group's quorum for more than two leader
+//! leases (`Group::cut_off_for`: partitioned away, or the majority is down) answers
+//! `Unavailable` at once instead of retrying until the client's deadline, so clients
+//! move on to another node.
+//!
 //! This layer knows nothing about what a group stores: commands and queries are bytes.
 
 mod read;
@@ -27,6 +32,7 @@ pub use read::{read, read_index_on_leader, read_on_leader, ReadLevel};
 pub use write::{write, write_on_leader};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::raft::node::{Group, MultiRaft};
@@ -46,4 +52,25 @@ fn led_here<'a>(node: &'a MultiRaft, group_name: &str) -> Result<&'a Arc<Group>>
         });
     }
     Ok(group)
+}
+
+/// The node is cut off from the group's quorum (partitioned away, or the group lost
+/// its majority): fail now with `Unavailable`, so the client tries another node, rather
+/// than hold the request here until its deadline.
+fn cut_off(node: &MultiRaft, group: &Group, for_: Duration) -> Error {
+    if node.identity().cluster_id().is_none() {
+        return Error::unavailable(format!(
+            "node {} is not part of a cluster yet (its data directory is new: it is waiting to bootstrap or to be admitted); send the request to another node",
+            node.node_id
+        ));
+    }
+    Error::Unavailable {
+        message: format!(
+            "node {} has been out of contact with the majority of group {} for {} ms; send the request to another node",
+            node.node_id,
+            group.name,
+            for_.as_millis()
+        ),
+        leader: None,
+    }
 }

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::pb;
 use crate::raft::node::{Group, GroupCounters, MultiRaft};
 use crate::raft::types::LogId;
 
@@ -29,13 +28,16 @@ const FOLLOWER_APPLY_WAIT: Duration = Duration::from_secs(1);
 pub async fn read(
     node: &MultiRaft,
     group_name: &str,
-    query: &[u8],
+    query: Vec<u8>,
     level: ReadLevel,
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>> {
     let group = node.group(group_name)?;
     if level == ReadLevel::Stale {
-        return group.sm.query(query);
+        return group.query(query).await;
+    }
+    if let Some(cut_off) = group.cut_off_for() {
+        return Err(super::cut_off(node, group, cut_off));
     }
     let deadline = Instant::now() + timeout.unwrap_or(node.default_timeout);
     let lease = level == ReadLevel::Lease;
@@ -50,7 +52,7 @@ pub async fn read(
                 group.raft.metrics().borrow_watched().last_applied,
             );
             match linearizer.try_await_ready(&group.raft, Some(wait)).await {
-                Ok(Ok(_)) => return group.sm.query(query),
+                Ok(Ok(_)) => return group.query(query).await,
                 Ok(Err(state)) => tracing::debug!(
                     group = %group.name,
                     read_index = %state.read_log_id(),
@@ -62,10 +64,10 @@ pub async fn read(
             }
         }
         Err(e) => {
+            GroupCounters::inc(&group.counters.read_index_failures);
             tracing::debug!(group = %group.name, error = %e, "read-index failed; falling back to the leader")
         }
     }
-    GroupCounters::inc(&group.counters.read_index_failures);
     GroupCounters::inc(&group.counters.leader_fallbacks);
     read_via_leader(node, group, query, deadline).await
 }
@@ -86,22 +88,9 @@ async fn read_index(
     if leader_id == node.node_id {
         return Err(Error::unavailable("leadership in transition"));
     }
-    let mut client = node
-        .channels
-        .client(&addr)
-        .map_err(|e| Error::unavailable(e.to_string()))?;
-    let mut req = tonic::Request::new(pb::ReadIndexRequest {
-        group: group.name.to_string(),
-        lease,
-        timeout_ms: timeout.as_millis() as u64,
-    });
-    req.set_timeout(timeout);
-    let reply = client
-        .read_index(req)
+    node.peers
+        .read_index(&addr, &group.name, lease, timeout)
         .await
-        .map_err(|s| Error::unavailable(format!("read-index from {addr}: {}", s.message())))?;
-    bincode::deserialize::<Result<LogId>>(&reply.into_inner().result)
-        .map_err(|e| Error::internal(format!("undecodable read-index reply: {e}")))?
 }
 
 async fn local_read_index(group: &Group, lease: bool, timeout: Duration) -> Result<LogId> {
@@ -138,7 +127,7 @@ pub async fn read_index_on_leader(
 pub async fn read_on_leader(
     node: &MultiRaft,
     group_name: &str,
-    query: &[u8],
+    query: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>> {
     let group = node.group(group_name)?;
@@ -149,7 +138,7 @@ pub async fn read_on_leader(
         group.raft.metrics().borrow_watched().last_applied,
     );
     match linearizer.try_await_ready(&group.raft, Some(timeout)).await {
-        Ok(Ok(_)) => group.sm.query(query),
+        Ok(Ok(_)) => group.query(query).await,
         Ok(Err(_)) => Err(Error::DeadlineExceeded(format!(
             "group {}: leader did not apply up to the read index in time",
             group.name
@@ -164,7 +153,7 @@ pub async fn read_on_leader(
 async fn read_via_leader(
     node: &MultiRaft,
     group: &Group,
-    query: &[u8],
+    query: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>> {
     let timeout = deadline.saturating_duration_since(Instant::now());
@@ -175,27 +164,14 @@ async fn read_via_leader(
         message: format!("group {} has no leader to read from", group.name),
         leader: None,
     })?;
-    let mut client = node
-        .channels
-        .client(&addr)
-        .map_err(|e| Error::unavailable(e.to_string()))?;
-    let mut req = tonic::Request::new(pb::ForwardReadRequest {
-        group: group.name.to_string(),
-        query: query.to_vec(),
-        timeout_ms: timeout.as_millis() as u64,
-    });
-    req.set_timeout(timeout + Duration::from_millis(200));
-    let reply = client
-        .forward_read(req)
+    node.peers
+        .forward_read(&addr, &group.name, &query, timeout)
         .await
-        .map_err(|s| Error::Unavailable {
-            message: format!(
-                "reading from leader {addr} of group {}: {}",
-                group.name,
-                s.message()
-            ),
-            leader: group.leader(),
-        })?;
-    bincode::deserialize::<Result<Vec<u8>>>(&reply.into_inner().result)
-        .map_err(|e| Error::internal(format!("undecodable read reply: {e}")))?
+        .map_err(|e| match e {
+            Error::Unavailable { message, .. } => Error::Unavailable {
+                message,
+                leader: group.leader(),
+            },
+            other => other,
+        })
 }

@@ -7,7 +7,6 @@ use openraft::errors::{ClientWriteError, RaftError};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::pb;
 use crate::raft::node::{Group, GroupCounters, MultiRaft};
 use crate::raft::types::Command;
 
@@ -27,6 +26,9 @@ pub async fn write(
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(no_leader(group, last_error));
+        }
+        if let Some(cut_off) = group.cut_off_for() {
+            return Err(super::cut_off(node, group, cut_off));
         }
         let attempt = if group.raft.is_leader() {
             GroupCounters::inc(&group.counters.writes_local);
@@ -134,74 +136,7 @@ async fn forward(
     cmd: &Command,
     timeout: Duration,
 ) -> Result<Vec<u8>> {
-    let mut client = node
-        .channels
-        .client(addr)
-        .map_err(|e| Error::unavailable(format!("bad leader address {addr}: {e}")))?;
-    let mut req = tonic::Request::new(pb::ForwardWriteRequest {
-        group: group.name.to_string(),
-        command: bincode::serialize(cmd)?,
-        timeout_ms: timeout.as_millis() as u64,
-    });
-    // A little headroom so the leader's own timeout answers first.
-    req.set_timeout(timeout + Duration::from_millis(200));
-    match client.forward_write(req).await {
-        Ok(reply) => bincode::deserialize::<Result<Vec<u8>>>(&reply.into_inner().result)
-            .map_err(|e| Error::internal(format!("undecodable forward reply: {e}")))?,
-        Err(status) if never_sent(&status) => Err(Error::unavailable(format!(
-            "leader {addr} of group {} unreachable: {}",
-            group.name,
-            status.message()
-        ))),
-        Err(status) => Err(Error::UnknownOutcome(format!(
-            "lost contact with leader {addr} of group {} during the write ({}: {}); it may or may not have been applied",
-            group.name,
-            status.code(),
-            status.message()
-        ))),
-    }
-}
-
-/// True when the request provably never reached the peer (connection refused or
-/// could not be established), so retrying cannot apply it twice.
-pub(crate) fn never_sent(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut msg = status.message().to_ascii_lowercase();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        msg.push_str(&s.to_string().to_ascii_lowercase());
-        source = s.source();
-    }
-    // Only failures to establish the connection prove the request was never sent;
-    // a reset or broken connection may have lost a request the peer already took.
-    [
-        "tcp connect error",
-        "connection refused",
-        "error trying to connect",
-        "dns error",
-        "failed to lookup address",
-    ]
-    .iter()
-    .any(|m| msg.contains(m))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::never_sent;
-
-    #[test]
-    fn only_connection_establishment_failures_count_as_never_sent() {
-        let unavailable = |m: &str| tonic::Status::unavailable(m.to_string());
-        assert!(never_sent(&unavailable(
-            "error trying to connect: tcp connect error: Connection refused (os error 111)"
-        )));
-        assert!(never_sent(&unavailable(
-            "dns error: failed to lookup address information"
-        )));
-        assert!(!never_sent(&unavailable("connection reset by peer")));
-        assert!(!never_sent(&unavailable("connection error: broken pipe")));
-        assert!(!never_sent(&tonic::Status::cancelled("tcp connect error")));
-    }
+    node.peers
+        .forward_write(addr, &group.name, cmd, timeout)
+        .await
 }

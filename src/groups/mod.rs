@@ -2,20 +2,21 @@
 //!
 //! `config` runs the configuration center ([`config`]), `naming_persistent` the
 //! persistent service registry ([`naming`]) and `embedded_db` a replicated SQLite
-//! database ([`db`]). [`kv`] is a small replicated key-value machine the tests drive
-//! the raft layer with.
+//! database ([`db`]). [`test_kv`] is a small replicated key-value machine the tests
+//! drive the raft layer with.
 
-pub mod codec;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod feed;
-pub mod kv;
+pub mod names;
 pub mod naming;
+pub mod test_kv;
 
 use std::sync::Arc;
 
 use crate::raft::group::GroupRegistry;
-use crate::raft::kv::RocksStateMachine;
+use crate::raft::rocks_sm::RocksStateMachine;
 
 pub const NAMING_PERSISTENT: &str = "naming_persistent";
 pub const CONFIG: &str = "config";

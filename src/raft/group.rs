@@ -6,9 +6,9 @@
 //!   storing the data and the applied position atomically, answers queries, and
 //!   produces/restores snapshots as byte streams. The embedded-DB group implements it
 //!   over SQLite.
-//! - [`crate::raft::kv::Processor`] is the easy path for groups whose state fits a
+//! - [`crate::raft::rocks_sm::Processor`] is the easy path for groups whose state fits a
 //!   sorted key-value map: implement `apply` and `query` against a transaction over the
-//!   node's RocksDB, and [`crate::raft::kv::RocksStateMachine`] does persistence,
+//!   node's RocksDB, and [`crate::raft::rocks_sm::RocksStateMachine`] does persistence,
 //!   atomicity and snapshots.
 //!
 //! Rules for implementors: `apply` must be deterministic (same entries, same state and
@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rocksdb::DB;
+use crate::raft::rocks::Db;
 
 use crate::error::Error;
 use crate::raft::types::{AppliedState, Command, CommandResult};
@@ -50,11 +50,64 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Answer a read against the current local state.
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error>;
 
-    /// Capture a consistent point-in-time view for a snapshot.
-    fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource>>;
+    /// Capture a consistent point-in-time view for a snapshot. The view is written out
+    /// on the same (blocking) thread right away, so it may borrow the state machine.
+    fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource + '_>>;
 
     /// Replace the whole state with a snapshot's data, atomically, recording `applied`.
     fn restore(&self, data: &mut dyn Read, applied: &AppliedState) -> io::Result<()>;
+
+    /// A digest of the whole state (data only, in a deterministic order) and the log
+    /// index it reflects, read from one point in time. Replicas at the same index have
+    /// the same digest; the fault suite and `nacosctl` compare them.
+    fn digest(&self) -> io::Result<StateDigest>;
+}
+
+/// What [`StateMachine::digest`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDigest {
+    pub applied_index: u64,
+    /// Lowercase hex of an MD5 over the state's canonical encoding.
+    pub digest: String,
+    /// Records (key/value pairs, rows) covered.
+    pub records: u64,
+}
+
+/// Builds a [`StateDigest`]: feed it the state's records in a deterministic order.
+pub struct DigestBuilder {
+    md5: md5::Md5,
+    records: u64,
+}
+
+impl Default for DigestBuilder {
+    fn default() -> Self {
+        use md5::Digest;
+        DigestBuilder {
+            md5: md5::Md5::new(),
+            records: 0,
+        }
+    }
+}
+
+impl DigestBuilder {
+    /// Add one record made of `parts` (each length-prefixed, so part boundaries count).
+    pub fn record(&mut self, parts: &[&[u8]]) {
+        use md5::Digest;
+        for p in parts {
+            self.md5.update((p.len() as u64).to_le_bytes());
+            self.md5.update(p);
+        }
+        self.records += 1;
+    }
+
+    pub fn finish(self, applied_index: u64) -> StateDigest {
+        use md5::Digest;
+        StateDigest {
+            applied_index,
+            digest: hex::encode(self.md5.finalize()),
+            records: self.records,
+        }
+    }
 }
 
 /// A point-in-time view of a state machine being written out as a snapshot.
@@ -69,7 +122,7 @@ pub trait SnapshotSource: Send {
 pub struct GroupContext {
     pub name: String,
     /// The node's shared RocksDB (column family `sm.<name>` exists for the group).
-    pub db: Arc<DB>,
+    pub db: Arc<Db>,
     /// A directory the group may use for its own files.
     pub dir: PathBuf,
 }

@@ -8,8 +8,10 @@
 //! | `raft_meta`       | `<group>/vote`              | bincode `Vote`                |
 //! | `raft_meta`       | `<group>/purged`            | bincode `LogId` (last purged) |
 //! | `raft_meta`       | `<group>/committed`         | bincode `LogId`               |
+//! | `raft_meta`       | `@node/identity`            | bincode `Identity`            |
+//! | `raft_meta`       | `@node/bootstrap`           | bincode `BootstrapRecord`     |
 //! | `log.<group>`     | `u64 big-endian index`      | bincode `Entry`               |
-//! | `sm.<group>`      | `m` + name (`m/applied`)    | state-machine metadata        |
+//! | `sm.<group>`      | `m` + name (`m/applied`, `m/restoring`) | state-machine metadata |
 //! | `sm.<group>`      | `d` + group-defined key     | state-machine data            |
 //!
 //! Big-endian indexes sort numerically, so a forward iterator walks the log in order
@@ -28,6 +30,13 @@ pub fn log_cf(group: &str) -> String {
 pub fn sm_cf(group: &str) -> String {
     format!("sm.{group}")
 }
+
+/// This node's cluster identity (`raft::identity::Identity`). Group names are
+/// `[a-z0-9_]+`, so a key starting with `@` never collides with a group's keys.
+pub const IDENTITY_KEY: &[u8] = b"@node/identity";
+
+/// The bootstrapping node's record of initial members yet to take the identity.
+pub const BOOTSTRAP_KEY: &[u8] = b"@node/bootstrap";
 
 pub fn vote_key(group: &str) -> Vec<u8> {
     format!("{group}/vote").into_bytes()
@@ -53,6 +62,10 @@ pub fn parse_log_key(key: &[u8]) -> Option<u64> {
 
 /// The state machine's applied position (`AppliedState`).
 pub const SM_APPLIED_KEY: &[u8] = b"m/applied";
+
+/// Present while a snapshot restore is replacing the state machine's data
+/// (`raft::rocks_sm`).
+pub const SM_RESTORING_KEY: &[u8] = b"m/restoring";
 
 /// Prefix of every state-machine data key.
 pub const SM_DATA_PREFIX: u8 = b'd';

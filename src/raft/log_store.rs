@@ -6,7 +6,11 @@
 //! - `save_vote` writes with `sync = true` before returning.
 //! - `purge` first syncs the WAL: state machines write without sync (their entries are
 //!   in the durable log, so a lost tail is re-applied), and purging removes that
-//!   safety net, so everything applied so far must be on disk first.
+//!   safety net, so everything applied so far must be on disk first. The purge itself
+//!   (new purge point and deletion of the entries) is one synced batch: a power cut
+//!   leaves either both or neither.
+//! - `get_log_state` never reports a last log id below the purge point: entries at or
+//!   below it (left by an older version that purged in two steps) are deleted there.
 
 use std::fmt::Debug;
 use std::io;
@@ -15,24 +19,25 @@ use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::raft::db::{cf, WalSyncer};
+use crate::codec;
 use crate::raft::keys;
+use crate::raft::rocks::{cf, Db, WalSyncer};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 
 #[derive(Clone)]
 pub struct RocksLogStore {
     group: Arc<str>,
     log_cf: Arc<str>,
-    db: Arc<DB>,
+    db: Arc<Db>,
     syncer: WalSyncer,
 }
 
 impl RocksLogStore {
-    pub fn new(group: &str, db: Arc<DB>, syncer: WalSyncer) -> io::Result<Self> {
+    pub fn new(group: &str, db: Arc<Db>, syncer: WalSyncer) -> io::Result<Self> {
         let log_cf = keys::log_cf(group);
         cf(&db, &log_cf)?;
         cf(&db, keys::RAFT_META_CF)?;
@@ -61,9 +66,9 @@ impl RocksLogStore {
             .map_err(io::Error::other)
     }
 
-    fn last_entry(&self) -> io::Result<Option<Entry>> {
+    fn edge_entry(&self, mode: IteratorMode<'_>) -> io::Result<Option<Entry>> {
         let log = cf(&self.db, &self.log_cf)?;
-        match self.db.iterator_cf(log, IteratorMode::End).next() {
+        match self.db.iterator_cf(log, mode).next() {
             None => Ok(None),
             Some(item) => {
                 let (_, v) = item.map_err(io::Error::other)?;
@@ -73,12 +78,74 @@ impl RocksLogStore {
     }
 }
 
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
 fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    bincode::serialize(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    Ok(codec::encode(v))
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    codec::decode_stored(b, "raft log record")
+}
+
+impl RocksLogStore {
+    /// Run `f` on the blocking pool: every RocksDB call may wait for the disk (a write
+    /// can stall while memtables flush, a vote is fsync'd), and tokio's workers carry
+    /// every group's heartbeats.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&RocksLogStore) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| io::Error::other(format!("log storage task failed: {e}")))?
+    }
+
+    fn entries_sync(&self, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
+        let log = cf(&self.db, &self.log_cf)?;
+        let start_key = keys::log_key(start);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(log, IteratorMode::From(&start_key, Direction::Forward))
+        {
+            let (k, v) = item.map_err(io::Error::other)?;
+            let index = keys::parse_log_key(&k)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad log key"))?;
+            if end.is_some_and(|e| index >= e) {
+                break;
+            }
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn log_state_sync(&self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = self.get_meta(&keys::purged_key(&self.group))?;
+        if let (Some(purged), Some(first)) = (last_purged, self.edge_entry(IteratorMode::Start)?) {
+            if first.log_id.index <= purged.index {
+                // Left by a purge that was cut short (older versions purged in two
+                // steps): those entries are gone as far as openraft is concerned.
+                tracing::warn!(group = %self.group, purged = purged.index, first = first.log_id.index, "removing log entries left below the purge point");
+                let log = cf(&self.db, &self.log_cf)?;
+                let mut batch = WriteBatch::default();
+                batch.delete_range_cf(log, keys::log_key(0), keys::log_key(purged.index + 1));
+                self.db
+                    .write_opt(batch, &synced())
+                    .map_err(io::Error::other)?;
+            }
+        }
+        let last = self.edge_entry(IteratorMode::End)?.map(|e| e.log_id);
+        Ok(LogState {
+            last_log_id: last.max(last_purged),
+            last_purged_log_id: last_purged,
+        })
+    }
 }
 
 impl RaftLogReader<TypeConfig> for RocksLogStore {
@@ -91,26 +158,17 @@ impl RaftLogReader<TypeConfig> for RocksLogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let log = cf(&self.db, &self.log_cf)?;
-        let start_key = keys::log_key(start);
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(log, IteratorMode::From(&start_key, Direction::Forward))
-        {
-            let (k, v) = item.map_err(io::Error::other)?;
-            let index = keys::parse_log_key(&k)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad log key"))?;
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(decode(&v)?);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(x) => Some(x.saturating_add(1)),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        self.blocking(move |s| s.entries_sync(start, end)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.get_meta(&keys::vote_key(&self.group))
+        self.blocking(|s| s.get_meta(&keys::vote_key(&s.group)))
+            .await
     }
 }
 
@@ -118,12 +176,7 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged: Option<LogId> = self.get_meta(&keys::purged_key(&self.group))?;
-        let last = self.last_entry()?.map(|e| e.log_id);
-        Ok(LogState {
-            last_log_id: last.or(last_purged),
-            last_purged_log_id: last_purged,
-        })
+        self.blocking(|s| s.log_state_sync()).await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -131,19 +184,26 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.put_meta(&keys::vote_key(&self.group), vote, true)
+        let vote = *vote;
+        self.blocking(move |s| s.put_meta(&keys::vote_key(&s.group), &vote, true))
+            .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced: the committed id only speeds up recovery; losing it is harmless.
+        // Not synced: the committed id only speeds up recovery; losing it is harmless
+        // (leader restore is off, see `raft::node`).
         match committed {
-            Some(c) => self.put_meta(&keys::committed_key(&self.group), &c, false),
+            Some(c) => {
+                self.blocking(move |s| s.put_meta(&keys::committed_key(&s.group), &c, false))
+                    .await
+            }
             None => Ok(()),
         }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.get_meta(&keys::committed_key(&self.group))
+        self.blocking(|s| s.get_meta(&keys::committed_key(&s.group)))
+            .await
     }
 
     async fn append<I>(
@@ -160,8 +220,10 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         for entry in entries {
             batch.put_cf(log, keys::log_key(entry.log_id.index), encode(&entry)?);
         }
-        // Written (readable) now; durable once the syncer has fsync'd the WAL.
-        self.db.write(batch).map_err(io::Error::other)?;
+        // Written (readable) when this returns; durable once the syncer has fsync'd the
+        // WAL, which is when openraft is told.
+        self.blocking(move |s| s.db.write(batch).map_err(io::Error::other))
+            .await?;
         self.syncer
             .after_sync(move |res| callback.io_completed(res));
         Ok(())
@@ -169,25 +231,112 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        let log = cf(&self.db, &self.log_cf)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(log, keys::log_key(from), keys::log_key(u64::MAX));
-        batch.delete_cf(log, keys::log_key(u64::MAX));
-        // Synced: a truncated conflicting suffix must not reappear after a crash, where
-        // it could be mistaken for entries of the current leader.
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(io::Error::other)
+        self.blocking(move |s| {
+            let log = cf(&s.db, &s.log_cf)?;
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(log, keys::log_key(from), keys::log_key(u64::MAX));
+            batch.delete_cf(log, keys::log_key(u64::MAX));
+            // Synced: a truncated conflicting suffix must not reappear after a crash,
+            // where it could be mistaken for entries of the current leader.
+            s.db.write_opt(batch, &synced()).map_err(io::Error::other)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Make every applied state-machine write durable before dropping the log that
         // could replay it.
         self.syncer.sync().await?;
-        self.put_meta(&keys::purged_key(&self.group), &log_id, true)?;
-        let log = cf(&self.db, &self.log_cf)?;
-        self.db
-            .delete_range_cf(log, keys::log_key(0), keys::log_key(log_id.index + 1))
-            .map_err(io::Error::other)
+        self.blocking(move |s| {
+            let meta = cf(&s.db, keys::RAFT_META_CF)?;
+            let log = cf(&s.db, &s.log_cf)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, keys::purged_key(&s.group), encode(&log_id)?);
+            batch.delete_range_cf(log, keys::log_key(0), keys::log_key(log_id.index + 1));
+            s.db.write_opt(batch, &synced()).map_err(io::Error::other)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::Command;
+
+    fn entry(index: u64) -> Entry {
+        entry_of_term(1, index)
+    }
+
+    fn entry_of_term(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(term, 1, index),
+            payload: openraft::EntryPayload::Normal(Command::new("put", "k", vec![])),
+        }
+    }
+
+    /// What a power cut during an older version's two-step purge could leave: the new
+    /// purge point on disk, the deletion of the entries lost. Here the purge point is
+    /// beyond the last entry (a follower that installed a snapshot far ahead of its log).
+    #[tokio::test]
+    async fn a_store_cut_off_mid_purge_reports_a_consistent_state() {
+        let td = tempfile::tempdir().unwrap();
+        let db = crate::raft::rocks::open(td.path(), &["g"]).unwrap();
+        let syncer = WalSyncer::start(db.clone()).unwrap();
+        let mut store = RocksLogStore::new("g", db.clone(), syncer).unwrap();
+        let log = cf(&db, &keys::log_cf("g")).unwrap();
+        for i in 1..=50 {
+            db.put_cf(log, keys::log_key(i), encode(&entry(i)).unwrap())
+                .unwrap();
+        }
+        let purged = openraft::testing::log_id::<TypeConfig>(2, 1, 1000);
+        store
+            .put_meta(&keys::purged_key("g"), &purged, true)
+            .unwrap();
+
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(purged));
+        assert_eq!(
+            state.last_log_id,
+            Some(purged),
+            "never below the purge point"
+        );
+        assert!(
+            store.try_get_log_entries(0..2000).await.unwrap().is_empty(),
+            "entries below the purge point are removed"
+        );
+
+        // Entries above the purge point stay, and the last one is reported.
+        for i in 1001..=1003 {
+            db.put_cf(log, keys::log_key(i), encode(&entry_of_term(2, i)).unwrap())
+                .unwrap();
+        }
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(1003));
+    }
+
+    #[tokio::test]
+    async fn purge_moves_the_purge_point_and_deletes_in_one_step() {
+        let td = tempfile::tempdir().unwrap();
+        let db = crate::raft::rocks::open(td.path(), &["g"]).unwrap();
+        let syncer = WalSyncer::start(db.clone()).unwrap();
+        let mut store = RocksLogStore::new("g", db.clone(), syncer).unwrap();
+        let log = cf(&db, &keys::log_cf("g")).unwrap();
+        for i in 1..=10 {
+            db.put_cf(log, keys::log_key(i), encode(&entry(i)).unwrap())
+                .unwrap();
+        }
+        store.purge(entry(6).log_id).await.unwrap();
+        let left: Vec<u64> = store
+            .try_get_log_entries(0..100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(left, vec![7, 8, 9, 10]);
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(6).log_id));
+        assert_eq!(state.last_log_id, Some(entry(10).log_id));
     }
 }

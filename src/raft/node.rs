@@ -1,28 +1,45 @@
 //! A node's set of Raft groups: builds one openraft node per registered group over the
-//! shared RocksDB and peer channels, bootstraps empty groups, runs the snapshot timer,
-//! and shuts everything down in order.
+//! shared RocksDB and peer client, runs the snapshot timer, and shuts everything down in
+//! order.
 //!
-//! Bootstrap: a group whose storage is empty is initialized with the configured
-//! initial members (or with this node alone when there are none), identically on every
-//! node, so nodes may start in any order. A group with data ignores the list. Startup
-//! never waits for a leader (Nacos issue #10698); readiness reports it instead.
+//! Bootstrapping (whether and how the groups get their first membership) is not decided
+//! here: see `cluster::bootstrap`. This module only offers [`MultiRaft::initialize`]
+//! for it, and records the node's [`IdentityCell`]. Startup never waits for a leader
+//! (Nacos issue #10698); readiness reports it instead.
+//!
+//! Two timing rules live here because openraft leaves them to the application:
+//! - **Vote hold after a restart.** openraft forgets, across a restart, the leader lease
+//!   its heartbeats granted: a node that restarts could vote for a new leader while the
+//!   old one still serves LEASE reads on the strength of acknowledgements this node gave
+//!   before going down. A node that restarts with data therefore grants no vote and
+//!   starts no election for one lease (`election_timeout_max`) plus a heartbeat interval
+//!   ([`MultiRaft::vote_hold_remaining`]). A group in which this node is the only voter
+//!   is exempt (no other node can have granted it a lease), and so is a brand-new node.
+//! - **Quorum contact.** A leader knows when a quorum last acknowledged it; a follower
+//!   notes every accepted AppendEntries ([`Group::note_leader_contact`]). A node out of
+//!   contact with its group's quorum for longer than a lease is reported as such
+//!   (readiness, `Status`) and fails requests fast instead of holding them until their
+//!   deadline ([`Group::cut_off_for`]).
 
-use openraft::rt::watch::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::rt::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::error::Error;
-use crate::raft::db::{self, WalSyncer};
+use crate::error::{Error, Result};
+use crate::peer::raft_network::GroupNetworkFactory;
+use crate::peer::PeerClient;
 use crate::raft::group::{GroupContext, GroupRegistry, StateMachine};
+use crate::raft::identity::{self, Identity, IdentityCell};
 use crate::raft::log_store::RocksLogStore;
-use crate::raft::network::{GroupNetworkFactory, PeerChannels};
+use crate::raft::rocks::{self, Db, WalSyncer};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::GroupStateMachine;
 use crate::raft::types::{NodeId, Raft};
@@ -30,16 +47,46 @@ use crate::raft::types::{NodeId, Raft};
 /// Counters of one group's consistency layer, exported on /metrics.
 #[derive(Debug, Default)]
 pub struct GroupCounters {
+    /// Writes proposed on this node as leader.
     pub writes_local: AtomicU64,
+    /// Writes this node forwarded to the leader.
     pub writes_forwarded: AtomicU64,
+    /// Write attempts retried because no leader took them.
     pub write_retries: AtomicU64,
+    /// Linearizable/lease reads whose read-index step failed.
     pub read_index_failures: AtomicU64,
+    /// Reads executed on the leader instead of locally (after a failed read index, or
+    /// when this node could not catch up with the read index in time).
     pub leader_fallbacks: AtomicU64,
 }
 
 impl GroupCounters {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of the node as a whole, exported on /metrics.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Peer calls refused by admission (another cluster, or no identity here yet).
+    pub peer_calls_refused: AtomicU64,
+    /// Rounds of Hello probes an empty node made while deciding how to get its
+    /// cluster identity.
+    pub bootstrap_probes: AtomicU64,
+}
+
+/// Timing shared by every group of the node.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Timing {
+    /// openraft's leader lease.
+    pub fn lease(&self) -> Duration {
+        self.election_timeout_max
     }
 }
 
@@ -50,21 +97,115 @@ pub struct Group {
     pub sm: Arc<dyn StateMachine>,
     pub snapshots: SnapshotDir,
     pub counters: GroupCounters,
+    node_id: NodeId,
+    timing: Timing,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last AppendEntries accepted from the leader
+    /// (0: never).
+    leader_contact_ms: AtomicU64,
 }
 
 impl Group {
-    /// The current leader as this node knows it: (id, peer address).
+    /// The current leader as this node knows it: (id, peer address). `None` also while
+    /// the leader's address is not known yet (a new member that has the leader's vote
+    /// but not yet the membership it was sent).
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let id = m.current_leader?;
-        let addr = m
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// Record that the current leader reached this node.
+    pub fn note_leader_contact(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.leader_contact_ms.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// How long ago this node was last in touch with its group's quorum: as leader, the
+    /// last quorum acknowledgement; otherwise the last AppendEntries from a leader.
+    /// `None` when it never was. A group in which this node is the only voter is always
+    /// in touch.
+    pub fn quorum_contact_age(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let alone = membership.voter_ids().eq([self.node_id]);
+        let acked = m
+            .last_quorum_acked
+            .as_ref()
+            .map(|t| openraft::Instant::elapsed(&**t));
+        let heard = || self.leader_contact_age();
+        match m.state {
+            ServerState::Leader if alone => Some(Duration::ZERO),
+            // A leader without an acknowledgement yet has just won an election: a
+            // quorum granted it its vote a moment ago.
+            ServerState::Leader => acked.or(Some(Duration::ZERO)),
+            ServerState::Follower | ServerState::Learner | ServerState::Candidate => heard(),
+            ServerState::Shutdown => None,
+        }
+    }
+
+    /// Time since the last AppendEntries accepted from a leader (`None`: never).
+    fn leader_contact_age(&self) -> Option<Duration> {
+        let at = self.leader_contact_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(now.saturating_sub(at)))
+    }
+
+    /// True while this node is in touch with its group's quorum (within a lease) and
+    /// knows the leader.
+    pub fn has_quorum_contact(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .is_some()
+            && self
+                .quorum_contact_age()
+                .is_some_and(|age| age <= self.timing.lease())
+    }
+
+    /// How long this node has been cut off from its group's quorum, if it has been for
+    /// more than two leases — long enough that no election in progress explains it: the
+    /// node is partitioned away (or the group has lost its majority) and requests should
+    /// go to another node rather than wait here for their deadline.
+    pub fn cut_off_for(&self) -> Option<Duration> {
+        let limit = self.timing.lease() * 2;
+        match self.quorum_contact_age() {
+            Some(age) if age > limit => Some(age),
+            Some(_) => None,
+            // Never in contact: count from the start of the process.
+            None => {
+                let up = self.epoch.elapsed();
+                (up > limit).then_some(up)
+            }
+        }
+    }
+
+    /// Answer a read from the local state machine, on the blocking pool: a query may be
+    /// arbitrary SQL that runs for seconds, and tokio's workers carry the Raft
+    /// heartbeats.
+    pub async fn query(&self, query: Vec<u8>) -> Result<Vec<u8>> {
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.query(&query))
+            .await
+            .map_err(|e| Error::internal(format!("query task failed: {e}")))?
+    }
+
+    /// This group's voters, as this node knows them.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow_watched()
             .membership_config
             .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
-        Some((id, addr))
+            .voter_ids()
+            .collect()
     }
 }
 
@@ -73,35 +214,88 @@ pub struct MultiRaft {
     pub node_id: NodeId,
     pub advertise_peer: String,
     pub default_timeout: Duration,
-    pub channels: PeerChannels,
+    pub timing: Timing,
+    pub peers: PeerClient,
+    pub counters: NodeCounters,
+    identity: IdentityCell,
     groups: BTreeMap<String, Arc<Group>>,
+    db: Arc<Db>,
+    /// While set: no vote granted, no election started (see the module docs).
+    vote_hold_until: Option<Instant>,
     shutdown_tx: watch::Sender<bool>,
     _syncer: WalSyncer,
-    db: std::sync::Weak<rocksdb::DB>,
+}
+
+/// What [`MultiRaft::shutdown`] hands back so the caller can wait for the storage to
+/// be closed once it has dropped its own handles.
+pub struct Closing(watch::Receiver<bool>);
+
+impl Closing {
+    /// Wait until RocksDB is closed (its lock released), up to `timeout`.
+    pub async fn wait(mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.0.wait_for(|closed| *closed))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+fn raft_config(config: &Config, name: &str) -> io::Result<openraft::Config> {
+    let lease = config.election_timeout.1.as_millis() as u64;
+    openraft::Config {
+        cluster_name: format!("nacosd-{name}"),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: config.election_timeout.0.as_millis() as u64,
+        election_timeout_max: lease,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
+        install_snapshot_timeout: 30_000,
+        max_payload_entries: crate::config::MAX_ENTRIES_PER_APPEND,
+        enable_pre_vote: Some(true),
+        // The committed index and the state machines are not fsync'd on every write;
+        // a leader restored without an election could serve reads below the true
+        // commit index after a power loss. An election (with its blank entry) is cheap.
+        enable_leader_restore: Some(false),
+        // A leader without quorum contact stops heartbeating in alternate periods, so a
+        // majority it cannot hear from (one-way loss) can elect a new leader.
+        quorum_loss_probe_interval: Some(lease * 2),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| io::Error::other(format!("group {name}: bad raft config: {e}")))
 }
 
 impl MultiRaft {
+    /// Open the data directory and build every group's Raft node. Groups of a node
+    /// with no identity yet are left uninitialized: `cluster::bootstrap` decides.
     pub async fn start(config: &Config, registry: GroupRegistry) -> io::Result<Arc<Self>> {
         let names = registry.names();
-        let db = db::open(&config.data_dir.join("raft"), &names)?;
+        let db = rocks::open(&config.data_dir.join("raft"), &names)?;
+        let stored = identity::load(&db)?;
+        if let Some(id) = &stored {
+            if id.node_id != config.node_id {
+                return Err(io::Error::other(format!(
+                    "data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}",
+                    config.data_dir.display(),
+                    id.node_id,
+                    id.cluster_id,
+                    config.node_id
+                )));
+            }
+        }
         let syncer = WalSyncer::start(db.clone())?;
-        let channels = PeerChannels::new(config.peer_message_limit());
+        let identity = IdentityCell::new(stored.clone());
+        let peers = PeerClient::new(
+            config.node_id,
+            identity.clone(),
+            config.peer_message_limit(),
+        );
         let (shutdown_tx, _) = watch::channel(false);
-        let mut groups = BTreeMap::new();
-
-        let members: BTreeMap<NodeId, BasicNode> = if config.initial_members.is_empty() {
-            BTreeMap::from([(
-                config.node_id,
-                BasicNode::new(config.advertise_peer.clone()),
-            )])
-        } else {
-            config
-                .initial_members
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
-                .collect()
+        let timing = Timing {
+            heartbeat: config.heartbeat,
+            election_timeout_max: config.election_timeout.1,
         };
-
+        let epoch = Instant::now();
+        let mut groups = BTreeMap::new();
         for spec in registry.specs() {
             let name = spec.name.as_str();
             let ctx = GroupContext {
@@ -114,48 +308,25 @@ impl MultiRaft {
             let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
             let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone());
             let log = RocksLogStore::new(name, db.clone(), syncer.clone())?;
-            let raft_config = openraft::Config {
-                cluster_name: format!("nacosd-{name}"),
-                heartbeat_interval: config.heartbeat.as_millis() as u64,
-                election_timeout_min: config.election_timeout.0.as_millis() as u64,
-                election_timeout_max: config.election_timeout.1.as_millis() as u64,
-                snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-                max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
-                install_snapshot_timeout: 30_000,
-                max_payload_entries: crate::config::MAX_ENTRIES_PER_APPEND,
-                enable_pre_vote: Some(true),
-                ..Default::default()
-            }
-            .validate()
-            .map_err(|e| io::Error::other(format!("group {name}: bad raft config: {e}")))?;
             let raft = Raft::new(
                 config.node_id,
-                Arc::new(raft_config),
-                GroupNetworkFactory::new(name, channels.clone()),
+                Arc::new(raft_config(config, name)?),
+                GroupNetworkFactory::new(name, peers.clone()),
                 log,
                 gsm,
             )
             .await
             .map_err(|e| io::Error::other(format!("group {name}: {e}")))?;
-
-            let initialized = raft
-                .is_initialized()
-                .await
-                .map_err(|e| io::Error::other(format!("group {name}: {e}")))?;
-            if !initialized {
-                tracing::info!(group = name, members = ?members.keys().collect::<Vec<_>>(), "initializing empty group");
-                if let Err(e) = raft.initialize(members.clone()).await {
-                    // Another node's initialization may already have reached us: fine.
-                    tracing::warn!(group = name, error = %e, "initialize");
-                }
-            }
-
             let group = Arc::new(Group {
                 name: name.into(),
                 raft,
                 sm,
                 snapshots,
                 counters: GroupCounters::default(),
+                node_id: config.node_id,
+                timing,
+                epoch,
+                leader_contact_ms: AtomicU64::new(0),
             });
             spawn_snapshot_timer(
                 group.clone(),
@@ -165,19 +336,117 @@ impl MultiRaft {
             groups.insert(name.to_string(), group);
         }
 
-        Ok(Arc::new(MultiRaft {
+        // A restart with data: hold votes and elections for one lease (module docs).
+        let vote_hold_until = stored
+            .is_some()
+            .then(|| epoch + timing.lease() + timing.heartbeat);
+        let node = Arc::new(MultiRaft {
             node_id: config.node_id,
             advertise_peer: config.advertise_peer.clone(),
             default_timeout: config.default_timeout,
-            channels,
+            timing,
+            peers,
+            counters: NodeCounters::default(),
+            identity,
             groups,
+            db,
+            vote_hold_until,
             shutdown_tx,
             _syncer: syncer,
-            db: Arc::downgrade(&db),
-        }))
+        });
+        if let Some(until) = vote_hold_until {
+            node.hold_elections_until(until);
+        }
+        Ok(node)
     }
 
-    pub fn group(&self, name: &str) -> Result<&Arc<Group>, Error> {
+    /// Disable elections in every group with other voters until `until`.
+    fn hold_elections_until(&self, until: Instant) {
+        let held: Vec<Arc<Group>> = self
+            .groups
+            .values()
+            .filter(|g| self.vote_hold_remaining(g).is_some())
+            .cloned()
+            .collect();
+        for g in &held {
+            g.raft.runtime_config().elect(false);
+        }
+        let mut stop = self.shutdown_tx.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stop.changed() => return,
+            }
+            for g in held {
+                g.raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// How much longer this node grants no vote in `group` after its restart (`None`:
+    /// it may vote).
+    pub fn vote_hold_remaining(&self, group: &Group) -> Option<Duration> {
+        let until = self.vote_hold_until?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let voters = group.voters();
+        let alone = voters.len() == 1 && voters.contains(&self.node_id);
+        (!alone).then_some(left)
+    }
+
+    pub fn identity(&self) -> &IdentityCell {
+        &self.identity
+    }
+
+    /// The node's RocksDB (identity and bootstrap records live there).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Take `identity` for this node: stored durably first, then visible to peers.
+    pub fn adopt_identity(&self, id: Identity) -> Result<()> {
+        if let Some(existing) = self.identity.get() {
+            if existing == id {
+                return Ok(());
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "node {} already belongs to cluster {}",
+                self.node_id, existing.cluster_id
+            )));
+        }
+        identity::store(&self.db, &id)?;
+        self.identity
+            .set(id)
+            .map_err(|e| Error::internal(format!("identity changed to {}", e.cluster_id)))
+    }
+
+    /// Give every uninitialized group its first membership.
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<()> {
+        let members: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+            .collect();
+        for g in self.groups.values() {
+            let initialized = g
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::internal(format!("group {}: {e}", g.name)))?;
+            if initialized {
+                continue;
+            }
+            tracing::info!(group = %g.name, members = ?members.keys().collect::<Vec<_>>(), "initializing group");
+            if let Err(e) = g.raft.initialize(members.clone()).await {
+                // Another node's initialization may already have reached us: fine.
+                tracing::warn!(group = %g.name, error = %e, "initialize");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn group(&self, name: &str) -> Result<&Arc<Group>> {
         self.groups.get(name).ok_or_else(|| {
             Error::NotFound(format!(
                 "no group named {name:?} (groups: {})",
@@ -190,56 +459,27 @@ impl MultiRaft {
         self.groups.values()
     }
 
-    /// True when every group knows a leader (the readiness condition).
-    pub fn all_groups_have_leader(&self) -> bool {
-        self.groups
-            .values()
-            .all(|g| g.raft.metrics().borrow_watched().current_leader.is_some())
+    /// Readiness: the node has an identity and every group has a leader this node is in
+    /// touch with.
+    pub fn ready(&self) -> bool {
+        self.identity.cluster_id().is_some()
+            && self.groups.values().all(|g| {
+                g.raft.metrics().borrow_watched().current_leader.is_some() && g.has_quorum_contact()
+            })
     }
 
-    /// Node ids that lead at least one group here, by group.
-    pub fn leaders(&self) -> BTreeMap<String, Option<NodeId>> {
-        self.groups
-            .iter()
-            .map(|(n, g)| (n.clone(), g.raft.metrics().borrow_watched().current_leader))
-            .collect()
-    }
-
-    /// Every voter id of every group, as this node knows them.
-    pub fn known_members(&self) -> BTreeSet<NodeId> {
-        self.groups
-            .values()
-            .flat_map(|g| g.raft.voter_ids().collect::<Vec<_>>())
-            .collect()
-    }
-
-    /// Stop timers, then shut each group's Raft down (flushing its pending I/O).
-    pub async fn shutdown(&self) {
+    /// Stop timers, then shut each group's Raft down (flushing its pending I/O). The
+    /// returned [`Closing`] resolves once the storage is closed, after the caller has
+    /// dropped its own handles to this node.
+    pub async fn shutdown(&self) -> Closing {
         let _ = self.shutdown_tx.send(true);
+        let closing = Closing(self.db.closed());
         for g in self.groups.values() {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = %g.name, error = %e, "raft shutdown");
             }
-            tracing::debug!(group = %g.name, holders = Arc::strong_count(g), "group shut down");
         }
-    }
-
-    /// After [`MultiRaft::shutdown`] and once the caller dropped its own handles: wait
-    /// until the database is closed (its lock released), so the data directory can be
-    /// reopened by a new node in the same process or the process can exit cleanly.
-    pub async fn wait_closed(db: std::sync::Weak<rocksdb::DB>, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while db.strong_count() > 0 {
-            if tokio::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
-    }
-
-    pub fn db_handle(&self) -> std::sync::Weak<rocksdb::DB> {
-        self.db.clone()
+        closing
     }
 }
 

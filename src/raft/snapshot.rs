@@ -14,8 +14,9 @@
 //! to `*.corrupt`, reported, and the next older valid snapshot is used.
 //!
 //! The same file is what travels to a lagging follower: it arrives under an
-//! `incoming-*.tmp` name, is verified, restored into the state machine and renamed into
-//! place.
+//! `incoming-*.tmp` name, is verified, renamed into place (so the newest snapshot on
+//! disk is never older than what the state machine holds) and then restored into the
+//! state machine.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -184,22 +185,34 @@ impl SnapshotDir {
         Ok(out)
     }
 
-    /// The newest snapshot that verifies. Corrupt files are renamed to `*.corrupt` and
-    /// skipped, with an error logged.
+    /// The newest snapshot that verifies. A file that fails its checks is renamed to
+    /// `*.corrupt` and skipped, with an error logged. Any other I/O error (too many open
+    /// files, permissions, a failing disk) is returned as it is: it says nothing about
+    /// the file, which must not be set aside for it.
     pub fn latest(&self) -> io::Result<Option<(SnapshotMeta, SnapshotFile)>> {
         let mut snaps = self.list()?;
         snaps.sort();
         while let Some(path) = snaps.pop() {
             match verify(&path) {
                 Ok(meta) => return Ok(Some((meta, SnapshotFile { path }))),
-                Err(e) => {
+                Err(e) if is_corruption(&e) => {
                     tracing::error!(error = %e, "ignoring corrupt snapshot");
                     let _ = fs::rename(&path, path.with_extension("corrupt"));
                 }
+                Err(e) => return Err(e),
             }
         }
         Ok(None)
     }
+}
+
+/// True for errors that mean the file's content is bad (as opposed to an error of the
+/// file system or the process while reading it).
+fn is_corruption(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Check magic, version and checksum; return the meta stored in the file.
@@ -355,6 +368,24 @@ mod tests {
         let (m, _) = dir.latest().unwrap().unwrap();
         assert_eq!(m, meta(9), "falls back to the older valid snapshot");
         assert!(newer.path.with_extension("corrupt").exists());
+    }
+
+    #[test]
+    fn a_read_error_is_returned_and_the_file_not_set_aside() {
+        let td = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(td.path().join("g")).unwrap();
+        dir.write(&meta(3), |w| w.write_all(b"state")).unwrap();
+        // Something that cannot be read as a file (the same holds for EMFILE or
+        // EACCES): reading it fails with an error of the file system, not of the data.
+        let odd = td
+            .path()
+            .join("g")
+            .join(format!("snapshot-{:020}-{:020}.snap", 9, 1));
+        fs::create_dir(&odd).unwrap();
+        let err = dir.latest().unwrap_err();
+        assert!(!is_corruption(&err), "{err}");
+        assert!(odd.exists(), "left where it was");
+        assert!(!odd.with_extension("corrupt").exists());
     }
 
     #[test]

@@ -5,9 +5,22 @@
 //! so the Raft core's tasks are never stalled by disk I/O. A failed apply returns the
 //! I/O error to openraft, which stops the group: a committed entry that cannot be
 //! applied must never be skipped.
+//!
+//! Snapshots are different: a failed *build* (a full disk, say) is not a reason to stop
+//! a node whose log and state are intact. openraft treats a builder's error as fatal, so
+//! the builder never returns one: it logs the failure, answers with the current
+//! snapshot (which openraft then ignores as not newer), and further automatic builds
+//! wait [`BUILD_RETRY`] before they are tried again. Builds and installs of a group are
+//! serialized: a build never copies a state machine that an install is replacing.
+//!
+//! An installed snapshot is made the group's current snapshot file *before* the state
+//! machine is restored from it: if the restore is cut short by a crash, the file that
+//! openraft restores from at the next start is the one that was being installed, never
+//! an older one below the log's purge point.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -21,16 +34,18 @@ use crate::raft::types::{
 
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
-/// Called after every applied batch with the last applied index (change streams and
-/// metrics hang off this).
-pub type ApplyHook = Arc<dyn Fn(u64) + Send + Sync>;
+/// How long automatic snapshot builds pause after one failed.
+pub const BUILD_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct GroupStateMachine {
     group: Arc<str>,
     sm: Arc<dyn StateMachine>,
     snapshots: SnapshotDir,
-    on_applied: Option<ApplyHook>,
+    /// Serializes snapshot builds and installs of this group.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
+    /// When the last build failed.
+    last_build_failure: Arc<Mutex<Option<Instant>>>,
 }
 
 impl GroupStateMachine {
@@ -39,36 +54,20 @@ impl GroupStateMachine {
             group: group.into(),
             sm,
             snapshots,
-            on_applied: None,
+            snapshot_lock: Arc::default(),
+            last_build_failure: Arc::default(),
         }
     }
 
-    pub fn with_apply_hook(mut self, hook: ApplyHook) -> Self {
-        self.on_applied = Some(hook);
-        self
+    fn build_backing_off(&self) -> bool {
+        self.last_build_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < BUILD_RETRY)
     }
 
-    pub fn state_machine(&self) -> &Arc<dyn StateMachine> {
-        &self.sm
-    }
-
-    pub fn snapshot_dir(&self) -> &SnapshotDir {
-        &self.snapshots
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
-    type SnapshotData = SnapshotFile;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+    /// Build a snapshot file now (on the blocking pool).
+    async fn try_build(&self) -> io::Result<Snapshot> {
         let sm = self.sm.clone();
         let dir = self.snapshots.clone();
         let group = self.group.clone();
@@ -94,6 +93,55 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             })
         })
         .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let _serialized = self.snapshot_lock.lock().await;
+        match self.try_build().await {
+            Ok(snapshot) => {
+                *self
+                    .last_build_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(snapshot)
+            }
+            Err(e) => {
+                tracing::error!(
+                    group = %self.group,
+                    error = %e,
+                    retry_in_secs = BUILD_RETRY.as_secs(),
+                    "building a snapshot failed; the node keeps running on its log and will try again"
+                );
+                *self
+                    .last_build_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                // Not newer than what openraft has: it changes nothing.
+                let dir = self.snapshots.clone();
+                let current = blocking(move || dir.latest()).await.ok().flatten();
+                Ok(match current {
+                    Some((meta, snapshot)) => Snapshot { meta, snapshot },
+                    None => Snapshot {
+                        meta: SnapshotMeta::default(),
+                        snapshot: SnapshotFile {
+                            path: std::path::PathBuf::new(),
+                        },
+                    },
+                })
+            }
+        }
     }
 }
 
@@ -129,7 +177,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
         }
-        let last_index = applied.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
         let (batch, results) = blocking(move || {
             let items: Vec<ApplyItem<'_>> = batch
                 .iter()
@@ -162,10 +209,14 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 r.send(result);
             }
         }
-        if let Some(hook) = &self.on_applied {
-            hook(last_index);
-        }
         Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.build_backing_off() {
+            return None;
+        }
+        Some(self.clone())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -177,11 +228,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
+        let _serialized = self.snapshot_lock.lock().await;
         let sm = self.sm.clone();
         let dir = self.snapshots.clone();
         let meta = meta.clone();
         let group = self.group.clone();
-        let last_index = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
         blocking(move || {
             let file_meta = snapshot::verify(&snapshot.path)?;
             if file_meta != meta {
@@ -190,22 +241,23 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     "snapshot file does not match the snapshot it was sent as",
                 ));
             }
-            let (_, mut data) = snapshot::open_data(&snapshot.path)?;
+            // First the file becomes this group's current snapshot (module docs), then
+            // the state machine is restored from it.
+            let kept = dir.keep(&snapshot.path, &meta)?;
+            let (_, mut data) = snapshot::open_data(&kept.path)?;
             let applied = AppliedState {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
             sm.restore(&mut data, &applied)?;
-            // The installed file becomes this node's current snapshot.
-            dir.keep(&snapshot.path, &meta)?;
-            tracing::info!(group = %group, index = last_index, "installed snapshot");
+            tracing::info!(
+                group = %group,
+                index = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0),
+                "installed snapshot"
+            );
             Ok(())
         })
-        .await?;
-        if let Some(hook) = &self.on_applied {
-            hook(last_index);
-        }
-        Ok(())
+        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
-/// A node's stable identity within the cluster.
-pub type NodeId = u64;
+pub use crate::config::NodeId;
 
 openraft::declare_raft_types!(
     /// openraft types for every nacosd group. Groups differ only in their state machine,

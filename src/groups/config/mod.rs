@@ -1,22 +1,25 @@
 //! The `config` group: the configuration center's items, their history, and the
 //! change feed behind `Watch` (Nacos config semantics, strongly consistent).
 //!
-//! - `model`: commands, queries, stored records, key layout inside the group.
+//! - `model`: commands, queries and their replies, stored records, the key layout
+//!   inside the group.
+//! - `client`: the operations as typed requests for [`crate::groups::client`].
 //! - `validate`: the documented input rules, applied at the edge before proposing.
 //! - `processor`: deterministic apply and query over the group's RocksDB data.
-//! - `watch`: the per-node change feed that `Watch` streams subscribe to.
+//! - `watch`: the per-node change feed and the Watch engine that serves it.
 //!
 //! Revisions are Raft log indexes: globally ordered, identical on every replica and
 //! free to generate. History keeps the newest `history_limit` revisions per item; the
 //! limit travels inside each publish command, so every replica prunes identically even
 //! if nodes are configured differently.
 
+pub mod client;
 pub mod model;
 pub mod processor;
 pub mod validate;
 pub mod watch;
 
-pub use model::{ConfigCommand, ConfigKey, ConfigQuery, ConfigRecord, ConfigReply, HistoryRecord};
+pub use model::*;
 pub use processor::ConfigProcessor;
 pub use watch::{ConfigChange, ConfigFeed};
 

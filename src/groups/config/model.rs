@@ -125,79 +125,113 @@ pub struct HistoryRecord {
     pub r#type: String,
 }
 
-/// A write to the config group. Everything apply needs is inside.
+/// Publish (create or replace) an item. Everything apply needs is inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    pub key: ConfigKey,
+    pub content: String,
+    pub md5: String,
+    pub r#type: String,
+    pub app_name: String,
+    pub tags: Vec<String>,
+    pub description: String,
+    /// `Some("")`: only if absent; `Some(md5)`: only if the current md5 equals it.
+    pub cas_md5: Option<String>,
+    /// History revisions to keep (the proposing node's setting, so every replica
+    /// prunes identically).
+    pub history_limit: u32,
+}
+
+/// Remove an item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remove {
+    pub key: ConfigKey,
+    pub cas_md5: Option<String>,
+    pub history_limit: u32,
+}
+
+/// The config group's log entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigCommand {
-    Publish {
-        key: ConfigKey,
-        content: String,
-        md5: String,
-        r#type: String,
-        app_name: String,
-        tags: Vec<String>,
-        description: String,
-        /// `Some("")`: only if absent; `Some(md5)`: only if current md5 equals it.
-        cas_md5: Option<String>,
-        history_limit: u32,
-    },
-    Remove {
-        key: ConfigKey,
-        cas_md5: Option<String>,
-        history_limit: u32,
-    },
+    Publish(Publish),
+    Remove(Remove),
 }
 
-/// A read of the config group.
+/// What a publish answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub md5: String,
+    pub revision: u64,
+    pub modified_ms: u64,
+}
+
+/// What a remove answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub existed: bool,
+    /// The removal's log index (0 when nothing was removed).
+    pub revision: u64,
+}
+
+/// Read one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Get {
+    pub key: ConfigKey,
+}
+
+/// Search a namespace's items (content left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct List {
+    pub namespace: String,
+    pub group_pattern: String,
+    pub data_id_pattern: String,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// A page of [`List`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub items: Vec<(ConfigKey, ConfigRecord)>,
+    pub total: u64,
+}
+
+/// An item's history, newest first (content left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub key: ConfigKey,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// A page of [`History`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryRecord>,
+    pub total: u64,
+}
+
+/// One revision of an item's history, with its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryAt {
+    pub key: ConfigKey,
+    pub revision: u64,
+}
+
+/// For each key: the current md5 (`None`: absent) and the revision of that state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct States {
+    pub keys: Vec<ConfigKey>,
+}
+
+/// The config group's reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigQuery {
-    Get {
-        key: ConfigKey,
-    },
-    List {
-        namespace: String,
-        group_pattern: String,
-        data_id_pattern: String,
-        offset: u64,
-        limit: u32,
-    },
-    History {
-        key: ConfigKey,
-        offset: u64,
-        limit: u32,
-    },
-    HistoryAt {
-        key: ConfigKey,
-        revision: u64,
-    },
-    /// Current md5 (None if absent) and the revision that produced that state.
-    States {
-        keys: Vec<ConfigKey>,
-    },
-}
-
-/// Answers of the config group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ConfigReply {
-    Published {
-        md5: String,
-        revision: u64,
-        modified_ms: u64,
-    },
-    Removed {
-        existed: bool,
-        revision: u64,
-    },
-    Item(Option<ConfigRecord>),
-    Page {
-        items: Vec<(ConfigKey, ConfigRecord)>,
-        total: u64,
-    },
-    History {
-        entries: Vec<HistoryRecord>,
-        total: u64,
-    },
-    HistoryEntry(Option<HistoryRecord>),
-    States(Vec<(Option<String>, u64)>),
+    Get(Get),
+    List(List),
+    History(History),
+    HistoryAt(HistoryAt),
+    States(States),
 }
 
 #[cfg(test)]

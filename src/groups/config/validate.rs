@@ -11,8 +11,8 @@ pub const MAX_TAG: usize = 64;
 pub const MAX_DESCRIPTION: usize = 1024;
 pub const TYPES: [&str; 7] = ["text", "json", "xml", "yaml", "html", "properties", "toml"];
 
-pub use crate::groups::codec::namespace;
-use crate::groups::codec::{check_name as check, is_name_char, or_default, DEFAULT_GROUP};
+pub use crate::groups::names::namespace;
+use crate::groups::names::{check_name as check, is_name_char, or_default, DEFAULT_GROUP};
 
 /// Apply defaults and check a key.
 pub fn key(namespace: &str, group: &str, data_id: &str) -> Result<ConfigKey> {

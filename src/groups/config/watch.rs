@@ -1,6 +1,31 @@
-//! The config change feed (see [`crate::groups::feed`]).
+//! The config change feed and the Watch engine (Nacos listen semantics).
+//!
+//! The engine keeps, per watched key, what the client is known to hold: an md5 (`None`:
+//! absent) and the revision of the state that md5 describes.
+//!
+//! - **Adding keys**: the keys' current states are read LINEARIZABLE (reflecting every
+//!   write acknowledged before the request) and every key whose md5 differs from the
+//!   one the client sent is answered at once.
+//! - **Feed events** for watched keys: an event with a log index at or below the known
+//!   revision is already covered; otherwise the revision advances and an event is sent
+//!   if the md5 changed.
+//! - **Resync**: after a snapshot restore, or when the stream lagged behind the feed,
+//!   the watched keys' states are read again from the local state and the differences
+//!   sent. Intermediate changes may be coalesced; the final md5 is never missed.
+//!
+//! The engine subscribes to the feed before its first state read, so no change can
+//! fall in between. A client that half-closes (sends no more requests) still receives
+//! events until it cancels the call.
 
-use crate::groups::config::model::ConfigKey;
+use std::collections::HashMap;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::consistency::ReadLevel;
+use crate::error::{Error, Result};
+use crate::groups::client::GroupClient;
+use crate::groups::config::model::{ConfigKey, States};
 use crate::groups::feed::Feed;
 
 pub use crate::groups::feed::FeedEvent;
@@ -15,3 +40,177 @@ pub struct ConfigChange {
 }
 
 pub type ConfigFeed = Feed<ConfigChange>;
+
+/// What the client asks: keys to watch (with the md5 it holds, `None` for absent) and
+/// keys to stop watching.
+#[derive(Debug, Clone, Default)]
+pub struct WatchRequest {
+    pub add: Vec<(ConfigKey, Option<String>)>,
+    pub remove: Vec<ConfigKey>,
+}
+
+/// One message from the client, as the API layer decoded it.
+pub enum WatchInput {
+    Request(WatchRequest),
+    /// The message broke the input rules: the stream ends with this error.
+    Invalid(Error),
+    /// The client's side of the stream failed.
+    Broken,
+}
+
+/// What the client is told: the key's md5 now (`None`: removed) as of `log_index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub key: ConfigKey,
+    pub md5: Option<String>,
+    pub log_index: u64,
+}
+
+/// What the client is known to hold per key: (md5, revision).
+type Known = HashMap<ConfigKey, (Option<String>, u64)>;
+
+async fn states(
+    client: &GroupClient,
+    keys: Vec<ConfigKey>,
+    level: ReadLevel,
+) -> Result<Vec<(Option<String>, u64)>> {
+    client.query(States { keys }, level, None).await
+}
+
+/// Serve one Watch stream until the client goes away.
+pub async fn serve(
+    client: GroupClient,
+    mut input: impl Stream<Item = WatchInput> + Unpin,
+    mut feed: broadcast::Receiver<FeedEvent<ConfigChange>>,
+    tx: mpsc::Sender<Result<WatchEvent>>,
+) {
+    let mut known = Known::new();
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            msg = input.next(), if input_open => match msg {
+                Some(WatchInput::Request(req)) => {
+                    if let Err(e) = add_and_remove(&client, req, &mut known, &tx).await {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                Some(WatchInput::Invalid(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                Some(WatchInput::Broken) => return,
+                None => input_open = false,
+            },
+            ev = feed.recv() => {
+                let resync = match ev {
+                    Ok(FeedEvent::Changed(c)) => {
+                        if !apply_change(&mut known, c, &tx).await {
+                            return;
+                        }
+                        false
+                    }
+                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if resync && !resync_all(&client, &mut known, &tx).await {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Deliver a feed event if it is news for a watched key. False when the client is gone.
+async fn apply_change(
+    known: &mut Known,
+    c: ConfigChange,
+    tx: &mpsc::Sender<Result<WatchEvent>>,
+) -> bool {
+    let Some((md5, rev)) = known.get_mut(&c.key) else {
+        return true;
+    };
+    if c.log_index <= *rev {
+        return true;
+    }
+    *rev = c.log_index;
+    if *md5 == c.md5 {
+        return true;
+    }
+    *md5 = c.md5.clone();
+    tx.send(Ok(WatchEvent {
+        key: c.key,
+        md5: c.md5,
+        log_index: c.log_index,
+    }))
+    .await
+    .is_ok()
+}
+
+/// Re-read every watched key locally and send what differs. False when the stream ends.
+async fn resync_all(
+    client: &GroupClient,
+    known: &mut Known,
+    tx: &mpsc::Sender<Result<WatchEvent>>,
+) -> bool {
+    if known.is_empty() {
+        return true;
+    }
+    let keys: Vec<ConfigKey> = known.keys().cloned().collect();
+    let current = match states(client, keys.clone(), ReadLevel::Stale).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return false;
+        }
+    };
+    for (key, (md5, rev)) in keys.into_iter().zip(current) {
+        let Some(entry) = known.get_mut(&key) else {
+            continue;
+        };
+        if entry.0 != md5 {
+            let event = WatchEvent {
+                key: key.clone(),
+                md5: md5.clone(),
+                log_index: rev,
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
+        }
+        *entry = (md5, rev.max(entry.1));
+    }
+    true
+}
+
+async fn add_and_remove(
+    client: &GroupClient,
+    req: WatchRequest,
+    known: &mut Known,
+    tx: &mpsc::Sender<Result<WatchEvent>>,
+) -> Result<()> {
+    for k in req.remove {
+        known.remove(&k);
+    }
+    if req.add.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<ConfigKey> = req.add.iter().map(|(k, _)| k.clone()).collect();
+    // Linearizable: the answer reflects every change acknowledged before the request.
+    let current = states(client, keys, ReadLevel::Linearizable).await?;
+    for ((key, held), (md5, rev)) in req.add.into_iter().zip(current) {
+        if held != md5 {
+            let event = WatchEvent {
+                key: key.clone(),
+                md5: md5.clone(),
+                log_index: rev,
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return Ok(());
+            }
+        }
+        known.insert(key, (md5, rev));
+    }
+    Ok(())
+}

@@ -46,12 +46,10 @@ pub struct QueryResult {
     pub rows: Vec<Vec<Value>>,
 }
 
+/// What an `Execute` answers: results per statement, and the log index of the
+/// transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum DbReply {
-    /// Results per statement, and the log index of the transaction.
-    Executed {
-        results: Vec<ExecResult>,
-        index: u64,
-    },
-    Rows(Vec<QueryResult>),
+pub struct Executed {
+    pub results: Vec<ExecResult>,
+    pub index: u64,
 }

@@ -125,85 +125,127 @@ pub struct ServiceSettings {
     pub selector: Selector,
 }
 
+/// Upsert instances (one, or a batch: all or nothing), creating the service if needed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    pub service: ServiceKey,
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// Replace an existing instance; `NOT_FOUND` otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateInstance {
+    pub service: ServiceKey,
+    pub instance: InstanceRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deregister {
+    pub service: ServiceKey,
+    pub addr: InstanceAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateService {
+    pub service: ServiceKey,
+    pub settings: ServiceSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateService {
+    pub service: ServiceKey,
+    pub settings: ServiceSettings,
+}
+
+/// Delete a service; refused while it has instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteService {
+    pub service: ServiceKey,
+}
+
+/// The naming group's log entries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NamingCommand {
-    /// Upsert instances (one, or a batch: all or nothing), creating the service if needed.
-    Register {
-        service: ServiceKey,
-        instances: Vec<InstanceRecord>,
-    },
-    /// Replace an existing instance; NotFound otherwise.
-    Update {
-        service: ServiceKey,
-        instance: InstanceRecord,
-    },
-    Deregister {
-        service: ServiceKey,
-        addr: InstanceAddr,
-    },
-    CreateService {
-        service: ServiceKey,
-        settings: ServiceSettings,
-    },
-    UpdateService {
-        service: ServiceKey,
-        settings: ServiceSettings,
-    },
-    DeleteService {
-        service: ServiceKey,
-    },
+    Register(Register),
+    UpdateInstance(UpdateInstance),
+    Deregister(Deregister),
+    CreateService(CreateService),
+    UpdateService(UpdateService),
+    DeleteService(DeleteService),
 }
 
+/// What a register or an update answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// Per instance: whether it was new.
+    pub created: Vec<bool>,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deregistered {
+    pub existed: bool,
+    /// The change's log index (0 when nothing was removed).
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub revision: u64,
+}
+
+/// A service and its instances (filtered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetService {
+    pub service: ServiceKey,
+    pub clusters: Vec<String>,
+    pub healthy_only: bool,
+}
+
+/// The answer to [`GetService`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDetail {
+    pub record: Option<ServiceRecord>,
+    pub instances: Vec<InstanceRecord>,
+    /// The log index the answer reflects: everything applied up to it, nothing after.
+    pub as_of: u64,
+}
+
+/// A page of a namespace and group's services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListServices {
+    pub namespace: String,
+    pub group: String,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// The answer to [`ListServices`]: (name, instance count, revision) per service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePage {
+    pub services: Vec<(String, u32, u64)>,
+    pub total: u64,
+}
+
+/// The naming group's reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NamingQuery {
-    Get {
-        service: ServiceKey,
-        clusters: Vec<String>,
-        healthy_only: bool,
-    },
-    List {
-        namespace: String,
-        group: String,
-        offset: u64,
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum NamingReply {
-    Registered {
-        created: Vec<bool>,
-        revision: u64,
-    },
-    Deregistered {
-        existed: bool,
-        revision: u64,
-    },
-    Service {
-        record: ServiceRecord,
-    },
-    Deleted {
-        revision: u64,
-    },
-    Detail {
-        record: Option<ServiceRecord>,
-        instances: Vec<InstanceRecord>,
-    },
-    Page {
-        services: Vec<(String, u32, u64)>,
-        total: u64,
-    },
+    GetService(GetService),
+    ListServices(ListServices),
 }
 
 /// What a subscriber hears about a change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeKind {
-    InstanceUpserted(InstanceRecord),
-    InstanceRemoved(InstanceRecord),
+    /// Instances added or replaced by one command (a batch registers several).
+    InstancesUpserted(Vec<InstanceRecord>),
+    InstancesRemoved(Vec<InstanceRecord>),
     ServiceUpdated,
     ServiceDeleted,
 }
 
+/// One command's change of one service: exactly one per (service, log index), so a
+/// subscriber that has seen index `i` has seen everything up to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamingChange {
     pub service: ServiceKey,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::error::{Error, Result};
-use crate::groups::codec::{
+use crate::groups::names::{
     self, check_name as check, is_id_char as ns_char, is_name_char as name_char, or_default,
     DEFAULT_GROUP,
 };
@@ -18,7 +18,7 @@ pub const MAX_METADATA_TOTAL: usize = 16 * 1024;
 pub const MAX_WEIGHT: f64 = 10_000.0;
 
 pub fn namespace_and_group(namespace: &str, group: &str) -> Result<(String, String)> {
-    let namespace = codec::namespace(namespace)?;
+    let namespace = names::namespace(namespace)?;
     let group = or_default(group, DEFAULT_GROUP);
     check("group", group, 128, name_char, "[A-Za-z0-9._:-]")?;
     Ok((namespace, group.into()))

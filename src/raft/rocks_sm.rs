@@ -13,19 +13,29 @@
 //!
 //! State-machine writes are not fsync'd: the entries they come from are already
 //! durable in the log, and the log store syncs the WAL before it purges anything (see
-//! `raft::log_store`). Restores are synced.
+//! `raft::log_store`).
+//!
+//! A restore from a snapshot streams the snapshot into the column family in bounded
+//! batches ([`RESTORE_BATCH_BYTES`]), so memory stays flat whatever the state's size.
+//! It is made crash-safe by a marker: `m/restoring` is written (synced) before the old
+//! data is deleted and removed in the final synced batch that also records the new
+//! applied position. A node that finds the marker when it opens the group knows the
+//! data is half old, half new: it clears the data and reports nothing applied, so
+//! openraft restores the snapshot again (it is already the group's current snapshot
+//! file, see `raft::state_machine`) or, failing that, refuses to start; it never serves
+//! the mixture. Queries and snapshot builds wait while a restore runs.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::error::Error;
-use crate::raft::db::cf;
-use crate::raft::group::{ApplyItem, SnapshotSource, StateMachine};
+use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, StateMachine};
 use crate::raft::keys;
+use crate::raft::rocks::{cf, Db};
 use crate::raft::types::{AppliedState, Command, CommandResult};
 
 /// Why a command was not applied.
@@ -102,6 +112,23 @@ impl<'a> KvView<'a> {
         self.snapshot
             .get_cf(self.cf, keys::sm_data_key(key))
             .map_err(io::Error::other)
+    }
+
+    /// The log index this view's data reflects (0: nothing applied).
+    pub fn applied_index(&self) -> io::Result<u64> {
+        Ok(
+            match self
+                .snapshot
+                .get_cf(self.cf, keys::SM_APPLIED_KEY)
+                .map_err(io::Error::other)?
+            {
+                None => 0,
+                Some(b) => AppliedState::decode(&b)?
+                    .last_applied
+                    .map(|l| l.index)
+                    .unwrap_or(0),
+            },
+        )
     }
 
     /// Keys starting with `prefix`, in order, strictly after `start_after` if given,
@@ -244,27 +271,76 @@ impl<E> KvTxn<'_, E> {
     }
 }
 
+/// Bytes of snapshot data written per batch while restoring.
+pub const RESTORE_BATCH_BYTES: usize = 4 << 20;
+
 /// A [`StateMachine`] that stores a [`Processor`]'s data in the group's column family.
 pub struct RocksStateMachine<P> {
-    db: Arc<DB>,
+    db: Arc<Db>,
     cf_name: String,
     processor: P,
+    /// Held for writing while a restore replaces the data; queries take it for
+    /// reading, so they never see a half-restored state.
+    restoring: RwLock<()>,
 }
 
 impl<P: Processor> RocksStateMachine<P> {
-    pub fn new(group: &str, db: Arc<DB>, processor: P) -> io::Result<Self> {
+    pub fn new(group: &str, db: Arc<Db>, processor: P) -> io::Result<Self> {
         let cf_name = keys::sm_cf(group);
-        cf(&db, &cf_name)?;
-        Ok(RocksStateMachine {
+        let sm = RocksStateMachine {
             db,
             cf_name,
             processor,
-        })
+            restoring: RwLock::new(()),
+        };
+        sm.recover_interrupted_restore()?;
+        Ok(sm)
     }
 
     fn cf(&self) -> io::Result<&rocksdb::ColumnFamily> {
         cf(&self.db, &self.cf_name)
     }
+
+    /// A restore that a crash interrupted left half old, half new data: drop it all
+    /// and report nothing applied (see the module docs).
+    fn recover_interrupted_restore(&self) -> io::Result<()> {
+        let cf = self.cf()?;
+        if self
+            .db
+            .get_cf(cf, keys::SM_RESTORING_KEY)
+            .map_err(io::Error::other)?
+            .is_none()
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            cf = %self.cf_name,
+            "a snapshot restore was interrupted; discarding the partial state (it will be restored again)"
+        );
+        let mut wb = WriteBatch::default();
+        let (start, end) = data_range();
+        wb.delete_range_cf(cf, start.as_slice(), end.as_slice());
+        wb.delete_cf(cf, keys::SM_APPLIED_KEY);
+        wb.delete_cf(cf, keys::SM_RESTORING_KEY);
+        write_synced(&self.db, wb)
+    }
+
+    fn read_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.restoring.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The key range of all data keys.
+fn data_range() -> ([u8; 1], Vec<u8>) {
+    let start = [keys::SM_DATA_PREFIX];
+    let end = keys::prefix_end(&start).expect("prefix below 0xff");
+    (start, end)
+}
+
+fn write_synced(db: &DB, wb: WriteBatch) -> io::Result<()> {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(wb, &opts).map_err(io::Error::other)
 }
 
 impl<P: Processor> StateMachine for RocksStateMachine<P> {
@@ -329,24 +405,38 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
     }
 
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error> {
+        let _guard = self.read_guard();
         let view = KvView::new(&self.db, self.cf()?);
         self.processor.query(&view, query)
     }
 
-    fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource>> {
-        Ok(Box::new(RocksSnapshotSource::capture(
-            self.db.clone(),
-            self.cf_name.clone(),
-        )?))
+    fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource + '_>> {
+        Ok(Box::new(RocksSnapshotSource::capture(self)?))
+    }
+
+    fn digest(&self) -> io::Result<StateDigest> {
+        let _guard = self.read_guard();
+        let source = RocksSnapshotSource::capture(self)?;
+        let applied = source.applied().last_applied.map(|l| l.index).unwrap_or(0);
+        let mut digest = DigestBuilder::default();
+        source.for_each_pair(|k, v| {
+            digest.record(&[k, v]);
+            Ok(())
+        })?;
+        Ok(digest.finish(applied))
     }
 
     fn restore(&self, data: &mut dyn Read, applied: &AppliedState) -> io::Result<()> {
+        let _guard = self.restoring.write().unwrap_or_else(|e| e.into_inner());
         let cf = self.cf()?;
-        // One batch: the old state is replaced entirely or not at all.
+        let (start, end) = data_range();
+        // 1. Mark the state as being replaced, durably, before touching it.
         let mut wb = WriteBatch::default();
-        let start = [keys::SM_DATA_PREFIX];
-        let end = keys::prefix_end(&start).expect("prefix below 0xff");
+        wb.put_cf(cf, keys::SM_RESTORING_KEY, applied.encode());
         wb.delete_range_cf(cf, start.as_slice(), end.as_slice());
+        write_synced(&self.db, wb)?;
+        // 2. Stream the pairs in bounded batches.
+        let mut wb = WriteBatch::default();
         while let Some(key) = read_frame(data)? {
             let value = read_frame(data)?.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "snapshot ends inside a pair")
@@ -358,94 +448,85 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
                 ));
             }
             wb.put_cf(cf, key, value);
+            if wb.size_in_bytes() >= RESTORE_BATCH_BYTES {
+                self.db
+                    .write(std::mem::take(&mut wb))
+                    .map_err(io::Error::other)?;
+            }
         }
+        // 3. The new position and the end of the marker, with everything before them
+        //    made durable by the same synced write.
         wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(wb, &opts).map_err(io::Error::other)?;
+        wb.delete_cf(cf, keys::SM_RESTORING_KEY);
+        write_synced(&self.db, wb)?;
         self.processor.on_restored();
         Ok(())
     }
 }
 
 /// Snapshot data format of RocksDB-backed groups: a sequence of `u32-le length | bytes`
-/// frames, alternating key and value, keys in order.
-struct RocksSnapshotSource {
-    db: Arc<DB>,
-    cf_name: String,
+/// frames, alternating key and value, keys in order. Reads go through one RocksDB
+/// snapshot taken when the source is created, so applies may continue meanwhile.
+struct RocksSnapshotSource<'a> {
+    db: &'a DB,
+    cf: &'a rocksdb::ColumnFamily,
     applied: AppliedState,
-    // A RocksDB snapshot borrows the DB; keep the sequence-pinned view by storing the
-    // raw snapshot through an owned handle.
-    snapshot: OwnedSnapshot,
+    snapshot: rocksdb::Snapshot<'a>,
 }
 
-/// A RocksDB snapshot that owns its `Arc<DB>`.
-struct OwnedSnapshot {
-    // Safety: `snap` borrows from `*db`, which lives in the same struct behind an Arc
-    // that is dropped after `snap` (fields drop in declaration order).
-    snap: Option<rocksdb::Snapshot<'static>>,
-    _db: Arc<DB>,
-}
-
-impl OwnedSnapshot {
-    fn new(db: Arc<DB>) -> Self {
-        let snap = db.snapshot();
-        // SAFETY: the DB outlives the snapshot: `_db` keeps it alive and is dropped
-        // after `snap` (see Drop below).
-        let snap: rocksdb::Snapshot<'static> = unsafe { std::mem::transmute(snap) };
-        OwnedSnapshot {
-            snap: Some(snap),
-            _db: db,
-        }
-    }
-}
-
-impl Drop for OwnedSnapshot {
-    fn drop(&mut self) {
-        self.snap.take();
-    }
-}
-
-// SAFETY: a RocksDB snapshot is an immutable sequence number; reading through it from
-// another thread is allowed by RocksDB.
-unsafe impl Send for OwnedSnapshot {}
-
-impl RocksSnapshotSource {
-    fn capture(db: Arc<DB>, cf_name: String) -> io::Result<Self> {
-        let snapshot = OwnedSnapshot::new(db.clone());
-        let snap = snapshot.snap.as_ref().expect("present until drop");
-        let applied = match snap
-            .get_cf(cf(&db, &cf_name)?, keys::SM_APPLIED_KEY)
+impl<'a> RocksSnapshotSource<'a> {
+    /// Builds and restores of a group never overlap (`raft::state_machine` serializes
+    /// them), so the view cannot see a restore in progress.
+    fn capture<P: Processor>(sm: &'a RocksStateMachine<P>) -> io::Result<Self> {
+        let cf = sm.cf()?;
+        let snapshot = sm.db.snapshot();
+        let applied = match snapshot
+            .get_cf(cf, keys::SM_APPLIED_KEY)
             .map_err(io::Error::other)?
         {
             None => AppliedState::default(),
             Some(b) => AppliedState::decode(&b)?,
         };
         Ok(RocksSnapshotSource {
-            db,
-            cf_name,
+            db: &sm.db,
+            cf,
             applied,
             snapshot,
         })
     }
 }
 
-impl SnapshotSource for RocksSnapshotSource {
+impl SnapshotSource for RocksSnapshotSource<'_> {
     fn applied(&self) -> &AppliedState {
         &self.applied
     }
 
     fn write_to(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        let cf = cf(&self.db, &self.cf_name)?;
-        let snap = self.snapshot.snap.as_ref().expect("present until drop");
-        let start = [keys::SM_DATA_PREFIX];
+        self.for_each_pair(|k, v| {
+            write_frame(out, k)?;
+            write_frame(out, v)
+        })
+    }
+}
+
+impl RocksSnapshotSource<'_> {
+    /// Visit every data pair of the view, in key order.
+    fn for_each_pair(
+        &self,
+        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (start, end) = data_range();
         let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(keys::prefix_end(&start).expect("prefix below 0xff"));
+        opts.set_iterate_upper_bound(end);
         opts.fill_cache(false);
-        for item in snap.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+        opts.set_snapshot(&self.snapshot);
+        for item in self.db.iterator_cf_opt(
+            self.cf,
+            opts,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
             let (k, v) = item.map_err(io::Error::other)?;
-            write_frame(out, &k)?;
-            write_frame(out, &v)?;
+            visit(&k, &v)?;
         }
         Ok(())
     }
@@ -481,6 +562,72 @@ fn read_frame(r: &mut dyn Read) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
+/// A processor over a temporary RocksDB, fed commands one at a time: the table tests
+/// of the groups' apply logic run on it without a cluster.
+#[cfg(test)]
+pub(crate) struct ProcessorHarness<P: Processor> {
+    sm: RocksStateMachine<P>,
+    index: u64,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl<P: Processor> ProcessorHarness<P> {
+    pub(crate) fn new(processor: P) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = crate::raft::rocks::open(dir.path(), &["g"]).expect("open RocksDB");
+        let sm = RocksStateMachine::new("g", db, processor).expect("state machine");
+        ProcessorHarness {
+            sm,
+            index: 0,
+            _dir: dir,
+        }
+    }
+
+    /// Apply one command proposed at `time_ms`: its reply or its rejection.
+    pub(crate) fn apply<C: serde::Serialize>(
+        &mut self,
+        time_ms: u64,
+        cmd: &C,
+    ) -> Result<Vec<u8>, Error> {
+        self.index += 1;
+        let command = Command {
+            timestamp_ms: time_ms,
+            op: "test".into(),
+            key: String::new(),
+            payload: crate::codec::encode(cmd),
+        };
+        let items = [ApplyItem {
+            index: self.index,
+            command: Some(&command),
+        }];
+        let mut results = self
+            .sm
+            .apply(&items, &AppliedState::default())
+            .expect("apply without local failure");
+        results.remove(0).0
+    }
+
+    /// Apply and decode the reply.
+    pub(crate) fn reply<C: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &mut self,
+        time_ms: u64,
+        cmd: &C,
+    ) -> Result<R, Error> {
+        let bytes = self.apply(time_ms, cmd)?;
+        Ok(crate::codec::decode_stored(&bytes, "reply").expect("decodable reply"))
+    }
+
+    /// Run a query and decode its answer.
+    pub(crate) fn query<Q: serde::Serialize, R: serde::de::DeserializeOwned>(&self, q: &Q) -> R {
+        let bytes = self
+            .sm
+            .query(&crate::codec::encode(q))
+            .expect("query succeeds");
+        crate::codec::decode_stored(&bytes, "answer").expect("decodable answer")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,8 +635,8 @@ mod tests {
     #[test]
     fn a_view_reads_one_point_in_time() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::raft::db::open(dir.path(), &["g"]).unwrap();
-        let cf = crate::raft::db::cf(&db, &keys::sm_cf("g")).unwrap();
+        let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+        let cf = crate::raft::rocks::cf(&db, &keys::sm_cf("g")).unwrap();
         let put = |k: &str, v: &str| {
             db.put_cf(cf, keys::sm_data_key(k.as_bytes()), v.as_bytes())
                 .unwrap()

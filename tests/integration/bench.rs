@@ -3,14 +3,10 @@
 //! zero errors, and the work they report is really in the database. No timing is
 //! asserted: the numbers are for people, the counts for tests.
 
-mod common;
-#[path = "common/process.rs"]
-mod process;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nacosd::bench::client::{key_name, CONFIG_GROUP, DB_TABLE};
 use nacosd::bench::report::{compare, table, Report};
 use nacosd::bench::{self, Level, Options, Target, Workload};
@@ -232,7 +228,10 @@ fn etcd_binary() -> Option<String> {
 async fn the_same_workloads_run_against_etcd() {
     let Some(etcd) = etcd_binary() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (process::free_port(), process::free_port());
+    let (client, peer) = (
+        crate::common::process::free_port(),
+        crate::common::process::free_port(),
+    );
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut child = Command::new(etcd)

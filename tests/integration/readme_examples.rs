@@ -3,13 +3,10 @@
 //!
 //! Needs `grpcurl` on PATH (`scripts/test.sh` installs it).
 
-#[path = "common/process.rs"]
-mod process;
-
 use std::process::Command;
 use std::time::Duration;
 
-use process::*;
+use crate::common::process::*;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -83,6 +80,17 @@ async fn readme_grpcurl_examples_work() {
     );
     let (ok, desc) = grpcurl(&["-plaintext", &addr, "describe", "nacosd.v1.ConfigKey"]);
     assert!(ok && desc.contains("data_id"), "{desc}");
+    // Issue #11.12: `describe` with no symbol resolves every listed service, the
+    // reflection service itself included.
+    let (ok, all) = grpcurl(&["-plaintext", &addr, "describe"]);
+    assert!(ok, "grpcurl describe failed:\n{all}");
+    for svc in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (ok, desc) = grpcurl(&["-plaintext", &addr, "describe", svc]);
+        assert!(
+            ok && desc.contains("is a service"),
+            "describe {svc}:\n{desc}"
+        );
+    }
 
     let examples = readme_examples();
     assert!(

@@ -1,10 +1,8 @@
 //! The config group through its gRPC API on in-process 3-node clusters.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nacosd::groups::CONFIG;
 use nacosd::pb;
 use nacosd::pb::config_service_client::ConfigServiceClient;

@@ -1,10 +1,8 @@
 //! The naming group through its gRPC API on in-process 3-node clusters.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use nacosd::groups::NAMING_PERSISTENT;
 use nacosd::pb;
 use nacosd::pb::naming_service_client::NamingServiceClient;
@@ -483,6 +481,24 @@ async fn subscribe_sees_changes_in_order_resumes_without_gaps_and_survives_leade
         assert_eq!(ev.instances[0].port, port);
         last = ev.index;
     }
+    // Issue #11.9: every instance of a batch reaches the subscriber.
+    let batch = writer
+        .batch_register_instances(pb::BatchRegisterInstancesRequest {
+            service: svc("web"),
+            instances: (90..94).map(|p| inst("10.0.0.9", p)).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ports = Vec::new();
+    while ports.len() < 4 {
+        let ev = next(&mut stream).await;
+        assert_eq!(ev.kind, pb::ServiceEventKind::InstanceUpserted as i32);
+        assert_eq!(ev.index, batch.revision);
+        ports.extend(ev.instances.iter().map(|i| i.port));
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, vec![90, 91, 92, 93]);
     let d = writer
         .deregister_instance(pb::DeregisterInstanceRequest {
             service: svc("web"),
@@ -525,7 +541,7 @@ async fn subscribe_sees_changes_in_order_resumes_without_gaps_and_survives_leade
     let ev = next(&mut resumed).await;
     assert_eq!(ev.kind, pb::ServiceEventKind::FullState as i32);
     assert_eq!(ev.index, missed.revision);
-    assert_eq!(ev.instances.len(), 5);
+    assert_eq!(ev.instances.len(), 9);
 
     // Leader change: the subscription on node A keeps delivering.
     cluster.stop(leader).await;

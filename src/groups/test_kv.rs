@@ -1,12 +1,13 @@
 //! A replicated key-value state machine: put, delete, compare-and-swap, get, scan.
 //!
-//! It is the smallest real group: the integration tests drive the raft layer through
-//! it, and the built-in groups run it until their own processors land.
+//! It is the smallest real group: the integration tests plug it into nodes (it is not
+//! one of the built-in groups) and drive the raft layer through it.
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{decode_message as decode, encode};
 use crate::error::Error;
-use crate::raft::kv::{ApplyError, KvTxn, KvView, Processor};
+use crate::raft::rocks_sm::{ApplyError, KvTxn, KvView, Processor};
 use crate::raft::types::Command;
 
 /// A write.
@@ -63,20 +64,8 @@ impl KvCommand {
             KvCommand::Cas { key, .. } => ("cas", key),
         };
         let key = String::from_utf8_lossy(key).into_owned();
-        Command::new(
-            op,
-            key,
-            bincode::serialize(&self).expect("plain data serializes"),
-        )
+        Command::new(op, key, encode(&self))
     }
-}
-
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("plain data serializes")
-}
-
-pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, Error> {
-    bincode::deserialize(b).map_err(|e| Error::invalid(format!("malformed kv message: {e}")))
 }
 
 fn check_key(key: &[u8]) -> Result<(), Error> {
@@ -96,7 +85,7 @@ impl Processor for KvProcessor {
     type Event = ();
 
     fn apply(&self, txn: &mut KvTxn<'_>, index: u64, cmd: &Command) -> Result<Vec<u8>, ApplyError> {
-        let op: KvCommand = decode(&cmd.payload)?;
+        let op: KvCommand = decode(&cmd.payload, "kv command")?;
         let resp = match op {
             KvCommand::Put { key, value } => {
                 check_key(&key)?;
@@ -138,7 +127,7 @@ impl Processor for KvProcessor {
     }
 
     fn query(&self, view: &KvView<'_>, query: &[u8]) -> Result<Vec<u8>, Error> {
-        let resp = match decode::<KvQuery>(query)? {
+        let resp = match decode::<KvQuery>(query, "kv query")? {
             KvQuery::Get { key } => KvResponse::Value(view.get(&key)?),
             KvQuery::Scan {
                 prefix,

@@ -1,9 +1,7 @@
 //! In-process 3-node clusters: elections, replication, failover, restart, snapshot
 //! catch-up — the multi-raft foundation.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nacosd::consistency::ReadLevel;
 use nacosd::groups::{CONFIG, EMBEDDED_DB, NAMING_PERSISTENT};
 

@@ -25,16 +25,51 @@ const MEMTABLE_SIZE: usize = 4 << 20;
 pub const BLOCK_CACHE: usize = 8 << 20;
 
 use std::io;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
+use tokio::sync::watch;
 
 use crate::raft::keys;
 
+/// The node's RocksDB, which says when it is closed.
+///
+/// RocksDB closes (and releases its directory lock) when the last handle is dropped,
+/// on whichever thread drops it: possibly a blocking-pool thread still finishing an
+/// apply after the node was shut down. A new node in the same process (a test's
+/// restart) must wait for that, not merely for the reference count to reach zero;
+/// [`Db::closed`] resolves after the close has completed.
+pub struct Db {
+    db: Option<DB>,
+    closed: watch::Sender<bool>,
+}
+
+impl Deref for Db {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        self.db.as_ref().expect("open until dropped")
+    }
+}
+
+impl Db {
+    /// A receiver that sees `true` once the database is closed.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let _ = self.closed.send(true);
+    }
+}
+
 /// Open (creating if needed) the node's database with the column families of `groups`.
-pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<DB>> {
+pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<Db>> {
     std::fs::create_dir_all(path)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -69,7 +104,10 @@ pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<DB>> {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         cf_opts.set_write_buffer_size(MEMTABLE_SIZE);
-        cf_opts.set_max_write_buffer_number(2);
+        // Room for a burst of large entries (an 8 MiB append batch fills a memtable on
+        // its own) while earlier memtables flush, before RocksDB stalls writes. The
+        // node-wide budget (`MEMTABLE_BUDGET`) still bounds the total.
+        cf_opts.set_max_write_buffer_number(4);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_cache_index_and_filter_blocks(true);
@@ -77,7 +115,11 @@ pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<DB>> {
         ColumnFamilyDescriptor::new(n, cf_opts)
     });
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io::Error::other)?;
-    Ok(Arc::new(db))
+    let (closed, _) = watch::channel(false);
+    Ok(Arc::new(Db {
+        db: Some(db),
+        closed,
+    }))
 }
 
 /// Look up a column family that [`open`] created.
@@ -95,7 +137,7 @@ pub struct WalSyncer {
 }
 
 impl WalSyncer {
-    pub fn start(db: Arc<DB>) -> io::Result<Self> {
+    pub fn start(db: Arc<Db>) -> io::Result<Self> {
         // Weak: the syncer must not keep the database open. RocksDB has to be closed
         // before the process exits, or its background threads can abort the process.
         let db = Arc::downgrade(&db);

@@ -1,25 +1,7 @@
-//! Encoding of group records and messages, and the input-rule helpers the group APIs
-//! share.
-
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+//! The input rules for names that the group APIs share: namespaces, groups, data ids,
+//! service and cluster names.
 
 use crate::error::{Error, Result};
-
-/// Encode plain data (cannot fail for the types groups store).
-pub fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("plain data serializes")
-}
-
-/// Decode a stored record; failure means corrupt local data.
-pub fn dec<T: DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
-    bincode::deserialize(b).map_err(|e| Error::internal(format!("corrupt {what}: {e}")))
-}
-
-/// Decode a message from a client or a peer; failure is the sender's fault.
-pub fn dec_message<T: DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
-    bincode::deserialize(b).map_err(|e| Error::invalid(format!("malformed {what}: {e}")))
-}
 
 /// Check a name: non-empty, at most `max` bytes, every character accepted by `ok`
 /// (`chars` describes them in the error).

@@ -5,19 +5,17 @@
 //! counter, so a write applied twice would be visible as a count of 2. Its apply can
 //! be paused per node to make a follower lag on purpose.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nacosd::consistency::{self, ReadLevel};
 use nacosd::Error;
 
 use nacosd::raft::group::GroupRegistry;
-use nacosd::raft::kv::{ApplyError, KvTxn, KvView, Processor, RocksStateMachine};
+use nacosd::raft::rocks_sm::{ApplyError, KvTxn, KvView, Processor, RocksStateMachine};
 use nacosd::raft::types::Command;
 
 const COUNTER: &str = "counter";
@@ -121,7 +119,7 @@ async fn count(
     let r = consistency::read(
         cluster.node(via),
         COUNTER,
-        key.as_bytes(),
+        key.as_bytes().to_vec(),
         level,
         Some(Duration::from_secs(3)),
     )

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use openraft::rt::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use nacosd::config::Config;
 use nacosd::consistency::{self, ReadLevel};
-use nacosd::groups::kv::{self, KvCommand, KvQuery, KvResponse};
+use nacosd::groups::test_kv::{self, KvCommand, KvQuery, KvResponse};
 use nacosd::raft::group::GroupRegistry;
 use nacosd::raft::node::MultiRaft;
 use nacosd::server::{Listeners, RunningServer};
@@ -40,7 +42,11 @@ pub const KV: &str = "kv";
 pub fn with_kv(reg: GroupRegistry) -> GroupRegistry {
     reg.register(KV, |ctx| {
         Ok(std::sync::Arc::new(
-            nacosd::raft::kv::RocksStateMachine::new(&ctx.name, ctx.db.clone(), kv::KvProcessor)?,
+            nacosd::raft::rocks_sm::RocksStateMachine::new(
+                &ctx.name,
+                ctx.db.clone(),
+                test_kv::KvProcessor,
+            )?,
         ))
     })
 }
@@ -48,6 +54,9 @@ pub fn with_kv(reg: GroupRegistry) -> GroupRegistry {
 pub struct NodeSlot {
     pub config: Config,
     pub server: Option<RunningServer>,
+    /// The ports of a node that was never started, kept bound so nothing else takes
+    /// them (see [`TestCluster::start_only`]).
+    pub reserved: Option<Listeners>,
 }
 
 pub struct TestCluster {
@@ -80,6 +89,18 @@ impl TestCluster {
         registry: fn(GroupRegistry) -> GroupRegistry,
         tweak: impl Fn(&mut Config),
     ) -> Self {
+        let all: Vec<u64> = (1..=n).collect();
+        Self::start_only(n, registry, tweak, &all).await
+    }
+
+    /// Configure `n` nodes as one cluster but start only those in `running`; the others
+    /// keep their ports reserved and start with [`TestCluster::restart`].
+    pub async fn start_only(
+        n: u64,
+        registry: fn(GroupRegistry) -> GroupRegistry,
+        tweak: impl Fn(&mut Config),
+        running: &[u64],
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -108,16 +129,23 @@ impl TestCluster {
             config.advertise_peer = members[&id].clone();
             tweak(&mut config);
             config.validate().expect("valid test config");
-            let server = nacosd::server::start(&config, registry, l)
-                .await
-                .expect("node starts");
-            nodes.insert(
-                id,
+            let slot = if running.contains(&id) {
+                let server = nacosd::server::start(&config, registry, l)
+                    .await
+                    .expect("node starts");
                 NodeSlot {
                     config,
                     server: Some(server),
-                },
-            );
+                    reserved: None,
+                }
+            } else {
+                NodeSlot {
+                    config,
+                    server: None,
+                    reserved: Some(l),
+                }
+            };
+            nodes.insert(id, slot);
         }
         TestCluster {
             dir,
@@ -243,38 +271,52 @@ impl TestCluster {
         let registry = self.registry;
         let slot = self.nodes.get_mut(&id).unwrap();
         assert!(slot.server.is_none(), "node {id} is running");
+        let reserved = slot.reserved.take();
         let c = &slot.config;
         tracing::info!(id, "restarting node");
-        // Each attempt binds the old ports and starts the node. Two things may need a
-        // moment to be released: the old sockets, and the old RocksDB, which can still
-        // be closing on another thread after its last reference is gone
-        // (MultiRaft::wait_closed sees the reference, not the end of the close).
+        // The old sockets may need a moment to be released; the old storage is closed
+        // (shutdown waits for RocksDB's own close to complete).
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        let server = loop {
-            let bound = async {
-                Ok::<_, std::io::Error>(Listeners {
-                    client: TcpListener::bind(c.client_addr).await?,
-                    peer: TcpListener::bind(c.peer_addr).await?,
-                    http: TcpListener::bind(c.http_addr).await?,
-                })
-            }
-            .await;
-            let retry = match bound {
-                Ok(l) => match nacosd::server::start(c, registry, l).await {
-                    Ok(server) => break server,
-                    Err(e) if e.to_string().contains("lock hold by current process") => {
-                        format!("node restarts: {e:?}")
+        let listeners = if let Some(l) = reserved {
+            l
+        } else {
+            loop {
+                let bound = async {
+                    Ok::<_, std::io::Error>(Listeners {
+                        client: TcpListener::bind(c.client_addr).await?,
+                        peer: TcpListener::bind(c.peer_addr).await?,
+                        http: TcpListener::bind(c.http_addr).await?,
+                    })
+                }
+                .await;
+                match bound {
+                    Ok(l) => break l,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(id, error = %e, "rebinding");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Err(e) => panic!("node restarts: {e:?}"),
-                },
-                Err(e) => format!("rebinding node {id}: {e}"),
-            };
-            if tokio::time::Instant::now() > deadline {
-                panic!("{retry}");
+                    Err(e) => panic!("rebinding node {id}: {e}"),
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        let server = nacosd::server::start(c, registry, listeners)
+            .await
+            .unwrap_or_else(|e| panic!("node {id} restarts: {e:?}"));
         slot.server = Some(server);
+    }
+
+    /// Delete a stopped node's data directory: its disk was lost.
+    pub fn wipe(&mut self, id: u64) {
+        let slot = &self.nodes[&id];
+        assert!(slot.server.is_none(), "node {id} is running");
+        std::fs::remove_dir_all(&slot.config.data_dir).expect("wipe data dir");
+    }
+
+    /// Change a stopped node's configuration before its next start.
+    pub fn reconfigure(&mut self, id: u64, f: impl FnOnce(&mut Config)) {
+        let slot = self.nodes.get_mut(&id).unwrap();
+        assert!(slot.server.is_none(), "node {id} is running");
+        f(&mut slot.config);
     }
 
     pub async fn shutdown(mut self) {
@@ -292,7 +334,7 @@ pub async fn put(node: &MultiRaft, group: &str, key: &str, value: &str) -> nacos
     }
     .into_command();
     let resp = consistency::write(node, group, cmd, None).await?;
-    match kv::decode::<KvResponse>(&resp)? {
+    match nacosd::codec::decode_message::<KvResponse>(&resp, "kv reply")? {
         KvResponse::Written { index, .. } => Ok(index),
         other => panic!("unexpected write response {other:?}"),
     }
@@ -304,11 +346,11 @@ pub async fn get(
     key: &str,
     level: ReadLevel,
 ) -> nacosd::Result<Option<String>> {
-    let q = kv::encode(&KvQuery::Get {
+    let q = nacosd::codec::encode(&KvQuery::Get {
         key: key.as_bytes().to_vec(),
     });
-    let resp = consistency::read(node, group, &q, level, Some(Duration::from_secs(10))).await?;
-    match kv::decode::<KvResponse>(&resp)? {
+    let resp = consistency::read(node, group, q, level, Some(Duration::from_secs(10))).await?;
+    match nacosd::codec::decode_message::<KvResponse>(&resp, "kv reply")? {
         KvResponse::Value(v) => Ok(v.map(|v| String::from_utf8(v).unwrap())),
         other => panic!("unexpected read response {other:?}"),
     }
@@ -316,13 +358,13 @@ pub async fn get(
 
 /// Everything in a group's state machine on one node, read locally.
 pub fn dump(node: &MultiRaft, group: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let q = kv::encode(&KvQuery::Scan {
+    let q = nacosd::codec::encode(&KvQuery::Scan {
         prefix: vec![],
         start_after: None,
         limit: 10_000,
     });
     let resp = node.group(group).unwrap().sm.query(&q).unwrap();
-    match kv::decode::<KvResponse>(&resp).unwrap() {
+    match nacosd::codec::decode_message::<KvResponse>(&resp, "kv reply").unwrap() {
         KvResponse::Pairs(p) => p,
         other => panic!("unexpected scan response {other:?}"),
     }

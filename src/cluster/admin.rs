@@ -1,0 +1,102 @@
+//! Cluster operations one node runs on behalf of another (the peer port's `Admin`
+//! call), and the routing of a group's membership change to that group's leader.
+//!
+//! Only [`AdminOp::Join`] is accepted from a node without a cluster identity: it is how
+//! such a node asks to be admitted. Everything else requires the caller to be of this
+//! node's cluster (checked by the peer server before the operation is decoded).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::cluster::{membership, Cluster};
+use crate::codec;
+use crate::config::NodeId;
+use crate::error::{Error, Result};
+use crate::peer::wire::Sender;
+
+/// An operation run on the node that receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Admit node `node_id` at `addr` as a learner of every group (a new node, or one
+    /// that lost its data). Answered with the cluster id ([`membership::Admitted`]).
+    Join { node_id: NodeId, addr: String },
+    /// Apply `change` to `group`: run by that group's leader.
+    Group { group: String, change: GroupChange },
+}
+
+/// A membership change of one group, run by its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupChange {
+    /// Make `id` (at `addr`) a learner: add it if absent, demote it if it is a voter
+    /// (its data is gone: it must catch up before it votes again), update its address.
+    AdmitLearner { id: NodeId, addr: String },
+    /// Promote learner `id` to voter if its log is within `max_lag` entries of the
+    /// leader's; otherwise `Unavailable` (try again later).
+    PromoteIfCaughtUp { id: NodeId, max_lag: u64 },
+}
+
+/// Run `op` here, for `sender`.
+pub async fn run_here(
+    cluster: &Cluster,
+    sender: Sender,
+    op: AdminOp,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    if sender.cluster.is_none() && !matches!(op, AdminOp::Join { .. }) {
+        return Err(Error::FailedPrecondition(
+            "only a request to join may come from a node without a cluster identity".into(),
+        ));
+    }
+    match op {
+        AdminOp::Join { node_id, addr } => {
+            let admitted = membership::admit(cluster, node_id, &addr, timeout).await?;
+            Ok(codec::encode(&admitted))
+        }
+        AdminOp::Group { group, change } => {
+            membership::apply_on_leader(cluster, &group, &change, timeout).await?;
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Apply `change` to `group` on its leader, wherever that is: locally if this node
+/// leads it, else through the leader's `Admin` call; retried across leader changes
+/// while the failure says the change was not made (`Unavailable`), until `timeout`.
+pub async fn on_group_leader(
+    cluster: &Cluster,
+    group: &str,
+    change: &GroupChange,
+    timeout: Duration,
+) -> Result<()> {
+    let node = &cluster.node;
+    let g = node.group(group)?;
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = if g.raft.is_leader() {
+            membership::apply_on_leader(cluster, group, change, left).await
+        } else if let Some((_, addr)) = g.leader().filter(|(id, _)| *id != node.node_id) {
+            let op = AdminOp::Group {
+                group: group.to_string(),
+                change: change.clone(),
+            };
+            node.peers
+                .admin(&addr, codec::encode(&op), left)
+                .await
+                .map(|_| ())
+        } else {
+            Err(Error::unavailable(format!("group {group} has no leader")))
+        };
+        match attempt {
+            Err(Error::Unavailable { message, .. }) if Instant::now() + backoff < deadline => {
+                tracing::debug!(group, %message, "membership change not made yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Membership changes applied to every group: admission of a node (new, or back after
+//! losing its data) as a learner, its promotion once it has caught up, and the leader
+//! side of each group's change.
+//!
+//! Admission is the same path for a brand-new node and for a node whose disk was wiped:
+//! the node asks any member ([`AdminOp::Join`](crate::cluster::admin::AdminOp::Join)),
+//! that member makes it a learner of every group — demoting it first where its id is
+//! still a voter — and only once every group has committed that does the node receive
+//! the cluster id and take part in replication. It catches up (a snapshot if it is far
+//! behind) and asks each group's leader to promote it; a leader does so only when the
+//! node's log is within [`PROMOTE_MAX_LAG`] entries of its own. Until then the node has
+//! no vote, and its acknowledgements count toward no commit.
+//!
+//! An id already used by a member at another address is refused: two machines must
+//! never share an id.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::rt::watch::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::cluster::admin::{on_group_leader, AdminOp, GroupChange};
+use crate::cluster::{bootstrap, Cluster};
+use crate::codec;
+use crate::config::{is_host_port, NodeId};
+use crate::error::{Error, Result};
+use crate::raft::identity::{ClusterId, Identity};
+use crate::raft::node::Group;
+use crate::raft::types::TypeConfig;
+
+/// A learner is promoted once its log is at most this many entries behind the leader's.
+pub const PROMOTE_MAX_LAG: u64 = 256;
+/// Deadline of one admission request, covering a membership change in every group.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between admission attempts and between promotion checks.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The answer to a successful [`AdminOp::Join`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Admitted {
+    pub cluster_id: ClusterId,
+}
+
+/// Coordinator side: make `id` at `addr` a learner of every group.
+pub async fn admit(
+    cluster: &Cluster,
+    id: NodeId,
+    addr: &str,
+    timeout: Duration,
+) -> Result<Admitted> {
+    if id == 0 {
+        return Err(Error::invalid("node ids start at 1"));
+    }
+    if !is_host_port(addr) {
+        return Err(Error::invalid(format!(
+            "advertised address {addr:?} is not HOST:PORT"
+        )));
+    }
+    let node = &cluster.node;
+    let cluster_id = node
+        .identity()
+        .cluster_id()
+        .ok_or_else(|| Error::unavailable("this node has no cluster identity yet"))?;
+    if id == node.node_id {
+        return Err(Error::FailedPrecondition(format!(
+            "node {id} asked to join through itself"
+        )));
+    }
+    let _one_change_at_a_time = cluster.changes.lock().await;
+    for g in node.groups() {
+        if let Some(existing) = address_of(g, id) {
+            if existing != addr {
+                return Err(Error::AlreadyExists(format!(
+                    "node id {id} is already a member at {existing} (group {}); a second machine cannot take it at {addr}: remove the member first",
+                    g.name
+                )));
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    for g in node.groups() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let change = GroupChange::AdmitLearner {
+            id,
+            addr: addr.to_string(),
+        };
+        on_group_leader(cluster, &g.name, &change, left).await?;
+    }
+    tracing::info!(node = id, %addr, "admitted a node as a learner of every group");
+    Ok(Admitted { cluster_id })
+}
+
+/// The address `id` has in `g`'s membership, if it is a member.
+fn address_of(g: &Group, id: NodeId) -> Option<String> {
+    let metrics = g.raft.metrics();
+    let m = metrics.borrow_watched();
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())
+}
+
+/// Map a failed membership change to a nacosd error: not the leader, or another change
+/// in progress, is `Unavailable` (nothing changed, try again).
+fn change_failed(group: &str, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
+            message: format!("not the leader of group {group}"),
+            leader: f
+                .leader_id
+                .map(|id| (id, f.leader_node.map(|n| n.addr).unwrap_or_default())),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::unavailable(format!("group {group}: {c}"))
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            Error::UnknownOutcome(format!(
+                "group {group}: the leader changed during the membership change; check the status"
+            ))
+        }
+        other => Error::internal(format!("group {group}: {other}")),
+    }
+}
+
+/// Leader side: apply `change` to `group`, which this node must lead.
+pub async fn apply_on_leader(
+    cluster: &Cluster,
+    group: &str,
+    change: &GroupChange,
+    timeout: Duration,
+) -> Result<()> {
+    let node = &cluster.node;
+    let g = node.group(group)?;
+    if !g.raft.is_leader() {
+        return Err(Error::Unavailable {
+            message: format!("node {} does not lead group {group}", node.node_id),
+            leader: g.leader(),
+        });
+    }
+    let run = async {
+        match change {
+            GroupChange::AdmitLearner { id, addr } => admit_learner(g, *id, addr).await,
+            GroupChange::PromoteIfCaughtUp { id, max_lag } => promote(g, *id, *max_lag).await,
+        }
+    };
+    tokio::time::timeout(timeout, run).await.map_err(|_| {
+        Error::UnknownOutcome(format!(
+            "membership change of group {group} did not finish within {timeout:?}; check the status"
+        ))
+    })?
+}
+
+async fn admit_learner(g: &Group, id: NodeId, addr: &str) -> Result<()> {
+    let (voters, current): (BTreeSet<NodeId>, Option<String>) = {
+        let metrics = g.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mem = m.membership_config.membership();
+        (
+            mem.voter_ids().collect(),
+            mem.get_node(&id).map(|n| n.addr.clone()),
+        )
+    };
+    let node = BasicNode::new(addr);
+    if voters.contains(&id) {
+        if voters.len() == 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "node {id} is the only voter of group {}: it cannot be demoted to catch up; recover from its data or with --force-new-cluster",
+                g.name
+            )));
+        }
+        tracing::warn!(group = %g.name, node = id, "demoting a voter that lost its data to a learner until it catches up");
+        g.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
+            .await
+            .map_err(|e| change_failed(&g.name, e))?;
+    }
+    match current {
+        Some(a) if a == addr => Ok(()),
+        Some(_) => g
+            .raft
+            .change_membership(
+                ChangeMembers::SetNodes([(id, node)].into_iter().collect()),
+                true,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| change_failed(&g.name, e)),
+        None => g
+            .raft
+            .add_learner(id, node, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| change_failed(&g.name, e)),
+    }
+}
+
+async fn promote(g: &Group, id: NodeId, max_lag: u64) -> Result<()> {
+    let (is_voter, is_member, lag) = {
+        let metrics = g.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mem = m.membership_config.membership();
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned())
+            .flatten()
+            .map(|l| l.index);
+        let last = m.last_log_index.unwrap_or(0);
+        let is_voter = mem.voter_ids().any(|v| v == id);
+        (
+            is_voter,
+            mem.get_node(&id).is_some(),
+            matched.map(|mi| last.saturating_sub(mi)),
+        )
+    };
+    if is_voter {
+        return Ok(());
+    }
+    if !is_member {
+        return Err(Error::NotFound(format!(
+            "node {id} is not a member of group {}",
+            g.name
+        )));
+    }
+    match lag {
+        Some(lag) if lag <= max_lag => {}
+        Some(lag) => {
+            return Err(Error::unavailable(format!(
+            "node {id} is {lag} entries behind in group {}; it is promoted once within {max_lag}",
+            g.name
+        )))
+        }
+        None => {
+            return Err(Error::unavailable(format!(
+                "node {id} has not acknowledged any entry of group {} yet",
+                g.name
+            )))
+        }
+    }
+    g.raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+        .await
+        .map(|_| ())
+        .map_err(|e| change_failed(&g.name, e))?;
+    tracing::info!(group = %g.name, node = id, "promoted a caught-up learner to voter");
+    Ok(())
+}
+
+/// Joiner side: ask the members at `via` (peer addresses) to admit this node, until one
+/// does; then take the identity and, unless this node stays a learner, get promoted
+/// group by group once caught up.
+pub async fn join_cluster(
+    cluster: Arc<Cluster>,
+    via: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let node = cluster.node.clone();
+    let op = codec::encode(&AdminOp::Join {
+        node_id: node.node_id,
+        addr: node.advertise_peer.clone(),
+    });
+    let mut last_error = String::new();
+    let admitted = 'asking: loop {
+        for addr in &via {
+            match node.peers.admin(addr, op.clone(), JOIN_TIMEOUT).await {
+                Ok(bytes) => match codec::decode_message::<Admitted>(&bytes, "admission reply") {
+                    Ok(a) => break 'asking a,
+                    Err(e) => last_error = e.to_string(),
+                },
+                Err(e) => {
+                    let msg = format!("asking {addr} to admit this node: {e}");
+                    if msg != last_error {
+                        tracing::warn!("{msg}");
+                        last_error = msg;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    };
+    let identity = Identity {
+        cluster_id: admitted.cluster_id,
+        node_id: node.node_id,
+    };
+    if let Err(e) = bootstrap::adopt(&cluster, identity).await {
+        tracing::error!(error = %e, "admitted, but could not store the cluster identity");
+        return;
+    }
+    tracing::info!(cluster_id = %admitted.cluster_id, "admitted to the cluster as a learner; catching up");
+    if !cluster.learner {
+        promote_when_caught_up(cluster, stop).await;
+    }
+}
+
+/// Ask each group's leader to promote this node until it is a voter everywhere.
+pub async fn promote_when_caught_up(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+    let node = &cluster.node;
+    loop {
+        let mut waiting = false;
+        for g in node.groups() {
+            if g.voters().contains(&node.node_id) {
+                continue;
+            }
+            waiting = true;
+            // Nothing replicated yet: this node does not know its own membership.
+            if address_of(g, node.node_id).is_none() {
+                continue;
+            }
+            let change = GroupChange::PromoteIfCaughtUp {
+                id: node.node_id,
+                max_lag: PROMOTE_MAX_LAG,
+            };
+            if let Err(e) = on_group_leader(&cluster, &g.name, &change, RETRY * 5).await {
+                tracing::debug!(group = %g.name, error = %e, "not promoted yet");
+            }
+        }
+        if !waiting {
+            tracing::info!("a voter of every group");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The Subscribe engine: one service's changes, in log order, resumable.
+//!
+//! The engine subscribes to the node's naming feed before it reads the service, so no
+//! change falls between the read and the feed. The first answer is a full state when
+//! the client has missed anything: its `last_index` is behind the service's revision,
+//! or it starts from scratch. After that every change of the service is one event,
+//! carrying the log index that made it; each command makes at most one change per
+//! service (a batch registration is one event with all its instances), so a client
+//! that has seen index `i` has seen everything of the service up to `i` and can resume
+//! from it.
+//!
+//! The full state's index is taken from the same point-in-time view as the state
+//! itself (the service's revision, or the view's applied index when the service does
+//! not exist): a change applied after the view always has a higher index and arrives
+//! through the feed. After a snapshot restore or when the stream lagged behind the feed,
+//! a fresh full state is sent if anything moved.
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::consistency::ReadLevel;
+use crate::error::Result;
+use crate::groups::client::GroupClient;
+use crate::groups::feed::FeedEvent;
+use crate::groups::naming::model::{
+    ChangeKind, GetService, InstanceRecord, NamingChange, ServiceKey, ServiceRecord,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    FullState,
+    InstancesUpserted,
+    InstancesRemoved,
+    ServiceUpdated,
+    ServiceDeleted,
+}
+
+/// What a subscriber is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEvent {
+    pub kind: EventKind,
+    /// The log index of the change (for a full state: the index it reflects).
+    pub index: u64,
+    /// The service's settings after the change (`None`: it does not exist).
+    pub service: Option<ServiceRecord>,
+    /// A full state: every instance; a change: the instances it touched.
+    pub instances: Vec<InstanceRecord>,
+}
+
+fn change_event(c: NamingChange) -> ServiceEvent {
+    let (kind, instances) = match c.kind {
+        ChangeKind::InstancesUpserted(i) => (EventKind::InstancesUpserted, i),
+        ChangeKind::InstancesRemoved(i) => (EventKind::InstancesRemoved, i),
+        ChangeKind::ServiceUpdated => (EventKind::ServiceUpdated, vec![]),
+        ChangeKind::ServiceDeleted => (EventKind::ServiceDeleted, vec![]),
+    };
+    ServiceEvent {
+        kind,
+        index: c.index,
+        service: c.record,
+        instances,
+    }
+}
+
+/// The full current state, if the client (who has seen everything up to `seen`)
+/// missed anything.
+async fn full_state_if_missed(
+    client: &GroupClient,
+    service: &ServiceKey,
+    seen: u64,
+    level: ReadLevel,
+) -> Result<Option<ServiceEvent>> {
+    let q = GetService {
+        service: service.clone(),
+        clusters: vec![],
+        healthy_only: false,
+    };
+    let detail = client.query(q, level, None).await?;
+    let index = match &detail.record {
+        Some(r) => r.revision,
+        // An absent service: the index the view reflects, so the client never keeps a
+        // stale view and nothing applied after the view is skipped.
+        None => detail.as_of,
+    };
+    if seen != 0 && index <= seen {
+        return Ok(None);
+    }
+    Ok(Some(ServiceEvent {
+        kind: EventKind::FullState,
+        index,
+        service: detail.record,
+        instances: detail.instances,
+    }))
+}
+
+/// Serve one subscription until the client goes away.
+pub async fn serve(
+    client: GroupClient,
+    service: ServiceKey,
+    last_index: u64,
+    mut feed: broadcast::Receiver<FeedEvent<NamingChange>>,
+    tx: mpsc::Sender<Result<ServiceEvent>>,
+) {
+    // Everything up to `seen` has reached the client.
+    let mut seen = last_index;
+    // Linearizable: the first answer reflects every change acknowledged before the call.
+    if !send_full_state(&client, &service, &mut seen, ReadLevel::Linearizable, &tx).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            ev = feed.recv() => {
+                let resync = match ev {
+                    Ok(FeedEvent::Changed(c)) => {
+                        if c.service == service && c.index > seen {
+                            seen = c.index;
+                            if tx.send(Ok(change_event(c))).await.is_err() {
+                                return;
+                            }
+                        }
+                        false
+                    }
+                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if resync
+                    && !send_full_state(&client, &service, &mut seen, ReadLevel::Stale, &tx).await
+                {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Send a full state if the client missed anything. False when the stream ends.
+async fn send_full_state(
+    client: &GroupClient,
+    service: &ServiceKey,
+    seen: &mut u64,
+    level: ReadLevel,
+    tx: &mpsc::Sender<Result<ServiceEvent>>,
+) -> bool {
+    match full_state_if_missed(client, service, *seen, level).await {
+        Ok(Some(ev)) => {
+            *seen = (*seen).max(ev.index);
+            tx.send(Ok(ev)).await.is_ok()
+        }
+        Ok(None) => true,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            false
+        }
+    }
+}
