@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
+use crate::codec::{decode_message as dec_message, encode as enc};
 use crate::error::{Error, Result};
-use crate::groups::codec::{dec_message, enc};
+use crate::groups::db::determinism::{self, EntryInputs};
 use crate::groups::db::model::*;
 use crate::groups::db::rules::{self, Refusals};
-use crate::raft::group::{ApplyItem, SnapshotSource, StateMachine};
+use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, StateMachine};
 use crate::raft::types::{AppliedState, CommandResult};
 
 const DB_FILE: &str = "db.sqlite";
@@ -24,14 +25,34 @@ pub struct SqliteStateMachine {
     writer: Mutex<Option<Connection>>,
     /// Queries and snapshot copies.
     reader: Mutex<Option<Connection>>,
+    /// The log entry the writer is applying: its deterministic "now" and random seed.
+    inputs: Arc<EntryInputs>,
+}
+
+/// Files a crash can leave behind: a snapshot copy being written or a received
+/// snapshot not yet swapped in. Neither is live state.
+fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let leftover = name.ends_with(".tmp")
+            && (name.starts_with("snapshot-copy-") || name.starts_with("restore-"));
+        if leftover {
+            tracing::info!(file = %entry.path().display(), "removing a leftover of an interrupted snapshot");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn sql_err(e: rusqlite::Error) -> io::Error {
     io::Error::other(format!("sqlite: {e}"))
 }
 
-fn open_writer(path: &Path) -> io::Result<Connection> {
+fn open_writer(path: &Path, inputs: &Arc<EntryInputs>) -> io::Result<Connection> {
     let conn = Connection::open(path).map_err(sql_err)?;
+    determinism::install(&conn, inputs).map_err(sql_err)?;
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
          CREATE TABLE IF NOT EXISTS {META_TABLE} (k TEXT PRIMARY KEY, v BLOB NOT NULL);"
@@ -166,21 +187,14 @@ fn prepare<'c>(
 ) -> std::result::Result<rusqlite::Statement<'c>, PrepareError> {
     use PrepareError::Refused;
     let refusals = Refusals::default();
-    let time_used = Arc::new(Mutex::new(false));
-    conn.authorizer(Some(rules::authorizer(refusals.clone(), time_used.clone())));
+    conn.authorizer(Some(rules::authorizer(refusals.clone())));
     let prepared = conn.prepare(&stmt.sql);
     conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>);
     let refused = refusals.take();
     if let Some(why) = refused.first() {
         return Err(Refused(Error::invalid(format!("statement {i}: {why}"))));
     }
-    // Current-time keywords are refused even when the statement cannot be prepared yet.
-    rules::check_time(stmt, false)
-        .map_err(|e| Refused(Error::invalid(format!("statement {i}: {e}"))))?;
     let mut prepared = prepared.map_err(|e| sql_failure(i, e))?;
-    let used_time = *time_used.lock().unwrap_or_else(|e| e.into_inner());
-    rules::check_time(stmt, used_time)
-        .map_err(|e| Refused(Error::invalid(format!("statement {i}: {e}"))))?;
     for (n, v) in stmt.params.iter().enumerate() {
         prepared
             .raw_bind_parameter(n + 1, v)
@@ -211,15 +225,22 @@ fn execute_all(
     for (i, stmt) in cmd.statements.iter().enumerate() {
         let mut prepared = prepare(conn, i, stmt)?;
         let before = conn.total_changes();
+        let rowid_before = conn.last_insert_rowid();
         let mut rows = prepared.raw_query();
         while rows.next().map_err(|e| sql_failure(i, e))?.is_some() {}
         drop(rows);
-        // changes() keeps the last DML statement's count; report 0 for statements that
-        // modified nothing (DDL, SELECT).
+        // changes() and last_insert_rowid() keep the values of an earlier statement on
+        // this connection (history that differs between replicas): report them only
+        // when this statement modified rows, and the rowid only when it inserted one.
         let modified = conn.total_changes() != before;
+        let rowid = conn.last_insert_rowid();
         out.push(ExecResult {
             rows_affected: if modified { conn.changes() } else { 0 },
-            last_insert_id: conn.last_insert_rowid(),
+            last_insert_id: if modified && rowid != rowid_before {
+                rowid
+            } else {
+                0
+            },
         });
     }
     Ok(out)
@@ -228,14 +249,17 @@ fn execute_all(
 impl SqliteStateMachine {
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        remove_leftovers(dir)?;
         let path = dir.join(DB_FILE);
-        let writer = open_writer(&path)?;
+        let inputs = Arc::new(EntryInputs::default());
+        let writer = open_writer(&path, &inputs)?;
         let reader = open_reader(&path)?;
         Ok(SqliteStateMachine {
             path,
             dir: dir.to_path_buf(),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(Some(reader)),
+            inputs,
         })
     }
 
@@ -291,11 +315,12 @@ impl StateMachine for SqliteStateMachine {
                 let result = match parsed {
                     Err(e) => Err(e),
                     Ok(batch) => {
+                        self.inputs.begin(item.index, cmd.timestamp_ms);
                         conn.execute_batch("SAVEPOINT cmd").map_err(sql_err)?;
                         match execute_all(conn, &batch) {
                             Ok(r) => {
                                 conn.execute_batch("RELEASE cmd").map_err(sql_err)?;
-                                Ok(enc(&DbReply::Executed {
+                                Ok(enc(&Executed {
                                     results: r,
                                     index: item.index,
                                 }))
@@ -380,7 +405,7 @@ impl StateMachine for SqliteStateMachine {
             Ok(out)
         })();
         let _ = conn.execute_batch("COMMIT");
-        Ok(enc(&DbReply::Rows(result?)))
+        Ok(enc(&result?))
     }
 
     fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource>> {
@@ -408,6 +433,60 @@ impl StateMachine for SqliteStateMachine {
         }))
     }
 
+    fn digest(&self) -> io::Result<StateDigest> {
+        let guard = Self::lock(&self.reader);
+        let conn = guard
+            .as_ref()
+            .ok_or_else(|| io::Error::other("database closed"))?;
+        // One read transaction: the tables and the applied position agree.
+        conn.execute_batch("BEGIN").map_err(sql_err)?;
+        let result = (|| {
+            let applied = read_applied(conn)?
+                .last_applied
+                .map(|l| l.index)
+                .unwrap_or(0);
+            let mut digest = DigestBuilder::default();
+            let mut tables = conn
+                .prepare(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_nacosd%' ORDER BY name",
+                )
+                .map_err(sql_err)?;
+            let list: Vec<(String, String)> = tables
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql_err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql_err)?;
+            for (name, sql) in list {
+                digest.record(&[name.as_bytes(), sql.as_bytes()]);
+                let quoted = name.replace('"', "\"\"");
+                let stmt = conn
+                    .prepare(&format!("SELECT * FROM \"{quoted}\""))
+                    .map_err(sql_err)?;
+                let n = stmt.column_count();
+                let order: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+                drop(stmt);
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT * FROM \"{quoted}\" ORDER BY {}",
+                        order.join(", ")
+                    ))
+                    .map_err(sql_err)?;
+                let mut rows = stmt.raw_query();
+                while let Some(row) = rows.next().map_err(sql_err)? {
+                    let values: Vec<Value> = (0..n)
+                        .map(|c| row.get_ref(c).map(value_of))
+                        .collect::<rusqlite::Result<_>>()
+                        .map_err(sql_err)?;
+                    digest.record(&[&enc(&values)]);
+                }
+            }
+            Ok(digest.finish(applied))
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        result
+    }
+
     fn restore(&self, data: &mut dyn Read, applied: &AppliedState) -> io::Result<()> {
         let incoming = self.dir.join(format!("restore-{}.tmp", std::process::id()));
         {
@@ -417,7 +496,7 @@ impl StateMachine for SqliteStateMachine {
         }
         // Record the snapshot's position inside the incoming file before it goes live.
         {
-            let c = open_writer(&incoming)?;
+            let c = open_writer(&incoming, &self.inputs)?;
             write_applied(&c, applied)?;
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
                 .map_err(sql_err)?;
@@ -425,20 +504,27 @@ impl StateMachine for SqliteStateMachine {
         let mut w = Self::lock(&self.writer);
         let mut r = Self::lock(&self.reader);
         r.take();
-        // Fold the live WAL into the database first: until the rename below, the old
-        // file must stay complete on its own.
-        if let Some(conn) = w.take() {
-            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-                .map_err(sql_err)?;
-        }
-        for ext in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
-        }
-        std::fs::rename(&incoming, &self.path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        *w = Some(open_writer(&self.path)?);
+        let swapped = (|| {
+            // Fold the live WAL into the database first: until the rename below, the
+            // old file must stay complete on its own.
+            if let Some(conn) = w.take() {
+                conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                    .map_err(sql_err)?;
+            }
+            for ext in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+            }
+            std::fs::rename(&incoming, &self.path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        // Whether or not the swap happened, the group gets its connections back: on
+        // the new file, or on the old one, which is still complete.
+        *w = Some(open_writer(&self.path, &self.inputs)?);
         *r = Some(open_reader(&self.path)?);
-        Ok(())
+        if swapped.is_err() {
+            let _ = std::fs::remove_file(&incoming);
+        }
+        swapped
     }
 }
 
