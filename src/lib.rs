@@ -4,10 +4,14 @@
 //! Layers, outside in:
 //! - [`api`]: thin gRPC services on the client port.
 //! - [`consistency`]: where a write or read goes (leader, forwarding, read-index).
-//! - [`raft`]: one openraft node per processor group over RocksDB, one peer server.
+//! - [`cluster`]: bootstrap, membership changes and cluster operations, for every
+//!   group at once.
+//! - [`peer`]: the peer protocol between nodes, both sides.
+//! - [`raft`]: one openraft node per processor group over RocksDB.
 //! - [`groups`]: the state machines of the processor groups.
 //!
-//! [`server`] wires them to sockets; [`config`] is the typed configuration; [`error`]
+//! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut);
+//! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
 pub mod api;
@@ -15,6 +19,7 @@ pub mod bench;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod conns;
 pub mod consistency;
 pub mod error;
 pub mod groups;

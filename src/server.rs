@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use openraft::rt::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,6 +27,7 @@ use crate::api::cluster::ClusterApi;
 use crate::api::config::{ConfigApi, ConfigLimits};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::conns::{self, Cutter, TrackedStream};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::peer::server::PeerService;
@@ -83,6 +85,9 @@ pub struct RunningServer {
     /// The client, peer and HTTP servers: on stop they refuse new connections and
     /// finish the requests in flight; shutdown waits for them (bounded).
     servers: Vec<JoinHandle<()>>,
+    /// The gRPC ports' accepted connections: those still open once the servers have
+    /// stopped are cut, so no connection task keeps the node alive (`conns`).
+    cutters: Vec<Cutter>,
     /// Health reporting, bootstrap, and one watchdog per group: they just end.
     background: Vec<JoinHandle<()>>,
     /// Why the node must stop by itself (a group's Raft stopped), once it happens.
@@ -124,6 +129,10 @@ impl RunningServer {
                 let _ = t.await;
             }
         }
+        let cut: usize = self.cutters.iter().map(Cutter::cut_all).sum();
+        if cut > 0 {
+            tracing::debug!(cut, "cut connections still open after the servers stopped");
+        }
         for t in self.background {
             t.abort();
             let _ = t.await;
@@ -147,38 +156,16 @@ async fn hand_over_leadership(node: &MultiRaft) {
         if !g.raft.is_leader() {
             continue;
         }
-        let target = {
-            let metrics = g.raft.metrics();
-            let m = metrics.borrow_watched();
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            m.replication.as_ref().and_then(|r| {
-                r.iter()
-                    .filter(|(id, _)| **id != node.node_id && voters.contains(id))
-                    .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
-                    .map(|(id, _)| *id)
-            })
+        let Some(to) = g.transfer_target() else {
+            continue;
         };
-        let Some(to) = target else { continue };
         tracing::info!(group = %g.name, to, "handing leadership over before stopping");
         if g.raft.trigger().transfer_leader(to).await.is_ok() {
             moving.push(g.clone());
         }
     }
     for g in moving {
-        let mut rx = g.raft.metrics();
-        let moved = tokio::time::timeout(HANDOVER_WAIT, async {
-            loop {
-                let leader = rx.borrow_watched().current_leader;
-                if leader.is_some() && leader != Some(node.node_id) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        if moved.is_err() {
+        if !g.wait_leader_moved(HANDOVER_WAIT).await {
             tracing::warn!(group = %g.name, "leadership did not move before shutdown");
         }
     }
@@ -197,23 +184,26 @@ pub async fn start(
     let shared = crate::groups::Shared::default();
     let registry = extend(crate::groups::builtin_registry(&shared));
     let node = MultiRaft::start(config, registry).await?;
-    let cluster = Cluster::new(node.clone(), config)?;
+    let (failure_tx, failure) = watch::channel(None);
+    let cluster = Cluster::new(node.clone(), config, failure_tx.clone())?;
     let (stop_tx, _) = watch::channel(false);
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+    let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
+    let (client_conns, client_cutter) = conns::tracked(incoming(listeners.client));
     let servers = vec![
-        serve_peer(&cluster, config, listeners.peer, &stop_tx),
+        serve_peer(&cluster, config, peer_conns, &stop_tx),
         serve_client(
-            &node,
+            &cluster,
             &shared,
             config,
-            listeners.client,
+            client_conns,
             health_svc,
             &stop_tx,
         )?,
         serve_http(&node, listeners.http, &stop_tx),
     ];
-    let (failure_tx, failure) = watch::channel(None);
+    let cutters = vec![peer_cutter, client_cutter];
     let mut background = vec![
         report_health(&node, health_reporter, &stop_tx),
         tokio::spawn(crate::cluster::bootstrap::run(
@@ -238,6 +228,7 @@ pub async fn start(
         http_addr,
         stop_tx,
         servers,
+        cutters,
         background,
         failure,
     })
@@ -255,7 +246,7 @@ fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'sta
 fn serve_peer(
     cluster: &Arc<Cluster>,
     config: &Config,
-    listener: TcpListener,
+    connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
     stop: &watch::Sender<bool>,
 ) -> JoinHandle<()> {
     let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(cluster.clone()))
@@ -269,7 +260,7 @@ fn serve_peer(
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), stop)
+            .serve_with_incoming_shutdown(connections, stop)
             .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "peer server failed");
@@ -279,15 +270,16 @@ fn serve_peer(
 
 /// The client port: API services, health, reflection.
 fn serve_client(
-    node: &Arc<MultiRaft>,
+    cluster: &Arc<Cluster>,
     shared: &crate::groups::Shared,
     config: &Config,
-    listener: TcpListener,
+    connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
     health_svc: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     stop: &watch::Sender<bool>,
 ) -> Result<JoinHandle<()>> {
+    let node = &cluster.node;
     // Reflection advertises the client services only (the peer service's types share
     // the descriptor set but it is not served here), and can resolve every one of them:
     // the reflection and health protocols' own descriptors are registered too.
@@ -309,7 +301,7 @@ fn serve_client(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::internal)?;
     let max = config.max_request_bytes;
     let cluster_svc =
-        pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(node.clone()))
+        pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(cluster.clone()))
             .max_decoding_message_size(max);
     let config_svc = pb::config_service_server::ConfigServiceServer::new(ConfigApi::new(
         node.clone(),
@@ -342,7 +334,7 @@ fn serve_client(
             .add_service(config_svc)
             .add_service(naming_svc)
             .add_service(db_svc)
-            .serve_with_incoming_shutdown(incoming(listener), stop)
+            .serve_with_incoming_shutdown(connections, stop)
             .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "client server failed");

@@ -1,22 +1,74 @@
-//! `nacosd.v1.ClusterService`: this node's view of every group.
+//! `nacosd.v1.ClusterService`: this node's view of every group, and the cluster
+//! operations of [`crate::cluster::operations`].
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::rt::watch::WatchReceiver;
-use std::sync::Arc;
-
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
+use crate::api::deadline;
+use crate::cluster::operations::{self, Role};
+use crate::cluster::Cluster;
 use crate::pb;
-use crate::raft::node::{Group, MultiRaft};
+use crate::raft::node::Group;
+
+/// Deadline of a membership change or transfer when the client sets none: it may wait
+/// for a learner to catch up or for an election.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ClusterApi {
-    node: Arc<MultiRaft>,
+    cluster: Arc<Cluster>,
 }
 
 impl ClusterApi {
-    pub fn new(node: Arc<MultiRaft>) -> Self {
-        ClusterApi { node }
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        ClusterApi { cluster }
     }
+
+    fn timeout<T>(req: &Request<T>) -> Duration {
+        deadline(req).unwrap_or(OPERATION_TIMEOUT)
+    }
+
+    fn members(&self) -> pb::ListMembersResponse {
+        let (members, changing) = operations::members(&self.cluster.node);
+        pb::ListMembersResponse {
+            members: members
+                .into_iter()
+                .map(|m| pb::MemberInfo {
+                    node_id: m.id,
+                    consistent: m.consistent(),
+                    groups: m
+                        .groups
+                        .iter()
+                        .map(|(group, role, addr)| pb::GroupRole {
+                            group: group.clone(),
+                            role: match role {
+                                Role::Voter => pb::MemberRole::Voter,
+                                Role::Learner => pb::MemberRole::Learner,
+                                Role::Absent => pb::MemberRole::Absent,
+                            } as i32,
+                            addr: addr.clone(),
+                        })
+                        .collect(),
+                    addr: m.addr,
+                })
+                .collect(),
+            changing,
+        }
+    }
+
+    fn changed(&self) -> Response<pb::MemberChangeResponse> {
+        Response::new(pb::MemberChangeResponse {
+            members: Some(self.members()),
+        })
+    }
+}
+
+/// An optional group name: empty means every group.
+fn group_of(name: &str) -> Option<&str> {
+    (!name.is_empty()).then_some(name)
 }
 
 /// The status of one group as this node sees it (also used by /metrics).
@@ -75,10 +127,107 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(pb::StatusResponse {
-            node_id: self.node.node_id,
-            advertise_peer: self.node.advertise_peer.clone(),
+            node_id: self.cluster.node.node_id,
+            advertise_peer: self.cluster.node.advertise_peer.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            groups: self.node.groups().map(|g| group_status(g)).collect(),
+            groups: self
+                .cluster
+                .node
+                .groups()
+                .map(|g| group_status(g))
+                .collect(),
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        _req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Ok(Response::new(self.members()))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let timeout = Self::timeout(&req);
+        let r = req.into_inner();
+        operations::add_member(&self.cluster, r.node_id, &r.addr, timeout).await?;
+        Ok(self.changed())
+    }
+
+    async fn promote_member(
+        &self,
+        req: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let timeout = Self::timeout(&req);
+        operations::promote_member(&self.cluster, req.into_inner().node_id, timeout).await?;
+        Ok(self.changed())
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let timeout = Self::timeout(&req);
+        operations::remove_member(&self.cluster, req.into_inner().node_id, timeout).await?;
+        Ok(self.changed())
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let timeout = Self::timeout(&req);
+        let r = req.into_inner();
+        let to = (r.to != 0).then_some(r.to);
+        let leaders =
+            operations::transfer_leader(&self.cluster, group_of(&r.group), to, timeout).await?;
+        Ok(Response::new(pb::TransferLeaderResponse {
+            leaders: leaders
+                .into_iter()
+                .map(|(group, leader)| pb::GroupLeader {
+                    group,
+                    leader_id: leader.unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let timeout = Self::timeout(&req);
+        let r = req.into_inner();
+        let built = operations::snapshot(&self.cluster.node, group_of(&r.group), timeout).await?;
+        Ok(Response::new(pb::SnapshotResponse {
+            snapshots: built
+                .into_iter()
+                .map(|(group, snapshot_index)| pb::GroupSnapshot {
+                    group,
+                    snapshot_index,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn digest(
+        &self,
+        _req: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        let digests = operations::digests(&self.cluster.node).await?;
+        Ok(Response::new(pb::DigestResponse {
+            node_id: self.cluster.node.node_id,
+            groups: digests
+                .into_iter()
+                .map(|(group, d)| pb::GroupDigest {
+                    group,
+                    applied_index: d.applied_index,
+                    digest: d.digest,
+                    records: d.records,
+                })
+                .collect(),
         }))
     }
 }

@@ -41,6 +41,25 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Cluster members: list, add, promote, remove.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Leadership of the groups.
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
+    /// Build a snapshot now on the contacted node.
+    Snapshot {
+        /// Only this group (default: every group).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Each group's state digest on the contacted node (equal on nodes at the same
+    /// applied index).
+    Digest,
     /// Load generator: closed-loop clients against nacosd (or etcd), then a table of
     /// throughput, latency percentiles and errors by code.
     Bench(Box<nacosd::bench::Options>),
@@ -58,6 +77,41 @@ enum ClusterCommand {
     /// Every group's role, leader, term, log positions and membership, as the
     /// contacted node sees them.
     Status,
+}
+
+/// Membership changes wait for the cluster (a learner catching up, an election):
+/// they use at least this deadline whatever `--timeout-ms` says.
+const OPERATION_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Every member with its role in each group.
+    List,
+    /// Add a node as a learner of every group (then start it with --join). An id that
+    /// is a member at another address is replaced by the new machine.
+    Add {
+        /// Node id (1 or more).
+        id: u64,
+        /// Its peer address, host:port.
+        addr: String,
+    },
+    /// Promote a caught-up learner to voter in every group.
+    Promote { id: u64 },
+    /// Remove a node (dead or alive) from every group.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum LeaderCommand {
+    /// Move the leadership of a group (default: every group) to another voter.
+    Transfer {
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// The new leader (default: the most up-to-date other voter).
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,11 +190,75 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Cluster {
             command: ClusterCommand::Status,
         } => cluster_status(&cli).await,
+        Command::Member { ref command } => member(&cli, command).await,
+        Command::Leader {
+            command: LeaderCommand::Transfer { ref group, to },
+        } => {
+            let mut c = connect(&cli, OPERATION_TIMEOUT_MS).await?;
+            let r = c
+                .transfer_leader(pb::TransferLeaderRequest {
+                    group: group.clone().unwrap_or_default(),
+                    to: to.unwrap_or(0),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let rows: Vec<(String, String)> = r
+                .leaders
+                .iter()
+                .map(|l| (l.group.clone(), l.leader_id.to_string()))
+                .collect();
+            print_pairs(&cli, ("group", "leader_id"), &rows)
+        }
+        Command::Snapshot { ref group } => {
+            let mut c = connect(&cli, OPERATION_TIMEOUT_MS).await?;
+            let r = c
+                .snapshot(pb::SnapshotRequest {
+                    group: group.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let rows: Vec<(String, String)> = r
+                .snapshots
+                .iter()
+                .map(|s| (s.group.clone(), s.snapshot_index.to_string()))
+                .collect();
+            print_pairs(&cli, ("group", "snapshot_index"), &rows)
+        }
+        Command::Digest => {
+            let mut c = connect(&cli, cli.timeout_ms).await?;
+            let r = c
+                .digest(pb::DigestRequest {})
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let rows: Vec<(String, String)> = r
+                .groups
+                .iter()
+                .map(|g| {
+                    (
+                        g.group.clone(),
+                        format!("{} @{} ({} records)", g.digest, g.applied_index, g.records),
+                    )
+                })
+                .collect();
+            print_pairs(&cli, ("group", "digest"), &rows)
+        }
     }
 }
 
-async fn cluster_status(cli: &Cli) -> Result<(), String> {
-    let timeout = Duration::from_millis(cli.timeout_ms);
+fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// A client of the contacted node's ClusterService with a deadline of at least
+/// `min_timeout_ms`.
+async fn connect(
+    cli: &Cli,
+    min_timeout_ms: u64,
+) -> Result<ClusterServiceClient<tonic::transport::Channel>, String> {
+    let timeout = Duration::from_millis(cli.timeout_ms.max(min_timeout_ms));
     let endpoint = if cli.endpoint.contains("://") {
         cli.endpoint.clone()
     } else {
@@ -148,12 +266,140 @@ async fn cluster_status(cli: &Cli) -> Result<(), String> {
     };
     let channel = tonic::transport::Endpoint::from_shared(endpoint)
         .map_err(|e| format!("bad endpoint {}: {e}", cli.endpoint))?
-        .connect_timeout(timeout)
+        .connect_timeout(Duration::from_millis(cli.timeout_ms))
         .timeout(timeout)
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", cli.endpoint))?;
-    let status = ClusterServiceClient::new(channel)
+    Ok(ClusterServiceClient::new(channel))
+}
+
+/// Two-column output (or a JSON array of objects).
+fn print_pairs(cli: &Cli, names: (&str, &str), rows: &[(String, String)]) -> Result<(), String> {
+    match cli.output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(a, b)| serde_json::json!({ names.0: a, names.1: b }))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            );
+        }
+        Output::Table => {
+            let w = rows
+                .iter()
+                .map(|(a, _)| a.len())
+                .max()
+                .unwrap_or(0)
+                .max(names.0.len());
+            println!("{:<w$}  {}", names.0.to_uppercase(), names.1.to_uppercase());
+            for (a, b) in rows {
+                println!("{a:<w$}  {b}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn member(cli: &Cli, command: &MemberCommand) -> Result<(), String> {
+    let mut c = connect(cli, OPERATION_TIMEOUT_MS).await?;
+    let list = match command {
+        MemberCommand::List => c
+            .list_members(pb::ListMembersRequest {})
+            .await
+            .map_err(status_text)?
+            .into_inner(),
+        MemberCommand::Add { id, addr } => c
+            .add_member(pb::AddMemberRequest {
+                node_id: *id,
+                addr: addr.clone(),
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner()
+            .members
+            .unwrap_or_default(),
+        MemberCommand::Promote { id } => c
+            .promote_member(pb::PromoteMemberRequest { node_id: *id })
+            .await
+            .map_err(status_text)?
+            .into_inner()
+            .members
+            .unwrap_or_default(),
+        MemberCommand::Remove { id } => c
+            .remove_member(pb::RemoveMemberRequest { node_id: *id })
+            .await
+            .map_err(status_text)?
+            .into_inner()
+            .members
+            .unwrap_or_default(),
+    };
+    match cli.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&members_json(&list)).map_err(|e| e.to_string())?
+        ),
+        Output::Table => print!("{}", members_table(&list)),
+    }
+    Ok(())
+}
+
+fn member_role_name(role: i32) -> &'static str {
+    match pb::MemberRole::try_from(role) {
+        Ok(pb::MemberRole::Voter) => "voter",
+        Ok(pb::MemberRole::Learner) => "learner",
+        Ok(pb::MemberRole::Absent) => "absent",
+        _ => "unknown",
+    }
+}
+
+fn members_json(l: &pb::ListMembersResponse) -> serde_json::Value {
+    serde_json::json!({
+        "members": l.members.iter().map(|m| serde_json::json!({
+            "node_id": m.node_id,
+            "addr": m.addr,
+            "consistent": m.consistent,
+            "groups": m.groups.iter().map(|g| serde_json::json!({
+                "group": g.group,
+                "role": member_role_name(g.role),
+                "addr": g.addr,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "changing": l.changing,
+    })
+}
+
+fn members_table(l: &pb::ListMembersResponse) -> String {
+    let mut out = String::from("ID  ADDR  ROLES\n");
+    for m in &l.members {
+        let roles: Vec<String> = m
+            .groups
+            .iter()
+            .map(|g| format!("{}={}", g.group, member_role_name(g.role)))
+            .collect();
+        let note = if m.consistent {
+            ""
+        } else {
+            "  (differs between groups: repeat the change to finish it)"
+        };
+        out.push_str(&format!(
+            "{}  {}  {}{note}\n",
+            m.node_id,
+            m.addr,
+            roles.join(",")
+        ));
+    }
+    if !l.changing.is_empty() {
+        out.push_str(&format!("changing now: {}\n", l.changing.join(", ")));
+    }
+    out
+}
+
+async fn cluster_status(cli: &Cli) -> Result<(), String> {
+    let status = connect(cli, 0)
+        .await?
         .status(pb::StatusRequest {})
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?

@@ -24,6 +24,8 @@ pub enum AdminOp {
     Join { node_id: NodeId, addr: String },
     /// Apply `change` to `group`: run by that group's leader.
     Group { group: String, change: GroupChange },
+    /// The cluster removed the receiving node (`by` carried it out): it stops serving.
+    Removed { by: NodeId },
 }
 
 /// A membership change of one group, run by its leader.
@@ -35,6 +37,13 @@ pub enum GroupChange {
     /// Promote learner `id` to voter if its log is within `max_lag` entries of the
     /// leader's; otherwise `Unavailable` (try again later).
     PromoteIfCaughtUp { id: NodeId, max_lag: u64 },
+    /// Record a member's new address, keeping its role (the same node, moved).
+    SetAddress { id: NodeId, addr: String },
+    /// Remove `id` (voter or learner), if the remaining voters still form a quorum
+    /// the leader is in touch with.
+    Remove { id: NodeId },
+    /// Hand this group's leadership to `to` (`None`: the most up-to-date voter).
+    TransferLeader { to: Option<NodeId> },
 }
 
 /// Run `op` here, for `sender`.
@@ -51,11 +60,20 @@ pub async fn run_here(
     }
     match op {
         AdminOp::Join { node_id, addr } => {
-            let admitted = membership::admit(cluster, node_id, &addr, timeout).await?;
+            // A caller that carries this cluster's id has its data: the same member,
+            // perhaps at a new address. One without is empty.
+            let asker = membership::Asker::Node {
+                has_data: sender.cluster.is_some(),
+            };
+            let admitted = membership::admit(cluster, node_id, &addr, asker, timeout).await?;
             Ok(codec::encode(&admitted))
         }
         AdminOp::Group { group, change } => {
             membership::apply_on_leader(cluster, &group, &change, timeout).await?;
+            Ok(Vec::new())
+        }
+        AdminOp::Removed { by } => {
+            membership::removed(cluster, by).await?;
             Ok(Vec::new())
         }
     }

@@ -104,6 +104,8 @@ enum Probe {
 /// background: the node serves (unready) meanwhile.
 pub async fn run(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
     if cluster.node.identity().get().is_some() {
+        // Decided long ago; only the address this node advertises may have changed.
+        membership::announce_address(cluster, stop).await;
         return;
     }
     let node = &cluster.node;

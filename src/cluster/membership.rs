@@ -29,7 +29,7 @@ use crate::cluster::{bootstrap, Cluster};
 use crate::codec;
 use crate::config::{is_host_port, NodeId};
 use crate::error::{Error, Result};
-use crate::raft::identity::{ClusterId, Identity};
+use crate::raft::identity::{self, ClusterId, Identity};
 use crate::raft::node::Group;
 use crate::raft::types::TypeConfig;
 
@@ -46,11 +46,24 @@ pub struct Admitted {
     pub cluster_id: ClusterId,
 }
 
-/// Coordinator side: make `id` at `addr` a learner of every group.
+/// Who asks for an admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// The node itself (`--join`, or a restart at a new address); `has_data`: it
+    /// carries this cluster's id, so it is a member that kept its data.
+    Node { has_data: bool },
+    /// An operator (`nacosctl member add`): an id that is a member at another address
+    /// is being replaced by a new, empty machine.
+    Operator,
+}
+
+/// Coordinator side: make `id` at `addr` a learner of every group — or, for a member
+/// that kept its data and moved, record its new address.
 pub async fn admit(
     cluster: &Cluster,
     id: NodeId,
     addr: &str,
+    asker: Asker,
     timeout: Duration,
 ) -> Result<Admitted> {
     if id == 0 {
@@ -72,26 +85,37 @@ pub async fn admit(
         )));
     }
     let _one_change_at_a_time = cluster.changes.lock().await;
-    for g in node.groups() {
-        if let Some(existing) = address_of(g, id) {
-            if existing != addr {
-                return Err(Error::AlreadyExists(format!(
-                    "node id {id} is already a member at {existing} (group {}); a second machine cannot take it at {addr}: remove the member first",
-                    g.name
-                )));
-            }
+    let moved = node
+        .groups()
+        .filter_map(|g| address_of(g, id).filter(|a| a != addr))
+        .next();
+    let change = match (moved, asker) {
+        // The same member with its data, at a new address: keep its role.
+        (Some(_), Asker::Node { has_data: true }) => GroupChange::SetAddress {
+            id,
+            addr: addr.to_string(),
+        },
+        (Some(existing), Asker::Node { has_data: false }) => {
+            return Err(Error::AlreadyExists(format!(
+                "node id {id} is already a member at {existing}; a second machine cannot take it at {addr}. To replace that member, run `nacosctl member add {id} {addr}` first"
+            )));
         }
-    }
+        _ => GroupChange::AdmitLearner {
+            id,
+            addr: addr.to_string(),
+        },
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     for g in node.groups() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let change = GroupChange::AdmitLearner {
-            id,
-            addr: addr.to_string(),
-        };
         on_group_leader(cluster, &g.name, &change, left).await?;
     }
-    tracing::info!(node = id, %addr, "admitted a node as a learner of every group");
+    match change {
+        GroupChange::SetAddress { .. } => {
+            tracing::info!(node = id, %addr, "recorded a member's new address in every group")
+        }
+        _ => tracing::info!(node = id, %addr, "admitted a node as a learner of every group"),
+    }
     Ok(Admitted { cluster_id })
 }
 
@@ -146,6 +170,9 @@ pub async fn apply_on_leader(
         match change {
             GroupChange::AdmitLearner { id, addr } => admit_learner(g, *id, addr).await,
             GroupChange::PromoteIfCaughtUp { id, max_lag } => promote(g, *id, *max_lag).await,
+            GroupChange::SetAddress { id, addr } => set_address(g, *id, addr).await,
+            GroupChange::Remove { id } => remove(g, *id).await,
+            GroupChange::TransferLeader { to } => transfer_leader(g, *to).await,
         }
     };
     tokio::time::timeout(timeout, run).await.map_err(|_| {
@@ -249,6 +276,168 @@ async fn promote(g: &Group, id: NodeId, max_lag: u64) -> Result<()> {
         .map_err(|e| change_failed(&g.name, e))?;
     tracing::info!(group = %g.name, node = id, "promoted a caught-up learner to voter");
     Ok(())
+}
+
+async fn set_address(g: &Group, id: NodeId, addr: &str) -> Result<()> {
+    match address_of(g, id) {
+        None => Err(Error::NotFound(format!(
+            "node {id} is not a member of group {}",
+            g.name
+        ))),
+        Some(a) if a == addr => Ok(()),
+        Some(_) => g
+            .raft
+            .change_membership(
+                ChangeMembers::SetNodes([(id, BasicNode::new(addr))].into_iter().collect()),
+                true,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| change_failed(&g.name, e)),
+    }
+}
+
+async fn remove(g: &Group, id: NodeId) -> Result<()> {
+    let (voters, is_member) = {
+        let metrics = g.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mem = m.membership_config.membership();
+        (
+            mem.voter_ids().collect::<BTreeSet<NodeId>>(),
+            mem.get_node(&id).is_some(),
+        )
+    };
+    if !is_member {
+        return Ok(());
+    }
+    let change = if voters.contains(&id) {
+        let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        if remaining.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "node {id} is the last voter of group {}: removing it would leave the group without members",
+                g.name
+            )));
+        }
+        // The change commits only with a quorum of the old and of the new voters; and
+        // after it the remaining voters must still elect and commit on their own.
+        let heard = g.heard_from_within(g.timing().lease());
+        let alive = remaining.intersection(&heard).count();
+        let quorum = remaining.len() / 2 + 1;
+        if alive < quorum {
+            return Err(Error::FailedPrecondition(format!(
+                "removing node {id} from group {} would leave {} voter(s) of which only {alive} are reachable, fewer than the {quorum} a quorum needs; bring members back or add new ones first",
+                g.name,
+                remaining.len()
+            )));
+        }
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    g.raft
+        .change_membership(change, false)
+        .await
+        .map_err(|e| change_failed(&g.name, e))?;
+    tracing::info!(group = %g.name, node = id, "removed a member");
+    Ok(())
+}
+
+async fn transfer_leader(g: &Group, to: Option<NodeId>) -> Result<()> {
+    let to = match to {
+        Some(to) if to == g.node_id() => return Ok(()),
+        Some(to) => {
+            if !g.voters().contains(&to) {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {to} is not a voter of group {}: only a voter can lead",
+                    g.name
+                )));
+            }
+            to
+        }
+        None => g.transfer_target().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "group {} has no other voter to hand its leadership to",
+                g.name
+            ))
+        })?,
+    };
+    g.raft
+        .trigger()
+        .transfer_leader(to)
+        .await
+        .map_err(|e| Error::internal(format!("group {}: {e}", g.name)))?;
+    if g.wait_leader_moved(g.timing().lease() * 2).await {
+        Ok(())
+    } else {
+        Err(Error::unavailable(format!(
+            "group {}: leadership did not move to node {to} in time; is it caught up?",
+            g.name
+        )))
+    }
+}
+
+/// Receiving side of a removal: record it durably, then stop serving.
+pub async fn removed(cluster: &Cluster, by: NodeId) -> Result<()> {
+    let node = cluster.node.clone();
+    tokio::task::spawn_blocking(move || {
+        identity::store_removed(node.db(), &identity::RemovedRecord { by })
+    })
+    .await
+    .map_err(Error::internal)??;
+    let reason = format!(
+        "node {} was removed from the cluster by node {by}; it stops serving (its data directory cannot be used again: empty it and start with --join to add the node back)",
+        cluster.node.node_id
+    );
+    tracing::error!("{reason}");
+    let _ = cluster.failure.send(Some(reason));
+    Ok(())
+}
+
+/// A member that kept its data but now advertises another address (a new IP, a new
+/// DNS name) asks the other members, at the addresses the membership holds for them,
+/// to record its new address in every group; its role does not change. Returns once
+/// every group's membership shows the new address (or on stop).
+pub async fn announce_address(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+    let node = cluster.node.clone();
+    let mine = node.advertise_peer.clone();
+    let op = codec::encode(&AdminOp::Join {
+        node_id: node.node_id,
+        addr: mine.clone(),
+    });
+    loop {
+        let stale = node
+            .groups()
+            .any(|g| address_of(g, node.node_id).is_some_and(|a| a != mine));
+        if !stale {
+            return;
+        }
+        let others: BTreeSet<String> = node
+            .groups()
+            .flat_map(|g| {
+                let metrics = g.raft.metrics();
+                let m = metrics.borrow_watched();
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .filter(|(id, _)| **id != node.node_id)
+                    .map(|(_, n)| n.addr.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        tracing::info!(new = %mine, "this node's advertised address changed; asking the members to record it");
+        for addr in &others {
+            match node.peers.admin(addr, op.clone(), JOIN_TIMEOUT).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "could not record the new address there")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Joiner side: ask the members at `via` (peer addresses) to admit this node, until one

@@ -9,6 +9,8 @@
 //!   and the other membership changes, applied to every group.
 //! - `admin`: the operations one node runs on behalf of another over the peer port's
 //!   `Admin` call, and the routing of a group's change to that group's leader.
+//! - `operations`: what `nacosd.v1.ClusterService` offers an operator (members, add,
+//!   promote, remove, leader transfer, snapshot, digest), built on the above.
 //!
 //! One membership for all groups: every change is applied to each group in turn through
 //! openraft's joint consensus. A change that fails half-way leaves some groups changed
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod membership;
+pub mod operations;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,10 +41,17 @@ pub struct Cluster {
     pub(crate) bootstrap: tokio::sync::Mutex<Option<BootstrapRecord>>,
     /// Serializes the membership changes this node coordinates.
     pub(crate) changes: tokio::sync::Mutex<()>,
+    /// Why the node must stop by itself (the cluster removed it; a group stopped), once
+    /// that happens: the server watches it.
+    pub(crate) failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Cluster {
-    pub fn new(node: Arc<MultiRaft>, config: &Config) -> std::io::Result<Arc<Self>> {
+    pub fn new(
+        node: Arc<MultiRaft>,
+        config: &Config,
+        failure: tokio::sync::watch::Sender<Option<String>>,
+    ) -> std::io::Result<Arc<Self>> {
         let record = crate::raft::identity::load_bootstrap(node.db())?;
         Ok(Arc::new(Cluster {
             node,
@@ -51,6 +61,7 @@ impl Cluster {
             learner: config.learner,
             bootstrap: tokio::sync::Mutex::new(record),
             changes: tokio::sync::Mutex::new(()),
+            failure,
         }))
     }
 }

@@ -74,6 +74,20 @@ pub struct BootstrapRecord {
     pub pending: BTreeSet<NodeId>,
 }
 
+/// Written on a node the cluster removed (`nacosctl member remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedRecord {
+    /// The member that carried the removal out.
+    pub by: NodeId,
+}
+
+/// Written when `--force-new-cluster` made this node the only member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForcedRecord {
+    /// Per group, the index of the membership entry that made it so.
+    pub entries: BTreeMap<String, u64>,
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Plain data into a Vec: cannot fail.
     bincode::serialize(v).expect("identity record serializes")
@@ -124,6 +138,24 @@ pub fn load_bootstrap(db: &DB) -> io::Result<Option<BootstrapRecord>> {
 /// Store (or, with `None`, delete) the bootstrap record, durably.
 pub fn store_bootstrap(db: &DB, record: Option<&BootstrapRecord>) -> io::Result<()> {
     put_synced(db, keys::BOOTSTRAP_KEY, record.map(encode))
+}
+
+pub fn load_removed(db: &DB) -> io::Result<Option<RemovedRecord>> {
+    get(db, keys::REMOVED_KEY, "removal record")
+}
+
+/// Record, durably, that the cluster removed this node.
+pub fn store_removed(db: &DB, record: &RemovedRecord) -> io::Result<()> {
+    put_synced(db, keys::REMOVED_KEY, Some(encode(record)))
+}
+
+pub fn load_forced(db: &DB) -> io::Result<Option<ForcedRecord>> {
+    get(db, keys::FORCED_KEY, "force-new-cluster record")
+}
+
+/// Store (or, with `None`, delete) the force-new-cluster record, durably.
+pub fn store_forced(db: &DB, record: Option<&ForcedRecord>) -> io::Result<()> {
+    put_synced(db, keys::FORCED_KEY, record.map(encode))
 }
 
 /// The node's identity as the running process knows it: unset until the node has

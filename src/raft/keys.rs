@@ -38,6 +38,13 @@ pub const IDENTITY_KEY: &[u8] = b"@node/identity";
 /// The bootstrapping node's record of initial members yet to take the identity.
 pub const BOOTSTRAP_KEY: &[u8] = b"@node/bootstrap";
 
+/// Set when the cluster removed this node: it never serves on this data again.
+pub const REMOVED_KEY: &[u8] = b"@node/removed";
+
+/// Set when `--force-new-cluster` rewrote the membership; cleared by a start without
+/// the flag, so a flag left in place does not force again on every restart.
+pub const FORCED_KEY: &[u8] = b"@node/forced";
+
 pub fn vote_key(group: &str) -> Vec<u8> {
     format!("{group}/vote").into_bytes()
 }

@@ -12,12 +12,14 @@
 //! - `get_log_state` never reports a last log id below the purge point: entries at or
 //!   below it (left by an older version that purged in two steps) are deleted there.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::vote::RaftLeaderIdExt;
 use openraft::{LogState, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::de::DeserializeOwned;
@@ -26,7 +28,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::raft::keys;
 use crate::raft::rocks::{cf, Db, WalSyncer};
-use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
+use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
 
 #[derive(Clone)]
 pub struct RocksLogStore {
@@ -145,6 +147,46 @@ impl RocksLogStore {
             last_log_id: last.max(last_purged),
             last_purged_log_id: last_purged,
         })
+    }
+}
+
+impl RocksLogStore {
+    /// Disaster recovery (`--force-new-cluster`): make `node_id` at `addr` the only
+    /// voter of this group, keeping every entry. Appends one membership entry after the
+    /// last one, under a term above every term this log and vote have seen, and saves
+    /// the matching vote; both synced in one batch. On start openraft takes the newest
+    /// membership in the log as the effective one, so the node elects itself with a
+    /// quorum of one and commits the entry (and everything before it) as its leader.
+    /// Returns the new entry's index.
+    pub fn force_single_member(&self, node_id: NodeId, addr: &str) -> io::Result<u64> {
+        let state = self.log_state_sync()?;
+        let vote: Option<Vote> = self.get_meta(&keys::vote_key(&self.group))?;
+        let last_term = state.last_log_id.map(|l| l.leader_id.term).unwrap_or(0);
+        let vote_term = vote.map(|v| v.leader_id.term).unwrap_or(0);
+        let term = last_term.max(vote_term) + 1;
+        let index = state.last_log_id.map(|l| l.index + 1).unwrap_or(1);
+        let membership = openraft::Membership::new(
+            vec![BTreeSet::from([node_id])],
+            BTreeMap::from([(node_id, openraft::BasicNode::new(addr))]),
+        )
+        .map_err(|e| io::Error::other(format!("single-member membership: {e}")))?;
+        let entry = Entry {
+            log_id: LogId::new(
+                <TypeConfig as openraft::RaftTypeConfig>::LeaderId::new_committed(term, node_id),
+                index,
+            ),
+            payload: openraft::EntryPayload::Membership(membership),
+        };
+        let vote = Vote::new_committed(term, node_id);
+        let meta = cf(&self.db, keys::RAFT_META_CF)?;
+        let log = cf(&self.db, &self.log_cf)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(log, keys::log_key(index), encode(&entry)?);
+        batch.put_cf(meta, keys::vote_key(&self.group), encode(&vote)?);
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io::Error::other)?;
+        Ok(index)
     }
 }
 

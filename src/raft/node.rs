@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use openraft::rt::watch::WatchReceiver;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use rocksdb::DB;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -106,6 +107,15 @@ pub struct Group {
 }
 
 impl Group {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
     /// The current leader as this node knows it: (id, peer address). `None` also while
     /// the leader's address is not known yet (a new member that has the leader's vote
     /// but not yet the membership it was sent).
@@ -198,6 +208,56 @@ impl Group {
     }
 
     /// This group's voters, as this node knows them.
+    /// The voter other than this node with the most of the log (leader only): where
+    /// leadership goes when it is handed over.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        m.replication.as_ref().and_then(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != self.node_id && voters.contains(id))
+                .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
+                .map(|(id, _)| *id)
+        })
+    }
+
+    /// Wait (at most `timeout`) until a node other than this one leads the group.
+    pub async fn wait_leader_moved(&self, timeout: Duration) -> bool {
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                let leader = rx.borrow_watched().current_leader;
+                if leader.is_some() && leader != Some(self.node_id) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Members this leader heard from within `within` (itself included).
+    pub fn heard_from_within(&self, within: Duration) -> BTreeSet<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mut heard: BTreeSet<NodeId> = m
+            .heartbeat
+            .iter()
+            .flatten()
+            .filter(|(_, at)| {
+                at.as_ref()
+                    .is_some_and(|t| openraft::Instant::elapsed(&**t) <= within)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        heard.insert(self.node_id);
+        heard
+    }
+
     pub fn voters(&self) -> BTreeSet<NodeId> {
         self.raft
             .metrics()
@@ -264,6 +324,32 @@ fn raft_config(config: &Config, name: &str) -> io::Result<openraft::Config> {
     .map_err(|e| io::Error::other(format!("group {name}: bad raft config: {e}")))
 }
 
+/// Whether to apply `--force-new-cluster` now: only to a node that belongs to a cluster,
+/// and only once (a flag left in place after the recovery must not drop the members
+/// that joined since at the next restart). A start without the flag forgets that it
+/// was applied, so a later disaster can use it again.
+fn force_new_cluster(db: &DB, config: &Config, stored: Option<&Identity>) -> io::Result<bool> {
+    let applied = identity::load_forced(db)?;
+    if !config.force_new_cluster {
+        if applied.is_some() {
+            identity::store_forced(db, None)?;
+        }
+        return Ok(false);
+    }
+    let Some(id) = stored else {
+        return Err(io::Error::other(format!(
+            "--force-new-cluster recovers a cluster from a surviving member's data, but {} holds no cluster data",
+            config.data_dir.display()
+        )));
+    };
+    if let Some(applied) = applied {
+        tracing::warn!(cluster_id = %id.cluster_id, entries = ?applied.entries, "--force-new-cluster was already applied to this data directory; ignoring it (remove the flag)");
+        return Ok(false);
+    }
+    tracing::warn!(cluster_id = %id.cluster_id, "--force-new-cluster: making this node the only member of every group");
+    Ok(true)
+}
+
 impl MultiRaft {
     /// Open the data directory and build every group's Raft node. Groups of a node
     /// with no identity yet are left uninitialized: `cluster::bootstrap` decides.
@@ -282,6 +368,19 @@ impl MultiRaft {
                 )));
             }
         }
+        if let (Some(removed), Some(id)) = (identity::load_removed(&db)?, &stored) {
+            return Err(io::Error::other(format!(
+                "node {} was removed from cluster {} (by node {}): this data directory cannot serve again; to add the node back, empty {} and start it with --join",
+                id.node_id,
+                id.cluster_id,
+                removed.by,
+                config.data_dir.display()
+            )));
+        }
+        let force = force_new_cluster(&db, config, stored.as_ref())?;
+        let mut forced = identity::ForcedRecord {
+            entries: BTreeMap::new(),
+        };
         let syncer = WalSyncer::start(db.clone())?;
         let identity = IdentityCell::new(stored.clone());
         let peers = PeerClient::new(
@@ -308,6 +407,11 @@ impl MultiRaft {
             let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
             let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone());
             let log = RocksLogStore::new(name, db.clone(), syncer.clone())?;
+            if force {
+                let index = log.force_single_member(config.node_id, &config.advertise_peer)?;
+                tracing::warn!(group = name, index, "--force-new-cluster: this node is now the only member of the group, with all of its data");
+                forced.entries.insert(name.to_string(), index);
+            }
             let raft = Raft::new(
                 config.node_id,
                 Arc::new(raft_config(config, name)?),
@@ -336,6 +440,9 @@ impl MultiRaft {
             groups.insert(name.to_string(), group);
         }
 
+        if force {
+            identity::store_forced(&db, Some(&forced))?;
+        }
         // A restart with data: hold votes and elections for one lease (module docs).
         let vote_hold_until = stored
             .is_some()

@@ -35,6 +35,23 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Poll `progress` until it reaches `target`; panic only if it stops advancing for
+/// `DEADLINE` (a long catch-up on busy cores is slow, not stuck).
+pub async fn wait_progress(what: &str, target: u64, mut progress: impl FnMut() -> u64) {
+    let mut best = progress();
+    let mut since = tokio::time::Instant::now();
+    while best < target {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = progress();
+        if now > best {
+            best = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() > DEADLINE {
+            panic!("{what}: no progress past {best} (target {target}) for {DEADLINE:?}");
+        }
+    }
+}
+
 /// The test key-value group.
 pub const KV: &str = "kv";
 
