@@ -81,6 +81,7 @@ fi
 
 writer_pid=""
 ipholder=""
+started=0
 cleanup() {
     local status=$?
     set +e
@@ -90,9 +91,11 @@ cleanup() {
         kill "$writer_pid" 2>/dev/null
         wait "$writer_pid" 2>/dev/null
     fi
-    if [ "$status" != 0 ] && [ -f "$work/compose.test.yaml" ]; then
-        echo "---- last log lines of each node"
-        compose logs --no-color --tail 25 2>&1 | tail -n 90
+    if [ "$status" != 0 ] && [ "$started" = 1 ]; then
+        for n in "${nodes[@]}"; do
+            echo "---- last log lines of $n"
+            docker logs --tail 15 "$(compose ps -q "$n")" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240
+        done
     fi
     if [ "${NACOSD_KEEP:-0}" = 1 ]; then
         echo "kept: compose project $project, work directory $work"
@@ -108,7 +111,8 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ------------------------------------------------------------------- helpers
 
@@ -337,6 +341,7 @@ fi
 
 step "start 3 nodes (compose project $project)"
 compose config -q
+started=1
 compose up -d
 wait_ready 90 "${nodes[@]}"
 for n in "${nodes[@]}"; do refresh_cid "$n"; done
