@@ -16,7 +16,7 @@
 # Environment:
 #   NACOSD_BIN_DIR        directory holding nacosd and nacosctl [target/release]
 #   NACOSD_PROFILE        `debug`: use target/debug when target/release has no binaries
-#   NACOSD_IMAGE          image name [nacosd]; tags <version> and local
+#   NACOSD_IMAGE_NAME     image repository [nacosd]; tagged <version> and local
 #   NACOSD_BASE_IMAGE     base image to build on [nacosd-base:<suite>, built if absent]
 #   NACOSD_DEBIAN_SUITE   Debian release of the base [bookworm]; must match the release
 #                         the binaries were built on (they link its glibc and libstdc++)
@@ -28,7 +28,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 suite="${NACOSD_DEBIAN_SUITE:-bookworm}"
 base_image="${NACOSD_BASE_IMAGE:-nacosd-base:$suite}"
-image="${NACOSD_IMAGE:-nacosd}"
+image="${NACOSD_IMAGE_NAME:-nacosd}"
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/nacosd"
 base_tarball="$cache_dir/debian-$suite-minbase.tar.gz"
 

@@ -5,6 +5,7 @@
 #   scripts/container-test.sh                     # builds the image first
 #   NACOSD_BIN_DIR=target/debug scripts/container-test.sh
 #   NACOSD_SKIP_BUILD=1 scripts/container-test.sh  # use the nacosd:local there is
+#   NACOSD_SKIP_BUILD=1 NACOSD_IMAGE=nacosd:0.1.0 scripts/container-test.sh
 #
 # Steps: build the image (deploy/build-image.sh; NACOSD_PROFILE defaults to debug here,
 # so a debug build is enough); start the cluster; write through every node; start a
@@ -336,6 +337,7 @@ if [ "${NACOSD_SKIP_BUILD:-0}" = 1 ]; then
     docker image inspect "$NACOSD_IMAGE" >/dev/null 2>&1 || fail "NACOSD_SKIP_BUILD=1 but there is no $NACOSD_IMAGE"
     log "using the existing $NACOSD_IMAGE"
 else
+    [ "$NACOSD_IMAGE" = nacosd:local ] || fail "NACOSD_IMAGE=$NACOSD_IMAGE needs NACOSD_SKIP_BUILD=1 (the build makes nacosd:local)"
     NACOSD_PROFILE="${NACOSD_PROFILE:-debug}" bash "$root/deploy/build-image.sh"
 fi
 
