@@ -194,6 +194,7 @@ strip "$context/nacosd" "$context/nacosctl"
 log "binaries from $bins: nacosd $(du -h "$context/nacosd" | cut -f1), nacosctl $(du -h "$context/nacosctl" | cut -f1) after strip"
 
 log "docker build $image:$version (base $base_image)"
+previous="$(docker image inspect -f '{{.Id}}' "$image:local" 2>/dev/null || true)"
 docker build -q -f "$root/deploy/Dockerfile" \
     --build-arg "BASE_IMAGE=$base_image" \
     --build-arg BIN_DIR=. \
@@ -211,6 +212,12 @@ for b in nacosd nacosctl; do
 done
 log "ldd: every shared library of nacosd and nacosctl resolves in the image"
 docker run --rm "$image:local" --version >/dev/null || die "the image's nacosd does not run"
+# The image this build replaced, if nothing else uses it now (a container still may).
+current="$(docker image inspect -f '{{.Id}}' "$image:local")"
+if [ -n "$previous" ] && [ "$previous" != "$current" ] \
+    && [ "$(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
+    docker rmi "$previous" >/dev/null 2>&1 && log "removed the previous untagged image ${previous:7:12}"
+fi
 
 size="$(docker image inspect --format '{{.Size}}' "$image:local")"
 base_size="$(docker image inspect --format '{{.Size}}' "$base_image")"

@@ -118,11 +118,11 @@ trap 'exit 143' TERM
 # ------------------------------------------------------------------- helpers
 
 declare -A client_port http_port
-ports=($(python3 -c '
+read -r -a ports < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(6)]
 for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))'))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
 for i in 0 1 2; do
     client_port[${nodes[$i]}]=${ports[$((2 * i))]}
     http_port[${nodes[$i]}]=${ports[$((2 * i + 1))]}
@@ -147,6 +147,7 @@ container_ip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddr
 
 # HTTP status line of GET $2 on node $1's published HTTP port (no curl needed).
 http_get_status() {
+    # shellcheck disable=SC2016 # $0 and $1 are the inner bash's arguments
     timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$0 && printf "GET $1 HTTP/1.0\r\n\r\n" >&3 && head -n 1 <&3' \
         "${http_port[$1]}" "$2" 2>/dev/null || true
 }
@@ -177,6 +178,7 @@ grpc() {
 key_json() { printf '{"group":"container-test","dataId":"%s"}' "$1"; }
 publish() { grpc "$1" PublishConfig "{\"key\":$(key_json "$2"),\"content\":\"$3\"}" >/dev/null 2>&1; }
 # The same, printing grpcurl's error (status code and message) on failure.
+# shellcheck disable=SC2069 # on purpose: stderr to the caller, stdout dropped
 publish_err() { grpc "$1" PublishConfig "{\"key\":$(key_json "$2"),\"content\":\"$3\"}" 2>&1 >/dev/null; }
 # Content of key $2 read from node $1 at consistency $3; empty when absent or failing.
 read_config() {
