@@ -86,7 +86,7 @@ started=0
 cleanup() {
     local status=$?
     set +e
-    [ -n "$ipholder" ] && docker rm -f "$ipholder" >/dev/null 2>&1
+    [ -n "$ipholder" ] && docker rm -f -v "$ipholder" >/dev/null 2>&1
     if [ -n "$writer_pid" ]; then
         touch "$work/stop"
         kill "$writer_pid" 2>/dev/null
@@ -415,7 +415,7 @@ compose up -d --no-deps n2 2>&1 | sed 's/^/  /'
 refresh_cid n2
 new_cid="$(cid n2)"
 new_ip="$(container_ip "$new_cid")"
-docker rm -f "$ipholder" >/dev/null
+docker rm -f -v "$ipholder" >/dev/null
 ipholder=""
 [ "$new_cid" != "$old_cid" ] || fail "n2 was not recreated"
 wait_ready 60 n2
