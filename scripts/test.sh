@@ -20,4 +20,16 @@ export NACOSD_REQUIRE_ETCD=1
 echo "==> cargo test --all-targets"
 status=0
 cargo test --all-targets || status=$?
+
+echo "==> Kubernetes manifests (schema validation)"
+bash scripts/k8s-validate.sh || status=1
+
+# The container tests need a Docker engine; machines of this project's kind have one,
+# so CI runs them. Elsewhere they are skipped, and say so.
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    echo "==> container tests (image from the debug build, compose cluster)"
+    NACOSD_BIN_DIR=target/debug bash scripts/container-test.sh || status=1
+else
+    echo "==> container tests SKIPPED: no Docker engine on this machine"
+fi
 exit "$status"

@@ -14,8 +14,8 @@ For deploy/k8s/base and every deploy/k8s/overlays/*:
    filesystem, no capabilities), probes on the right paths, a writable /tmp, the PDB.
 4. Run the pods' start-up script with bash for every ordinal, with a stand-in
    `nacosd` that prints its environment, and check the node id, advertised peer and
-   initial members it derives (and that an ordinal beyond the cluster size refuses
-   to start).
+   initial members it derives (and that an ordinal beyond the cluster size joins
+   through pod 0 instead).
 
     python3 deploy/k8s/validate.py                  # Kubernetes 1.29 and 1.31
     python3 deploy/k8s/validate.py --versions 1.30,1.33
@@ -332,24 +332,26 @@ def check_startup_script(sts, cm, where, namespace="prod"):
             env.update(cm["data"])
             env.update(env_static)
             out = subprocess.run(["bash", "-c", cmd[2]], env=env, capture_output=True, text=True)
-            if ordinal == size:
-                if out.returncode == 0:
-                    raise Failure(f"{where}: pod ordinal {ordinal} beyond the cluster size started anyway")
-                continue
             if out.returncode != 0:
                 raise Failure(f"{where}: start-up script failed for nacosd-{ordinal}: {out.stderr.strip()}")
             got = dict(line.split("=", 1) for line in out.stdout.splitlines())
             want = {
                 "NACOSD_NODE_ID": str(ordinal + 1),
                 "NACOSD_ADVERTISE_PEER": f"nacosd-{ordinal}.{domain}:7848",
-                "NACOSD_INITIAL_MEMBERS": want_members,
                 "NACOSD_DATA_DIR": "/data",
             }
+            if ordinal < size:
+                want["NACOSD_INITIAL_MEMBERS"] = want_members
+            else:
+                # Scaled up beyond the initial members: join through pod 0.
+                want["NACOSD_JOIN"] = f"nacosd-0.{domain}:7848"
+                if "NACOSD_INITIAL_MEMBERS" in got:
+                    raise Failure(f"{where}: nacosd-{ordinal} beyond the cluster size got initial members")
             wrong = {k: got.get(k) for k, v in want.items() if got.get(k) != v}
             if wrong:
                 raise Failure(f"{where}: nacosd-{ordinal} derives {wrong}, want { {k: want[k] for k in wrong} }")
     print(f"ok   {where}: start-up script derives node ids 1..{size}, DNS peers and members; "
-          f"ordinal {size} refuses to start")
+          f"ordinal {size} joins through pod 0")
 
 
 # ---------------------------------------------------------------- main
