@@ -207,23 +207,34 @@ async fn admit_learner(g: &Group, id: NodeId, addr: &str) -> Result<()> {
             .map_err(|e| change_failed(&g.name, e))?;
     }
     match current {
-        Some(a) if a == addr => Ok(()),
-        Some(_) => g
-            .raft
-            .change_membership(
-                ChangeMembers::SetNodes([(id, node)].into_iter().collect()),
-                true,
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| change_failed(&g.name, e)),
-        None => g
-            .raft
-            .add_learner(id, node, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| change_failed(&g.name, e)),
+        Some(a) if a == addr => {}
+        Some(_) => {
+            g.raft
+                .change_membership(
+                    ChangeMembers::SetNodes([(id, node)].into_iter().collect()),
+                    true,
+                )
+                .await
+                .map_err(|e| change_failed(&g.name, e))?;
+        }
+        None => {
+            g.raft
+                .add_learner(id, node, false)
+                .await
+                .map_err(|e| change_failed(&g.name, e))?;
+        }
     }
+    // The admitted node starts from an empty log. If this leader replicated to the
+    // same id before (a voter that lost its disk, a replaced machine), its progress
+    // still says how far that log went, and openraft refuses a follower whose log
+    // went backwards. Allow it once for this node: it is a learner now, so its empty
+    // log can never count toward a commit or an election.
+    match g.raft.trigger().allow_next_revert(&id, true).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(group = %g.name, node = id, error = %e, "allow_next_revert"),
+        Err(fatal) => return Err(Error::internal(format!("group {}: {fatal}", g.name))),
+    }
+    Ok(())
 }
 
 async fn promote(g: &Group, id: NodeId, max_lag: u64) -> Result<()> {

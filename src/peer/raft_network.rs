@@ -15,8 +15,10 @@
 //! applies the same bound between chunks, and HTTP/2 keep-alive pings detect a dead
 //! connection while the receiver restores.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Read;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -56,17 +58,44 @@ pub fn append_timeout(option: &RPCOption, bytes: usize, has_entries: bool) -> Du
     option.soft_ttl().max(Duration::from_secs(1)) + transfer
 }
 
+/// The current peer address of each member of one group, as its latest membership
+/// says. openraft keeps a replication stream (and the address it was created with)
+/// across membership changes, so a member whose address changed (`SetNodes`: a moved
+/// node, a replaced machine) would be sent to at its old address forever; every RPC
+/// looks the address up here instead. Kept current by `raft::node` from the group's
+/// metrics.
+#[derive(Clone, Default)]
+pub struct AddressBook(Arc<RwLock<BTreeMap<NodeId, String>>>);
+
+impl AddressBook {
+    /// Replace the book with the membership's addresses.
+    pub fn update(&self, members: impl IntoIterator<Item = (NodeId, String)>) {
+        let fresh: BTreeMap<NodeId, String> = members.into_iter().collect();
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+
+    fn get(&self, id: NodeId) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
 /// openraft's network factory for one group.
 pub struct GroupNetworkFactory {
     group: String,
     client: PeerClient,
+    book: AddressBook,
 }
 
 impl GroupNetworkFactory {
-    pub fn new(group: &str, client: PeerClient) -> Self {
+    pub fn new(group: &str, client: PeerClient, book: AddressBook) -> Self {
         GroupNetworkFactory {
             group: group.to_string(),
             client,
+            book,
         }
     }
 }
@@ -78,7 +107,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
         GroupNetwork {
             group: self.group.clone(),
             target,
-            addr: node.addr.clone(),
+            initial_addr: node.addr.clone(),
+            book: self.book.clone(),
             client: self.client.clone(),
         }
     }
@@ -88,7 +118,9 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 pub struct GroupNetwork {
     group: String,
     target: NodeId,
-    addr: String,
+    /// The address the stream was created with; the book's, when it has one, wins.
+    initial_addr: String,
+    book: AddressBook,
     client: PeerClient,
 }
 
@@ -130,6 +162,13 @@ enum RaftCall {
 }
 
 impl GroupNetwork {
+    /// The target's address now.
+    fn addr(&self) -> String {
+        self.book
+            .get(self.target)
+            .unwrap_or_else(|| self.initial_addr.clone())
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         call: RaftCall,
@@ -137,10 +176,10 @@ impl GroupNetwork {
         lane: Lane,
         timeout: Duration,
     ) -> Result<T, RPCError<TypeConfig>> {
-        let mut client = self.client.raft(&self.addr, lane).map_err(|e| {
+        let addr = self.addr();
+        let mut client = self.client.raft(&addr, lane).map_err(|e| {
             RPCError::Unreachable(Unreachable::from_string(format!(
-                "bad peer address {}: {e}",
-                self.addr
+                "bad peer address {addr}: {e}"
             )))
         })?;
         let req = self.client.request(
@@ -315,7 +354,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
 
         let mut client = self
             .client
-            .raft(&self.addr, Lane::Bulk)
+            .raft(&self.addr(), Lane::Bulk)
             .map_err(|e| network_err(&e))?;
         // No deadline: the transfer lasts while it makes progress (see the module docs).
         let req = self

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::peer::raft_network::GroupNetworkFactory;
+use crate::peer::raft_network::{AddressBook, GroupNetworkFactory};
 use crate::peer::PeerClient;
 use crate::raft::group::{GroupContext, GroupRegistry, StateMachine};
 use crate::raft::identity::{self, Identity, IdentityCell};
@@ -412,10 +412,11 @@ impl MultiRaft {
                 tracing::warn!(group = name, index, "--force-new-cluster: this node is now the only member of the group, with all of its data");
                 forced.entries.insert(name.to_string(), index);
             }
+            let book = AddressBook::default();
             let raft = Raft::new(
                 config.node_id,
                 Arc::new(raft_config(config, name)?),
-                GroupNetworkFactory::new(name, peers.clone()),
+                GroupNetworkFactory::new(name, peers.clone(), book.clone()),
                 log,
                 gsm,
             )
@@ -432,6 +433,7 @@ impl MultiRaft {
                 epoch,
                 leader_contact_ms: AtomicU64::new(0),
             });
+            spawn_address_watch(group.clone(), book, shutdown_tx.subscribe());
             spawn_snapshot_timer(
                 group.clone(),
                 config.snapshot_interval,
@@ -588,6 +590,35 @@ impl MultiRaft {
         }
         closing
     }
+}
+
+/// Keep `book` equal to the peer addresses of the group's latest membership.
+fn spawn_address_watch(group: Arc<Group>, book: AddressBook, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut metrics = group.raft.metrics();
+        let mut seen = None;
+        loop {
+            let update = {
+                let m = metrics.borrow_watched();
+                let at = *m.membership_config.log_id();
+                (seen != Some(at)).then(|| {
+                    seen = Some(at);
+                    m.membership_config
+                        .membership()
+                        .nodes()
+                        .map(|(id, n)| (*id, n.addr.clone()))
+                        .collect::<Vec<_>>()
+                })
+            };
+            if let Some(members) = update {
+                book.update(members);
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    });
 }
 
 /// Build a snapshot every `interval` if anything was applied since the last one

@@ -6,13 +6,14 @@
 //!
 //! | module | what it covers |
 //! |---|---|
-//! | `storage_suite` | openraft's storage test suite against the RocksDB log and state machine |
+//! | `storage_suite` | openraft's storage test suite against the RocksDB log with both kinds of state machine |
 //! | `cluster` | in-process clusters: elections, replication, failover, restart, snapshot catch-up |
 //! | `consistency` | forwarding, exactly-once across leader changes, read levels, lagging followers, apply I/O errors |
 //! | `config_api`, `naming_api`, `db_api` | the gRPC APIs on in-process clusters |
 //! | `multiprocess` | real `nacosd` processes: kill -9 under load, `nacosctl` |
 //! | `readme_examples` | the README's grpcurl examples against a live node |
 //! | `safety` | cluster identity, wiped disks, vote hold after restart, power loss, large entries, quorum loss |
+//! | `membership` | join, remove, replace, address change, leader transfer, force-new-cluster, refusals |
 //! | `bench` | the load generator against nacosd and etcd |
 
 mod common;
@@ -22,6 +23,7 @@ mod cluster;
 mod config_api;
 mod consistency;
 mod db_api;
+mod membership;
 mod multiprocess;
 mod naming_api;
 mod readme_examples;

@@ -178,6 +178,56 @@ async fn standalone_node_and_nacosctl_status() {
         assert_eq!(g["voters"].as_array().unwrap().len(), 1);
     }
 
+    // Cluster operations through nacosctl.
+    let out = nacosctl(&["--endpoint", &endpoint, "member", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{v}");
+    assert_eq!(members[0]["node_id"], 1);
+    assert_eq!(members[0]["consistent"], true);
+    assert!(members[0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["role"] == "voter"));
+    let out = nacosctl(&["--endpoint", &endpoint, "member", "remove", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("last voter"),
+        "{err}"
+    );
+    let out = nacosctl(&[
+        "--endpoint",
+        &endpoint,
+        "snapshot",
+        "--group",
+        "config",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["group"], "config", "{v}");
+    let out = nacosctl(&["--endpoint", &endpoint, "digest"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.lines().count() == 4, "{text}");
+    let out = nacosctl(&["--endpoint", &endpoint, "leader", "transfer"]);
+    assert!(
+        !out.status.success(),
+        "a single node has nobody to hand over to"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no other voter"));
+
     // A bad endpoint is a clear error, not a panic.
     let out = nacosctl(&[
         "--endpoint",

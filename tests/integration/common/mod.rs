@@ -322,6 +322,61 @@ impl TestCluster {
         slot.server = Some(server);
     }
 
+    /// Start a new node `id` with an empty data directory that joins the cluster
+    /// through `via`'s peer address (as `--join` does), configured by `tweak`.
+    pub async fn add_joining(&mut self, id: u64, via: u64, tweak: impl FnOnce(&mut Config)) {
+        assert!(!self.nodes.contains_key(&id), "node {id} exists");
+        let l = Listeners {
+            client: bind_local().await,
+            peer: bind_local().await,
+            http: bind_local().await,
+        };
+        let mut config = test_config(id, self.dir.path().join(format!("node{id}")));
+        config.client_addr = l.client.local_addr().unwrap();
+        config.peer_addr = l.peer.local_addr().unwrap();
+        config.http_addr = l.http.local_addr().unwrap();
+        config.advertise_peer = config.peer_addr.to_string();
+        config.join = Some(self.nodes[&via].config.advertise_peer.clone());
+        tweak(&mut config);
+        config.validate().expect("valid test config");
+        let server = nacosd::server::start(&config, self.registry, l)
+            .await
+            .expect("node starts");
+        self.nodes.insert(
+            id,
+            NodeSlot {
+                config,
+                server: Some(server),
+                reserved: None,
+            },
+        );
+    }
+
+    /// Give a stopped node new ports (and advertise the new peer address): the same
+    /// machine at a new address. Returns the new peer address.
+    pub async fn move_to_new_ports(&mut self, id: u64) -> String {
+        let l = Listeners {
+            client: bind_local().await,
+            peer: bind_local().await,
+            http: bind_local().await,
+        };
+        let slot = self.nodes.get_mut(&id).unwrap();
+        assert!(slot.server.is_none(), "node {id} is running");
+        slot.config.client_addr = l.client.local_addr().unwrap();
+        slot.config.peer_addr = l.peer.local_addr().unwrap();
+        slot.config.http_addr = l.http.local_addr().unwrap();
+        slot.config.advertise_peer = slot.config.peer_addr.to_string();
+        slot.reserved = Some(l);
+        slot.config.advertise_peer.clone()
+    }
+
+    /// Forget a node that left the cluster (its server is dropped without a graceful
+    /// shutdown if it still runs).
+    pub async fn forget(&mut self, id: u64) {
+        self.stop(id).await;
+        self.nodes.remove(&id);
+    }
+
     /// Delete a stopped node's data directory: its disk was lost.
     pub fn wipe(&mut self, id: u64) {
         let slot = &self.nodes[&id];
