@@ -632,6 +632,53 @@ impl<P: Processor> ProcessorHarness<P> {
 mod tests {
     use super::*;
 
+    fn frames(pairs: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in pairs {
+            write_frame(&mut out, &keys::sm_data_key(k.as_bytes())).unwrap();
+            write_frame(&mut out, v).unwrap();
+        }
+        out
+    }
+
+    fn open_kv(db: &Arc<Db>) -> RocksStateMachine<crate::groups::test_kv::KvProcessor> {
+        RocksStateMachine::new("g", db.clone(), crate::groups::test_kv::KvProcessor).unwrap()
+    }
+
+    /// Issue #11.7: a state larger than one restore batch arrives whole, and a restore
+    /// cut short (a crash, a broken stream) leaves a marker that the next open turns
+    /// into an empty state that reports nothing applied, never a mixture.
+    #[test]
+    fn restores_stream_in_batches_and_an_interrupted_one_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+        let sm = open_kv(&db);
+        let big = vec![7u8; 1 << 20];
+        let names: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        let pairs: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (n.as_str(), big.clone())).collect();
+        let data = frames(&pairs);
+        assert!(data.len() > 2 * RESTORE_BATCH_BYTES);
+        sm.restore(&mut &data[..], &AppliedState::default())
+            .unwrap();
+        let view_count = |sm: &RocksStateMachine<_>| {
+            let cf = sm.cf().unwrap();
+            KvView::new(&sm.db, cf).scan(b"", None, 100).unwrap().len()
+        };
+        assert_eq!(view_count(&sm), 10);
+
+        // Cut inside the last pair: the restore fails and leaves its marker.
+        let cut = &data[..data.len() - 10];
+        assert!(sm.restore(&mut &cut[..], &AppliedState::default()).is_err());
+        let cf = sm.cf().unwrap();
+        assert!(db.get_cf(cf, keys::SM_RESTORING_KEY).unwrap().is_some());
+        drop(sm);
+        let sm = open_kv(&db);
+        let cf = sm.cf().unwrap();
+        assert!(db.get_cf(cf, keys::SM_RESTORING_KEY).unwrap().is_none());
+        assert_eq!(view_count(&sm), 0, "the partial state is gone");
+        assert_eq!(sm.applied_state().unwrap(), AppliedState::default());
+    }
+
     #[test]
     fn a_view_reads_one_point_in_time() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,8 +9,8 @@
 //! Snapshots are different: a failed *build* (a full disk, say) is not a reason to stop
 //! a node whose log and state are intact. openraft treats a builder's error as fatal, so
 //! the builder never returns one: it logs the failure, answers with the current
-//! snapshot (which openraft then ignores as not newer), and further automatic builds
-//! wait [`BUILD_RETRY`] before they are tried again. Builds and installs of a group are
+//! snapshot (which openraft then ignores as not newer), and further builds wait
+//! [`BUILD_RETRY`] before they are tried again. Builds and installs of a group are
 //! serialized: a build never copies a state machine that an install is replacing.
 //!
 //! An installed snapshot is made the group's current snapshot file *before* the state
@@ -34,8 +34,12 @@ use crate::raft::types::{
 
 type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
-/// How long automatic snapshot builds pause after one failed.
-pub const BUILD_RETRY: Duration = Duration::from_secs(30);
+/// How long snapshot builds pause after one failed. openraft asks the state machine
+/// for a builder the same way for a policy-triggered build and for an operator's
+/// `nacosctl snapshot`, so this pause applies to both: long enough that a full disk
+/// does not turn into a build loop after every applied batch, short enough that an
+/// operator's retry soon gets through.
+pub const BUILD_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct GroupStateMachine {

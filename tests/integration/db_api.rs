@@ -1,6 +1,7 @@
 //! The embedded SQLite database through its gRPC API on in-process 3-node clusters.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::common::*;
 use nacosd::groups::EMBEDDED_DB;
@@ -528,5 +529,55 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
     .await
     .unwrap();
     assert_eq!(q.rows[0].values[0].value, Some(V::Text("after".into())));
+    cluster.shutdown().await;
+}
+
+/// Issue #17.1: a long query runs on the blocking pool, not on the runtime workers
+/// that carry every group's heartbeats: while it runs, no group on any node sees an
+/// election and the leaders keep their quorum contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_query_does_not_delay_heartbeats() {
+    let cluster = TestCluster::start(3, |r| r, |_| {}).await;
+    let leader = cluster.wait_for_leader(EMBEDDED_DB).await;
+    for g in ["config", "naming_persistent"] {
+        cluster.wait_for_leader(g).await;
+    }
+    let terms = |c: &TestCluster| -> Vec<(u64, String, u64)> {
+        let mut out = Vec::new();
+        for id in c.running() {
+            for g in c.node(id).groups() {
+                out.push((id, g.name.to_string(), c.metrics(id, &g.name).current_term));
+            }
+        }
+        out
+    };
+    let before = terms(&cluster);
+    let mut c = client(&cluster, leader).await;
+    let started = std::time::Instant::now();
+    let q = query(
+        &mut c,
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000000) \
+         SELECT count(*) FROM n",
+        pb::Consistency::Stale,
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(q.rows[0].values[0].value, Some(V::Integer(20_000_000)));
+    // Long enough to matter: more than the longest election timeout of the tests.
+    assert!(
+        took > Duration::from_millis(1600),
+        "the query took only {took:?}"
+    );
+    assert_eq!(
+        terms(&cluster),
+        before,
+        "an election happened during the query"
+    );
+    for g in cluster.node(leader).groups() {
+        if g.raft.is_leader() {
+            assert!(g.has_quorum_contact(), "group {} lost its lease", g.name);
+        }
+    }
     cluster.shutdown().await;
 }

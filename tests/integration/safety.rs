@@ -371,3 +371,112 @@ async fn a_leader_without_its_quorum_reports_it_and_fails_fast() {
     assert!(leader_view.current_leader.is_some());
     c.shutdown().await;
 }
+
+/// While set, the `flaky` group's snapshot builds fail (a full disk, a closed file).
+static FAIL_SNAPSHOTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Snapshot builds that failed on purpose.
+static FAILED_BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The test KV state machine, except that building a snapshot fails on demand.
+struct FlakySnapshots(
+    nacosd::raft::rocks_sm::RocksStateMachine<nacosd::groups::test_kv::KvProcessor>,
+);
+
+impl nacosd::raft::group::StateMachine for FlakySnapshots {
+    fn applied_state(&self) -> std::io::Result<nacosd::raft::types::AppliedState> {
+        self.0.applied_state()
+    }
+    fn apply(
+        &self,
+        items: &[nacosd::raft::group::ApplyItem<'_>],
+        applied: &nacosd::raft::types::AppliedState,
+    ) -> std::io::Result<Vec<nacosd::raft::types::CommandResult>> {
+        self.0.apply(items, applied)
+    }
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error> {
+        self.0.query(query)
+    }
+    fn begin_snapshot(&self) -> std::io::Result<Box<dyn nacosd::raft::group::SnapshotSource + '_>> {
+        if FAIL_SNAPSHOTS.load(Ordering::Relaxed) {
+            FAILED_BUILDS.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::other("No space left on device (injected)"));
+        }
+        self.0.begin_snapshot()
+    }
+    fn restore(
+        &self,
+        data: &mut dyn std::io::Read,
+        applied: &nacosd::raft::types::AppliedState,
+    ) -> std::io::Result<()> {
+        self.0.restore(data, applied)
+    }
+    fn digest(&self) -> std::io::Result<nacosd::raft::group::StateDigest> {
+        self.0.digest()
+    }
+}
+
+fn with_flaky(reg: nacosd::raft::group::GroupRegistry) -> nacosd::raft::group::GroupRegistry {
+    reg.register("flaky", |ctx| {
+        Ok(std::sync::Arc::new(FlakySnapshots(
+            nacosd::raft::rocks_sm::RocksStateMachine::new(
+                &ctx.name,
+                ctx.db.clone(),
+                nacosd::groups::test_kv::KvProcessor,
+            )?,
+        )))
+    })
+}
+
+/// Issue item 6: a failed snapshot build is logged and retried; the node keeps
+/// serving (openraft would otherwise treat the error as fatal and stop the group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_build_does_not_stop_the_node() {
+    let c = TestCluster::start(1, with_flaky, |_| {}).await;
+    c.wait_for_leader("flaky").await;
+    let node = c.node(1).clone();
+    let group = node.group("flaky").unwrap().clone();
+    put(&node, "flaky", "a", "1").await.unwrap();
+    FAIL_SNAPSHOTS.store(true, Ordering::Relaxed);
+    group.raft.trigger().snapshot().await.unwrap();
+    wait_until("the snapshot build fails", || {
+        FAILED_BUILDS.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    // Nothing stopped: the group still takes writes.
+    let applied = put(&node, "flaky", "b", "2").await.unwrap();
+    assert!(c.server(1).failure().is_none());
+    assert!(group.raft.metrics().borrow_watched().running_state.is_ok());
+    assert_eq!(
+        group
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .map(|l| l.index),
+        None,
+        "no snapshot was built while builds fail"
+    );
+    FAIL_SNAPSHOTS.store(false, Ordering::Relaxed);
+    // Builds pause for BUILD_RETRY after a failure; an operator retrying gets one once
+    // the pause is over.
+    let built = || {
+        group
+            .raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .is_some_and(|l| l.index >= applied)
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !built() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot built after the disk recovered"
+        );
+        group.raft.trigger().snapshot().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(group.raft.metrics().borrow_watched().running_state.is_ok());
+    put(&node, "flaky", "c", "3").await.unwrap();
+    c.shutdown().await;
+}
