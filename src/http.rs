@@ -15,7 +15,7 @@ use openraft::rt::watch::WatchReceiver;
 
 use crate::api::cluster::group_status;
 use crate::pb;
-use crate::raft::node::{GroupCounters, MultiRaft};
+use crate::raft::node::{GroupCounters, MultiRaft, NodeCounters};
 
 pub fn router(node: Arc<MultiRaft>) -> Router {
     Router::new()
@@ -65,52 +65,97 @@ type Gauge = (
     fn(&pb::GroupStatus) -> Option<u64>,
 );
 type Counter = (&'static str, &'static str, fn(&GroupCounters) -> u64);
+type NodeCounter = (&'static str, &'static str, fn(&NodeCounters) -> u64);
 
-/// Render every metric. Gauges come from each group's Raft metrics, counters from the
-/// consistency layer.
+/// Per-group gauges, from the Raft metrics (`Status`).
+const GAUGES: [Gauge; 8] = [
+    ("nacosd_raft_term", "Current Raft term.", |s| Some(s.term)),
+    (
+        "nacosd_raft_is_leader",
+        "1 if this node leads the group.",
+        |s| Some((s.role == pb::Role::Leader as i32) as u64),
+    ),
+    (
+        "nacosd_raft_role",
+        "Raft role: 1 leader, 2 follower, 3 candidate, 4 learner, 5 shutdown.",
+        |s| Some(s.role as u64),
+    ),
+    (
+        "nacosd_raft_leader_id",
+        "Node id of the known leader (0: none).",
+        |s| Some(s.leader_id.unwrap_or(0)),
+    ),
+    ("nacosd_raft_has_leader", "1 if a leader is known.", |s| {
+        Some(s.leader_id.is_some() as u64)
+    }),
+    (
+        "nacosd_raft_last_log_index",
+        "Index of the last log entry.",
+        |s| s.last_log_index,
+    ),
+    (
+        "nacosd_raft_applied_index",
+        "Index of the last applied entry.",
+        |s| s.applied_index,
+    ),
+    (
+        "nacosd_raft_snapshot_index",
+        "Last index covered by the newest snapshot.",
+        |s| s.snapshot_index,
+    ),
+];
+
+/// Per-group counters of the consistency layer.
+const COUNTERS: [Counter; 5] = [
+    (
+        "nacosd_writes_local_total",
+        "Writes proposed on this node as leader.",
+        |c| c.writes_local.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_writes_forwarded_total",
+        "Writes forwarded from this node to the leader.",
+        |c| c.writes_forwarded.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_write_retries_total",
+        "Write attempts retried because no leader took them.",
+        |c| c.write_retries.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_read_index_failures_total",
+        "LINEARIZABLE and LEASE reads whose read-index step failed or timed out.",
+        |c| c.read_index_failures.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_read_leader_fallbacks_total",
+        "Reads executed on the leader after the local read-index path failed.",
+        |c| c.leader_fallbacks.load(Ordering::Relaxed),
+    ),
+];
+
+/// Node-wide counters.
+const NODE_COUNTERS: [NodeCounter; 2] = [
+    (
+        "nacosd_peer_calls_refused_total",
+        "Peer calls refused: another cluster, or this node has no cluster identity yet.",
+        |c| c.peer_calls_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_bootstrap_probes_total",
+        "Rounds of Hello probes of the initial members while bootstrapping.",
+        |c| c.bootstrap_probes.load(Ordering::Relaxed),
+    ),
+];
+
+/// Render every metric.
 pub fn render_metrics(node: &MultiRaft) -> String {
     let mut out = String::new();
-    let gauges: [Gauge; 8] = [
-        ("nacosd_raft_term", "Current Raft term.", |s| Some(s.term)),
-        (
-            "nacosd_raft_is_leader",
-            "1 if this node leads the group.",
-            |s| Some((s.role == pb::Role::Leader as i32) as u64),
-        ),
-        (
-            "nacosd_raft_role",
-            "Raft role: 1 leader, 2 follower, 3 candidate, 4 learner, 5 shutdown.",
-            |s| Some(s.role as u64),
-        ),
-        (
-            "nacosd_raft_leader_id",
-            "Node id of the known leader (0: none).",
-            |s| Some(s.leader_id.unwrap_or(0)),
-        ),
-        ("nacosd_raft_has_leader", "1 if a leader is known.", |s| {
-            Some(s.leader_id.is_some() as u64)
-        }),
-        (
-            "nacosd_raft_last_log_index",
-            "Index of the last log entry.",
-            |s| s.last_log_index,
-        ),
-        (
-            "nacosd_raft_applied_index",
-            "Index of the last applied entry.",
-            |s| s.applied_index,
-        ),
-        (
-            "nacosd_raft_snapshot_index",
-            "Last index covered by the newest snapshot.",
-            |s| s.snapshot_index,
-        ),
-    ];
     let statuses: Vec<_> = node
         .groups()
         .map(|g| (g.clone(), group_status(g)))
         .collect();
-    for (name, help, f) in gauges {
+    for (name, help, f) in GAUGES {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (_, s) in &statuses {
             if let Some(v) = f(s) {
@@ -118,38 +163,18 @@ pub fn render_metrics(node: &MultiRaft) -> String {
             }
         }
     }
-    let counters: [Counter; 5] = [
-        (
-            "nacosd_writes_local_total",
-            "Writes proposed on this node as leader.",
-            |c| c.writes_local.load(Ordering::Relaxed),
-        ),
-        (
-            "nacosd_writes_forwarded_total",
-            "Writes forwarded from this node to the leader.",
-            |c| c.writes_forwarded.load(Ordering::Relaxed),
-        ),
-        (
-            "nacosd_write_retries_total",
-            "Write attempts retried because no leader took them.",
-            |c| c.write_retries.load(Ordering::Relaxed),
-        ),
-        (
-            "nacosd_read_index_failures_total",
-            "LINEARIZABLE and LEASE reads whose read-index step failed or timed out.",
-            |c| c.read_index_failures.load(Ordering::Relaxed),
-        ),
-        (
-            "nacosd_read_leader_fallbacks_total",
-            "Reads executed on the leader after the local read-index path failed.",
-            |c| c.leader_fallbacks.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, f) in counters {
+    for (name, help, f) in COUNTERS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (g, _) in &statuses {
             let _ = writeln!(out, "{name}{{group=\"{}\"}} {}", g.name, f(&g.counters));
         }
+    }
+    for (name, help, f) in NODE_COUNTERS {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            f(&node.counters)
+        );
     }
     out
 }

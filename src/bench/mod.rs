@@ -293,6 +293,141 @@ async fn preload(opts: &Arc<Options>, clients: &[Client]) -> Result<(), String> 
     Ok(())
 }
 
+/// When a run starts measuring and stops.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    measure_from: Instant,
+    /// `None` for a run bounded by an operation count.
+    until: Option<Instant>,
+}
+
+impl Schedule {
+    fn of(opts: &Options) -> Self {
+        let start = Instant::now();
+        let measure_from = start + Duration::from_secs_f64(opts.warmup_secs);
+        let until = opts
+            .ops
+            .is_none()
+            .then(|| measure_from + Duration::from_secs_f64(opts.duration_secs));
+        Schedule {
+            start,
+            measure_from,
+            until,
+        }
+    }
+}
+
+/// One closed-loop client: run operations until the schedule or the shared operation
+/// budget ends; what it measured.
+async fn client_loop(
+    i: usize,
+    mut client: Client,
+    opts: Arc<Options>,
+    schedule: Schedule,
+    remaining: Arc<AtomicI64>,
+    counters: Arc<Progress>,
+) -> Measured {
+    let mut rng = Rng::new(0x6e61_636f_7364 ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
+    let value = content(&mut rng, opts.value_size);
+    let mut m = Measured {
+        latency: Histogram::default(),
+        errors: BTreeMap::new(),
+        finished: Instant::now(),
+    };
+    loop {
+        let t0 = Instant::now();
+        let measuring = t0 >= schedule.measure_from;
+        if measuring {
+            if schedule.until.is_some_and(|u| t0 >= u) {
+                break;
+            }
+            if remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
+                break;
+            }
+        }
+        let op = Op::next(opts.workload, &opts, &mut rng);
+        let result = client.run(op, &opts, &value).await;
+        if !measuring {
+            continue;
+        }
+        m.finished = Instant::now();
+        match result {
+            Ok(()) => {
+                m.latency.record((m.finished - t0).as_nanos() as u64);
+                counters.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(code) => {
+                *m.errors.entry(code_name(code)).or_default() += 1;
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    m
+}
+
+/// A progress line per second on stderr until the run is done.
+fn spawn_ticker(counters: Arc<Progress>, schedule: Schedule) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        while !counters.done.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let now = Instant::now();
+            let ok = counters.ok.load(Ordering::Relaxed);
+            let phase = if now < schedule.measure_from {
+                "warm-up"
+            } else {
+                "measuring"
+            };
+            eprintln!(
+                "[{:>4.0}s] {phase:<9} ok={ok} ({}/s) errors={}",
+                (now - schedule.start).as_secs_f64(),
+                ok - last,
+                counters.errors.load(Ordering::Relaxed)
+            );
+            last = ok;
+        }
+    })
+}
+
+/// The report of a finished run from what its clients measured.
+fn report(opts: &Options, measure_from: Instant, measured: Vec<Measured>) -> Report {
+    let mut latency = Histogram::default();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut finished = measure_from;
+    for m in measured {
+        latency.merge(&m.latency);
+        for (code, n) in m.errors {
+            *errors.entry(code).or_default() += n;
+        }
+        finished = finished.max(m.finished);
+    }
+    let elapsed = finished
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
+    Report {
+        target: value_name(opts.target),
+        workload: value_name(opts.workload),
+        level: opts.reads().then(|| value_name(opts.level)),
+        endpoints: opts.endpoints.clone(),
+        clients: opts.clients,
+        connections: opts.connection_count(),
+        keys: opts.keys,
+        value_size: opts.value_size,
+        elapsed_secs: elapsed,
+        ok: latency.count(),
+        errors,
+        throughput: if elapsed > 0.0 {
+            latency.count() as f64 / elapsed
+        } else {
+            0.0
+        },
+        latency_ms: Latency::of(&latency),
+    }
+}
+
 /// Run a benchmark. With `progress`, a line per second goes to stderr.
 pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
     opts.validate()?;
@@ -314,122 +449,33 @@ pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
         preload(&opts, &clients).await?;
     }
 
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(opts.warmup_secs);
-    let until = opts
-        .ops
-        .is_none()
-        .then(|| measure_from + Duration::from_secs_f64(opts.duration_secs));
+    let schedule = Schedule::of(&opts);
     let remaining = Arc::new(AtomicI64::new(
         opts.ops.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64),
     ));
     let counters = Arc::new(Progress::default());
-    let mut tasks = Vec::new();
-    for i in 0..opts.clients {
-        let mut client = clients[i % clients.len()].clone();
-        let (opts, remaining, counters) = (opts.clone(), remaining.clone(), counters.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Rng::new(0x6e61_636f_7364 ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
-            let value = content(&mut rng, opts.value_size);
-            let mut m = Measured {
-                latency: Histogram::default(),
-                errors: BTreeMap::new(),
-                finished: Instant::now(),
-            };
-            loop {
-                let t0 = Instant::now();
-                let measuring = t0 >= measure_from;
-                if measuring {
-                    if until.is_some_and(|u| t0 >= u) {
-                        break;
-                    }
-                    if remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
-                        break;
-                    }
-                }
-                let op = Op::next(opts.workload, &opts, &mut rng);
-                let result = client.run(op, &opts, &value).await;
-                if !measuring {
-                    continue;
-                }
-                m.finished = Instant::now();
-                match result {
-                    Ok(()) => {
-                        m.latency.record((m.finished - t0).as_nanos() as u64);
-                        counters.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(code) => {
-                        *m.errors.entry(code_name(code)).or_default() += 1;
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            m
-        }));
-    }
-    let ticker = progress.then(|| {
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let mut last = 0;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            while !counters.done.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let now = Instant::now();
-                let ok = counters.ok.load(Ordering::Relaxed);
-                let phase = if now < measure_from {
-                    "warm-up"
-                } else {
-                    "measuring"
-                };
-                eprintln!(
-                    "[{:>4.0}s] {phase:<9} ok={ok} ({}/s) errors={}",
-                    (now - start).as_secs_f64(),
-                    ok - last,
-                    counters.errors.load(Ordering::Relaxed)
-                );
-                last = ok;
-            }
+    let tasks: Vec<_> = (0..opts.clients)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                i,
+                clients[i % clients.len()].clone(),
+                opts.clone(),
+                schedule,
+                remaining.clone(),
+                counters.clone(),
+            ))
         })
-    });
-
-    let mut latency = Histogram::default();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut finished = measure_from;
+        .collect();
+    let ticker = progress.then(|| spawn_ticker(counters.clone(), schedule));
+    let mut measured = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let m = t.await.map_err(|e| format!("client task failed: {e}"))?;
-        latency.merge(&m.latency);
-        for (code, n) in m.errors {
-            *errors.entry(code).or_default() += n;
-        }
-        finished = finished.max(m.finished);
+        measured.push(t.await.map_err(|e| format!("client task failed: {e}"))?);
     }
     counters.done.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
         t.abort();
     }
-    let elapsed = finished
-        .saturating_duration_since(measure_from)
-        .as_secs_f64();
-    Ok(Report {
-        target: value_name(opts.target),
-        workload: value_name(opts.workload),
-        level: opts.reads().then(|| value_name(opts.level)),
-        endpoints: opts.endpoints.clone(),
-        clients: opts.clients,
-        connections: opts.connection_count(),
-        keys: opts.keys,
-        value_size: opts.value_size,
-        elapsed_secs: elapsed,
-        ok: latency.count(),
-        errors,
-        throughput: if elapsed > 0.0 {
-            latency.count() as f64 / elapsed
-        } else {
-            0.0
-        },
-        latency_ms: Latency::of(&latency),
-    })
+    Ok(report(&opts, schedule.measure_from, measured))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::peer::raft_network::{AddressBook, GroupNetworkFactory};
 use crate::peer::PeerClient;
-use crate::raft::group::{GroupContext, GroupRegistry, StateMachine};
+use crate::raft::group::{GroupContext, GroupRegistry, GroupSpec, StateMachine};
 use crate::raft::identity::{self, Identity, IdentityCell};
 use crate::raft::log_store::RocksLogStore;
 use crate::raft::rocks::{self, Db, WalSyncer};
@@ -324,6 +324,90 @@ fn raft_config(config: &Config, name: &str) -> io::Result<openraft::Config> {
     .map_err(|e| io::Error::other(format!("group {name}: bad raft config: {e}")))
 }
 
+/// The stored identity, if any, after checking that this data directory may serve as
+/// this node: it belongs to the same node id, and the cluster did not remove it.
+fn check_data_dir(db: &DB, config: &Config) -> io::Result<Option<Identity>> {
+    let stored = identity::load(db)?;
+    let Some(id) = &stored else {
+        return Ok(None);
+    };
+    if id.node_id != config.node_id {
+        return Err(io::Error::other(format!(
+            "data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}",
+            config.data_dir.display(),
+            id.node_id,
+            id.cluster_id,
+            config.node_id
+        )));
+    }
+    if let Some(removed) = identity::load_removed(db)? {
+        return Err(io::Error::other(format!(
+            "node {} was removed from cluster {} (by node {}): this data directory cannot serve again; to add the node back, empty {} and start it with --join",
+            id.node_id,
+            id.cluster_id,
+            removed.by,
+            config.data_dir.display()
+        )));
+    }
+    Ok(stored)
+}
+
+/// What every group of a node is built from.
+struct GroupBuilder<'a> {
+    config: &'a Config,
+    db: Arc<Db>,
+    peers: PeerClient,
+    timing: Timing,
+    epoch: Instant,
+    shutdown: watch::Sender<bool>,
+}
+
+impl GroupBuilder<'_> {
+    /// One group's state machine, snapshot directory and openraft node over `log`,
+    /// with its address book and snapshot timer running.
+    async fn build(&self, spec: &GroupSpec, log: RocksLogStore) -> io::Result<Arc<Group>> {
+        let config = self.config;
+        let name = spec.name.as_str();
+        let ctx = GroupContext {
+            name: name.to_string(),
+            db: self.db.clone(),
+            dir: config.data_dir.join("groups").join(name),
+        };
+        std::fs::create_dir_all(&ctx.dir)?;
+        let sm = (spec.build)(&ctx)?;
+        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
+        let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone());
+        let book = AddressBook::default();
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config(config, name)?),
+            GroupNetworkFactory::new(name, self.peers.clone(), book.clone()),
+            log,
+            gsm,
+        )
+        .await
+        .map_err(|e| io::Error::other(format!("group {name}: {e}")))?;
+        let group = Arc::new(Group {
+            name: name.into(),
+            raft,
+            sm,
+            snapshots,
+            counters: GroupCounters::default(),
+            node_id: config.node_id,
+            timing: self.timing,
+            epoch: self.epoch,
+            leader_contact_ms: AtomicU64::new(0),
+        });
+        spawn_address_watch(group.clone(), book, self.shutdown.subscribe());
+        spawn_snapshot_timer(
+            group.clone(),
+            config.snapshot_interval,
+            self.shutdown.subscribe(),
+        );
+        Ok(group)
+    }
+}
+
 /// Whether to apply `--force-new-cluster` now: only to a node that belongs to a cluster,
 /// and only once (a flag left in place after the recovery must not drop the members
 /// that joined since at the next restart). A start without the flag forgets that it
@@ -356,96 +440,50 @@ impl MultiRaft {
     pub async fn start(config: &Config, registry: GroupRegistry) -> io::Result<Arc<Self>> {
         let names = registry.names();
         let db = rocks::open(&config.data_dir.join("raft"), &names)?;
-        let stored = identity::load(&db)?;
-        if let Some(id) = &stored {
-            if id.node_id != config.node_id {
-                return Err(io::Error::other(format!(
-                    "data directory {} belongs to node {} of cluster {}, but this node was started with --node-id {}",
-                    config.data_dir.display(),
-                    id.node_id,
-                    id.cluster_id,
-                    config.node_id
-                )));
-            }
-        }
-        if let (Some(removed), Some(id)) = (identity::load_removed(&db)?, &stored) {
-            return Err(io::Error::other(format!(
-                "node {} was removed from cluster {} (by node {}): this data directory cannot serve again; to add the node back, empty {} and start it with --join",
-                id.node_id,
-                id.cluster_id,
-                removed.by,
-                config.data_dir.display()
-            )));
-        }
+        let stored = check_data_dir(&db, config)?;
         let force = force_new_cluster(&db, config, stored.as_ref())?;
+        let syncer = WalSyncer::start(db.clone())?;
+        let identity = IdentityCell::new(stored.clone());
+        let builder = GroupBuilder {
+            config,
+            db: db.clone(),
+            peers: PeerClient::new(
+                config.node_id,
+                identity.clone(),
+                config.peer_message_limit(),
+            ),
+            timing: Timing {
+                heartbeat: config.heartbeat,
+                election_timeout_max: config.election_timeout.1,
+            },
+            epoch: Instant::now(),
+            shutdown: watch::channel(false).0,
+        };
         let mut forced = identity::ForcedRecord {
             entries: BTreeMap::new(),
         };
-        let syncer = WalSyncer::start(db.clone())?;
-        let identity = IdentityCell::new(stored.clone());
-        let peers = PeerClient::new(
-            config.node_id,
-            identity.clone(),
-            config.peer_message_limit(),
-        );
-        let (shutdown_tx, _) = watch::channel(false);
-        let timing = Timing {
-            heartbeat: config.heartbeat,
-            election_timeout_max: config.election_timeout.1,
-        };
-        let epoch = Instant::now();
         let mut groups = BTreeMap::new();
         for spec in registry.specs() {
             let name = spec.name.as_str();
-            let ctx = GroupContext {
-                name: name.to_string(),
-                db: db.clone(),
-                dir: config.data_dir.join("groups").join(name),
-            };
-            std::fs::create_dir_all(&ctx.dir)?;
-            let sm = (spec.build)(&ctx)?;
-            let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
-            let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone());
             let log = RocksLogStore::new(name, db.clone(), syncer.clone())?;
             if force {
                 let index = log.force_single_member(config.node_id, &config.advertise_peer)?;
                 tracing::warn!(group = name, index, "--force-new-cluster: this node is now the only member of the group, with all of its data");
                 forced.entries.insert(name.to_string(), index);
             }
-            let book = AddressBook::default();
-            let raft = Raft::new(
-                config.node_id,
-                Arc::new(raft_config(config, name)?),
-                GroupNetworkFactory::new(name, peers.clone(), book.clone()),
-                log,
-                gsm,
-            )
-            .await
-            .map_err(|e| io::Error::other(format!("group {name}: {e}")))?;
-            let group = Arc::new(Group {
-                name: name.into(),
-                raft,
-                sm,
-                snapshots,
-                counters: GroupCounters::default(),
-                node_id: config.node_id,
-                timing,
-                epoch,
-                leader_contact_ms: AtomicU64::new(0),
-            });
-            spawn_address_watch(group.clone(), book, shutdown_tx.subscribe());
-            spawn_snapshot_timer(
-                group.clone(),
-                config.snapshot_interval,
-                shutdown_tx.subscribe(),
-            );
-            groups.insert(name.to_string(), group);
+            groups.insert(name.to_string(), builder.build(spec, log).await?);
         }
-
         if force {
             identity::store_forced(&db, Some(&forced))?;
         }
         // A restart with data: hold votes and elections for one lease (module docs).
+        let GroupBuilder {
+            timing,
+            epoch,
+            peers,
+            shutdown,
+            ..
+        } = builder;
         let vote_hold_until = stored
             .is_some()
             .then(|| epoch + timing.lease() + timing.heartbeat);
@@ -460,7 +498,7 @@ impl MultiRaft {
             groups,
             db,
             vote_hold_until,
-            shutdown_tx,
+            shutdown_tx: shutdown,
             _syncer: syncer,
         });
         if let Some(until) = vote_hold_until {

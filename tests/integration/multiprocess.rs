@@ -248,6 +248,10 @@ async fn standalone_node_and_nacosctl_status() {
         metrics.contains("nacosd_raft_is_leader{group=\"config\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("nacosd_peer_calls_refused_total 0"),
+        "{metrics}"
+    );
 
     let st = p.terminate().unwrap();
     assert!(st.success(), "{}", p.log());
