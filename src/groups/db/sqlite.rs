@@ -489,17 +489,25 @@ impl StateMachine for SqliteStateMachine {
 
     fn restore(&self, data: &mut dyn Read, applied: &AppliedState) -> io::Result<()> {
         let incoming = self.dir.join(format!("restore-{}.tmp", std::process::id()));
-        {
-            let mut f = std::fs::File::create(&incoming)?;
-            io::copy(data, &mut f)?;
-            f.sync_all()?;
-        }
-        // Record the snapshot's position inside the incoming file before it goes live.
-        {
+        // Write the incoming file and record the snapshot's position inside it before it
+        // goes live; if that fails, nothing changed but the file, which goes too.
+        let prepared = (|| {
+            {
+                let mut f = std::fs::File::create(&incoming)?;
+                io::copy(data, &mut f)?;
+                f.sync_all()?;
+            }
             let c = open_writer(&incoming, &self.inputs)?;
             write_applied(&c, applied)?;
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
-                .map_err(sql_err)?;
+                .map_err(sql_err)
+        })();
+        if let Err(e) = prepared {
+            let _ = std::fs::remove_file(&incoming);
+            for ext in ["-wal", "-shm", "-journal"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", incoming.display()));
+            }
+            return Err(e);
         }
         let mut w = Self::lock(&self.writer);
         let mut r = Self::lock(&self.reader);
@@ -549,5 +557,53 @@ impl SnapshotSource for FileSource {
 impl Drop for FileSource {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #11 (smaller items): files an interrupted snapshot copy or restore left
+    /// behind are removed when the group opens; the database itself is untouched.
+    #[test]
+    fn crash_leftovers_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sm = SqliteStateMachine::open(dir.path()).unwrap();
+            drop(sm);
+        }
+        let leftovers = ["snapshot-copy-123.tmp", "restore-456.tmp"];
+        for f in leftovers {
+            std::fs::write(dir.path().join(f), b"partial").unwrap();
+        }
+        std::fs::write(dir.path().join("keep.tmp"), b"not ours").unwrap();
+        let _sm = SqliteStateMachine::open(dir.path()).unwrap();
+        for f in leftovers {
+            assert!(!dir.path().join(f).exists(), "{f} was left behind");
+        }
+        assert!(dir.path().join("keep.tmp").exists());
+        assert!(dir.path().join(DB_FILE).exists());
+    }
+
+    /// A restore whose incoming data is not a database fails without leaving the group
+    /// without connections: the old state still answers.
+    #[test]
+    fn a_failed_restore_keeps_the_group_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = SqliteStateMachine::open(dir.path()).unwrap();
+        let before = sm.applied_state().unwrap();
+        let garbage = b"this is not a sqlite file, not even close".repeat(100);
+        assert!(sm
+            .restore(&mut &garbage[..], &AppliedState::default())
+            .is_err());
+        assert_eq!(sm.applied_state().unwrap(), before);
+        assert!(sm.digest().is_ok(), "the reader still works");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("restore-"))
+            .collect();
+        assert!(leftovers.is_empty(), "the incoming file was not cleaned up");
     }
 }
