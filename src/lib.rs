@@ -14,12 +14,12 @@
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
-pub mod api;
+pub(crate) mod api;
 pub mod bench;
 pub mod cluster;
 pub mod codec;
 pub mod config;
-pub mod conns;
+pub(crate) mod conns;
 pub mod consistency;
 pub mod error;
 pub mod groups;

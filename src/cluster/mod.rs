@@ -17,8 +17,8 @@
 //! and others not; `Status` shows the groups side by side and repeating the same request
 //! finishes it (every step checks the current membership first and skips what is done).
 
-pub mod admin;
-pub mod bootstrap;
+pub(crate) mod admin;
+pub(crate) mod bootstrap;
 pub mod membership;
 pub mod operations;
 

@@ -8,8 +8,8 @@
 pub mod client;
 pub mod config;
 pub mod db;
-pub mod feed;
-pub mod names;
+pub(crate) mod feed;
+pub(crate) mod names;
 pub mod naming;
 pub mod test_kv;
 

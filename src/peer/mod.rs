@@ -20,7 +20,7 @@
 pub mod channels;
 pub mod client;
 pub mod raft_network;
-pub mod server;
-pub mod wire;
+pub(crate) mod server;
+pub(crate) mod wire;
 
 pub use client::PeerClient;
