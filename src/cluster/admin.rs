@@ -31,9 +31,15 @@ pub enum AdminOp {
 /// A membership change of one group, run by its leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupChange {
-    /// Make `id` (at `addr`) a learner: add it if absent, demote it if it is a voter
-    /// (its data is gone: it must catch up before it votes again), update its address.
-    AdmitLearner { id: NodeId, addr: String },
+    /// Make `id` (at `addr`) a member: add it as a learner if absent and record its
+    /// address. With `empty` (the machine behind the id has no data: a lost disk, a
+    /// replacement) a voter is demoted to a learner, to catch up before it votes again;
+    /// otherwise an existing member keeps its role.
+    AdmitLearner {
+        id: NodeId,
+        addr: String,
+        empty: bool,
+    },
     /// Promote learner `id` to voter if its log is within `max_lag` entries of the
     /// leader's; otherwise `Unavailable` (try again later).
     PromoteIfCaughtUp { id: NodeId, max_lag: u64 },

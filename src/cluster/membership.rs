@@ -100,9 +100,19 @@ pub async fn admit(
                 "node id {id} is already a member at {existing}; a second machine cannot take it at {addr}. To replace that member, run `nacosctl member add {id} {addr}` first"
             )));
         }
-        _ => GroupChange::AdmitLearner {
+        // An empty node (new, or back without its disk), or an operator's
+        // replacement of a member by a new machine: catch up as a learner first.
+        (None, Asker::Node { .. }) | (Some(_), Asker::Operator) => GroupChange::AdmitLearner {
             id,
             addr: addr.to_string(),
+            empty: true,
+        },
+        // An operator adding a node that may already be (partly) a member at this
+        // address: finish what is missing, demote nobody.
+        (None, Asker::Operator) => GroupChange::AdmitLearner {
+            id,
+            addr: addr.to_string(),
+            empty: false,
         },
     };
     let deadline = tokio::time::Instant::now() + timeout;
@@ -168,7 +178,9 @@ pub async fn apply_on_leader(
     }
     let run = async {
         match change {
-            GroupChange::AdmitLearner { id, addr } => admit_learner(g, *id, addr).await,
+            GroupChange::AdmitLearner { id, addr, empty } => {
+                admit_learner(g, *id, addr, *empty).await
+            }
             GroupChange::PromoteIfCaughtUp { id, max_lag } => promote(g, *id, *max_lag).await,
             GroupChange::SetAddress { id, addr } => set_address(g, *id, addr).await,
             GroupChange::Remove { id } => remove(g, *id).await,
@@ -182,7 +194,7 @@ pub async fn apply_on_leader(
     })?
 }
 
-async fn admit_learner(g: &Group, id: NodeId, addr: &str) -> Result<()> {
+async fn admit_learner(g: &Group, id: NodeId, addr: &str, empty: bool) -> Result<()> {
     let (voters, current): (BTreeSet<NodeId>, Option<String>) = {
         let metrics = g.raft.metrics();
         let m = metrics.borrow_watched();
@@ -193,7 +205,7 @@ async fn admit_learner(g: &Group, id: NodeId, addr: &str) -> Result<()> {
         )
     };
     let node = BasicNode::new(addr);
-    if voters.contains(&id) {
+    if empty && voters.contains(&id) {
         if voters.len() == 1 {
             return Err(Error::FailedPrecondition(format!(
                 "node {id} is the only voter of group {}: it cannot be demoted to catch up; recover from its data or with --force-new-cluster",
@@ -229,6 +241,9 @@ async fn admit_learner(g: &Group, id: NodeId, addr: &str) -> Result<()> {
     // still says how far that log went, and openraft refuses a follower whose log
     // went backwards. Allow it once for this node: it is a learner now, so its empty
     // log can never count toward a commit or an election.
+    if !empty {
+        return Ok(());
+    }
     match g.raft.trigger().allow_next_revert(&id, true).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(group = %g.name, node = id, error = %e, "allow_next_revert"),

@@ -407,6 +407,16 @@ async fn refusals_say_why_and_concurrent_changes_are_serialized() {
             .iter()
             .all(|g| g.role == pb::MemberRole::Learner as i32));
     }
+    // Adding a member that already is one, at its address, changes nothing (it is not
+    // demoted): an operator can repeat a change safely.
+    let addr2 = c.nodes[&2].config.advertise_peer.clone();
+    a1.add_member(pb::AddMemberRequest {
+        node_id: 2,
+        addr: addr2,
+    })
+    .await
+    .unwrap();
+    assert!(all_voters_are(&c, &[1, 2, 3], &[1, 2, 3]));
     // Without node 3, removing node 2 would leave {1, 3} with one reachable voter.
     c.stop(3).await;
     wait_until("the group leaders notice node 3 is gone", || {
