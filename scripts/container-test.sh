@@ -9,7 +9,7 @@
 #
 # Steps: build the image (deploy/build-image.sh; NACOSD_PROFILE defaults to debug here,
 # so a debug build is enough); start the cluster; write through every node; start a
-# background writer (one new config item per write, round robin over the three nodes,
+# background writer (one new config item per write, round robin over the nodes,
 # failing over to the next node on error, every acknowledged key and value recorded);
 # then, each measured as the longest gap between two acknowledged writes:
 #   - docker kill the config group's leader; writes go on through the others; start it
@@ -18,9 +18,14 @@
 #     and receives writes made elsewhere;
 #   - cut a node off the network and reconnect it;
 #   - rolling restart: docker stop (SIGTERM) and start, one node at a time;
-#   - 3 -> 5 -> 3 scaling: skipped, with the reason printed;
-# finally every acknowledged write is checked on every node (md5 of its content) and a
-# sample is read back whole with a linearizable read.
+#   - 3 -> 5 -> 3 scaling: n4 and n5 start as extra containers (docker run, same image
+#     and network) with empty volumes and --join n1:7848, and must become voters of
+#     every group by themselves; the writer then writes through n1, n4, n5 while n2
+#     and n3 are removed with `nacosctl member remove`; each removed node must stop
+#     itself with a non-zero exit code, and refuse to start again on its data;
+# finally every acknowledged write is checked on every remaining node (n1, n4, n5: md5
+# of its content), a sample is read back whole with a linearizable read, and
+# `nacosctl digest` must agree on n1, n4 and n5 once their applied indexes agree.
 #
 # Talks to the nodes only through ports published on 127.0.0.1. Needs docker with
 # docker-compose (v1.27+) or the compose plugin, python3, and grpcurl (installed with
@@ -32,6 +37,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 project="nacosd-ct-$$"
 nodes=(n1 n2 n3)
+# Started by the scaling step, outside compose (docker run): their containers and
+# volumes are removed by the cleanup.
+extra_nodes=(n4 n5)
 work="$(mktemp -d "${TMPDIR:-/tmp}/nacosd-container-test.XXXXXX")"
 export NACOSD_IMAGE="${NACOSD_IMAGE:-nacosd:local}"
 t_start=$EPOCHREALTIME
@@ -83,6 +91,8 @@ fi
 writer_pid=""
 ipholder=""
 started=0
+# Container ids by node name (see refresh_cid).
+declare -A cids
 cleanup() {
     local status=$?
     set +e
@@ -93,14 +103,20 @@ cleanup() {
         wait "$writer_pid" 2>/dev/null
     fi
     if [ "$status" != 0 ] && [ "$started" = 1 ]; then
-        for n in "${nodes[@]}"; do
-            echo "---- last log lines of $n"
-            docker logs --tail 15 "$(compose ps -q "$n")" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240
+        for n in n1 n2 n3 "${extra_nodes[@]}"; do
+            c="${cids[$n]:-}"
+            [ -n "$c" ] || continue
+            echo "---- last log lines of $n ($(docker inspect -f '{{.State.Status}}, exit code {{.State.ExitCode}}' "$c" 2>&1))"
+            docker logs --tail 15 "$c" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240
         done
     fi
     if [ "${NACOSD_KEEP:-0}" = 1 ]; then
-        echo "kept: compose project $project, work directory $work"
+        echo "kept: compose project $project (and containers $project-n4, $project-n5), work directory $work"
     else
+        for n in "${extra_nodes[@]}"; do
+            docker rm -f -v "$project-$n" >/dev/null 2>&1
+            docker volume rm "$project-$n-data" >/dev/null 2>&1
+        done
         [ -f "$work/compose.test.yaml" ] && compose down -v --remove-orphans -t 5 >/dev/null 2>&1
         rm -rf "$work"
     fi
@@ -120,12 +136,12 @@ trap 'exit 143' TERM
 declare -A client_port http_port
 read -r -a ports < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(10)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
-for i in 0 1 2; do
-    client_port[${nodes[$i]}]=${ports[$((2 * i))]}
-    http_port[${nodes[$i]}]=${ports[$((2 * i + 1))]}
+for i in 0 1 2 3 4; do
+    client_port[n$((i + 1))]=${ports[$((2 * i))]}
+    http_port[n$((i + 1))]=${ports[$((2 * i + 1))]}
 done
 # n1's ports are the ones deploy/compose.yaml publishes; n2's and n3's are added by a
 # test-only override, so the test can talk to each node.
@@ -140,7 +156,6 @@ services:
 EOF
 
 # Container ids by service, refreshed when a container is created (compose ps is slow).
-declare -A cids
 refresh_cid() { cids[$1]="$(compose ps -q "$1")"; }
 cid() { echo "${cids[$1]}"; }
 container_ip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | xargs; }
@@ -254,19 +269,25 @@ first_write_through() {
     done
 }
 
-# The background writer: one new key per write, round robin over the nodes; on an
-# error the same write goes to the next node at once. Acknowledged writes go to
-# acked.tsv (end time, node, key, value, start time), failed attempts to failed.tsv
-# (start time, end time, node, key, error).
+# The background writer: one new key per write, round robin over the nodes listed in
+# writer-nodes (re-read before every write; set_writer_nodes changes it); on an error
+# the same write goes to the next node at once. Acknowledged writes go to acked.tsv
+# (end time, node, key, value, start time), failed attempts to failed.tsv (start time,
+# end time, node, key, error).
+set_writer_nodes() {
+    echo "$*" >"$work/writer-nodes.tmp"
+    mv "$work/writer-nodes.tmp" "$work/writer-nodes"
+}
 writer() {
-    local seq=0 i=0 t key value node ok t_a err
+    local seq=0 i=0 t key value node ok t_a err wn
     while [ ! -e "$work/stop" ]; do
+        read -r -a wn <"$work/writer-nodes"
         seq=$((seq + 1))
         key=$(printf 'w%06d' "$seq")
         value="v$seq-$EPOCHREALTIME"
         ok=0
-        for t in 0 1 2; do
-            node=${nodes[$(((i + t) % 3))]}
+        for ((t = 0; t < ${#wn[@]}; t++)); do
+            node=${wn[$(((i + t) % ${#wn[@]}))]}
             t_a=$EPOCHREALTIME
             if err="$(publish_err "$node" "$key" "$value")"; then
                 ack "$node" "$key" "$value" "$t_a"
@@ -276,7 +297,7 @@ writer() {
             printf '%s\t%s\t%s\t%s\t%s\n' "$t_a" "$EPOCHREALTIME" "$node" "$key" \
                 "$(tr '\n' ' ' <<<"$err" | cut -c1-100)" >>"$work/failed.tsv"
         done
-        i=$(((i + 1) % 3))
+        i=$(((i + 1) % ${#wn[@]}))
         [ "$ok" = 1 ] || sleep 0.02
     done
 }
@@ -375,6 +396,7 @@ for n in "${nodes[@]}"; do
 done
 
 step "background writer"
+set_writer_nodes "${nodes[@]}"
 writer &
 writer_pid=$!
 wait_writes 20 0 "" 30
@@ -474,10 +496,139 @@ for n in "${nodes[@]}"; do
     [ "$code" = 0 ] || fail "$n exited with code $code on SIGTERM (graceful shutdown expected)"
 done
 
-step "scale 3 -> 5 -> 3"
-log "SKIPPED: adding and removing members needs membership changes (--join and member"
-log "         removal), which are still being built; the compose file and the manifests"
-log "         only start a cluster of a fixed size. See docs/OPERATIONS.md, Scaling."
+step "scale 3 -> 5: n4 and n5 join (empty volumes, --join n1:7848)"
+# nacosctl inside node $1's container, against that node.
+ctl() {
+    local node=$1
+    shift
+    docker exec "$(cid "$node")" nacosctl --endpoint 127.0.0.1:9848 "$@"
+}
+# `member list -o json` as node $1 sees it, summed up on one line, |-separated:
+# members that are voters of every group (consistent), all members, changes in
+# progress, and every member's roles. Nothing when the node does not answer.
+members() {
+    ctl "$1" member list -o json 2>/dev/null | python3 -c '
+import json, sys
+l = json.load(sys.stdin)
+ms = sorted(l["members"], key=lambda m: m["node_id"])
+voters = [str(m["node_id"]) for m in ms
+          if m["consistent"] and m["groups"] and all(g["role"] == "voter" for g in m["groups"])]
+roles = lambda m: "/".join(sorted({g["role"] for g in m["groups"]})) + ("" if m["consistent"] else "(inconsistent)")
+print(" ".join(voters), " ".join(str(m["node_id"]) for m in ms), ",".join(l["changing"]),
+      " ".join("%s=%s" % (m["node_id"], roles(m)) for m in ms), sep="|")' 2>/dev/null || true
+}
+# Wait until node $1 sees exactly the members $2 (ids, space-separated, ascending),
+# each a voter of every group, and no change in progress.
+wait_members() {
+    local node=$1 want=$2 secs=${3:-60} v m c d
+    local deadline=$((SECONDS + secs))
+    while :; do
+        IFS='|' read -r v m c d <<<"$(members "$node")"
+        [ "$v" = "$want" ] && [ "$m" = "$want" ] && [ -z "$c" ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || fail "$node: members never became voters $want within ${secs}s; last seen: ${d:-no answer}${c:+; changing: $c}"
+        sleep 0.3
+    done
+}
+# A node outside compose: the compose file's settings (hardening, listen addresses,
+# data volume), no initial members, --join through n1's peer port.
+start_extra() {
+    local n=$1
+    docker run -d --name "$project-$n" --hostname "$n" --network "$net" --network-alias "$n" \
+        --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges:true \
+        --stop-timeout 30 -v "$project-$n-data:/data" \
+        -p "127.0.0.1:${client_port[$n]}:9848" -p "127.0.0.1:${http_port[$n]}:8848" \
+        -e NACOSD_DATA_DIR=/data -e NACOSD_CLIENT_ADDR=0.0.0.0:9848 \
+        -e NACOSD_PEER_ADDR=0.0.0.0:7848 -e NACOSD_HTTP_ADDR=0.0.0.0:8848 \
+        -e NACOSD_LOG="${NACOSD_LOG:-info,openraft=warn}" \
+        -e NACOSD_NODE_ID="${n#n}" -e NACOSD_ADVERTISE_PEER="$n:7848" -e NACOSD_JOIN=n1:7848 \
+        "$NACOSD_IMAGE" >/dev/null
+    cids[$n]="$project-$n"
+}
+log "members before: $(members n1 | cut -d'|' -f4)"
+t0=$EPOCHREALTIME
+declare -A t_voter
+for n in "${extra_nodes[@]}"; do start_extra "$n"; done
+log "started n4 and n5 ($(container_ip "$(cid n4)"), $(container_ip "$(cid n5)")), both at once"
+deadline=$((SECONDS + 120))
+while :; do
+    IFS='|' read -r v m c d <<<"$(members n1)"
+    for n in "${extra_nodes[@]}"; do
+        if [ -z "${t_voter[$n]:-}" ] && [[ " $v " == *" ${n#n} "* ]]; then
+            t_voter[$n]=$EPOCHREALTIME
+            log "$n is a voter of every group, $(elapsed_since "$t0")s after docker run (members: $d)"
+        fi
+    done
+    [ "$v" = "1 2 3 4 5" ] && [ "$m" = "1 2 3 4 5" ] && [ -z "$c" ] && break
+    [ "$SECONDS" -lt "$deadline" ] || fail "n4/n5 not voters of every group within 120s; n1 sees: ${d:-no answer}${c:+; changing: $c}"
+    sleep 0.3
+done
+for n in n4 n5; do
+    [ "$(docker inspect -f '{{.State.Running}}' "$(cid "$n")")" = true ] || fail "$n is not running"
+done
+wait_members n4 "1 2 3 4 5" 30
+wait_members n5 "1 2 3 4 5" 30
+wait_ready 30 "${extra_nodes[@]}"
+event "join n4+n5" "$t0" "$t0"
+log "5 voters in every group, as n1, n4 and n5 see it, $(elapsed_since "$t0")s after docker run"
+ctl n1 member list | sed 's/^/    /'
+for n in "${extra_nodes[@]}"; do
+    value="via-$n-$EPOCHREALTIME"
+    publish "$n" "direct-$n" "$value" || fail "publish through $n failed: $(publish_err "$n" "direct-$n" "$value")"
+    ack "$n" "direct-$n" "$value"
+    for m in n1 n2 n3 n4 n5; do wait_replicated "$m" "direct-$n" "$value" 20; done
+    wait_replicated "$n" direct-n1 "$(awk -F'\t' '$3 == "direct-n1" { print $4 }' "$work/acked.tsv")" 5
+    log "direct-$n written through $n, on all five; $n has the data written before it joined"
+done
+base=$(writer_acks)
+set_writer_nodes n1 n2 n3 n4 n5
+wait_writes 10 "$base" "" 30
+log "writer round robin over n1..n5 ($(tail -n +"$((base + 1))" "$work/acked.tsv" | cut -f2 | sort | uniq -c | awk '{ printf "%s%s:%s", sep, $2, $1; sep=" " }'))"
+
+step "scale 5 -> 3: nacosctl member remove 2, then 3 (writer on n1, n4, n5)"
+set_writer_nodes n1 n4 n5
+for n in n2 n3; do
+    c="$(cid "$n")"
+    # Compose's restart policy (unless-stopped) would start the stopped node again, in
+    # a loop (it refuses its data each time): off, to see it exit and stay down.
+    docker update --restart no "$c" >/dev/null
+    leader="$(config_leader n1)"
+    base=$(writer_acks)
+    t0=$EPOCHREALTIME
+    out="$(ctl n1 member remove "${n#n}" 2>&1)" || fail "nacosctl member remove ${n#n} failed: $out"
+    t_done=$EPOCHREALTIME
+    deadline=$((SECONDS + 60))
+    until [ "$(docker inspect -f '{{.State.Status}}' "$c")" = exited ]; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "$n still $(docker inspect -f '{{.State.Status}}' "$c") 60s after its removal"
+        sleep 0.1
+    done
+    t_exit=$EPOCHREALTIME
+    code="$(docker inspect -f '{{.State.ExitCode}}' "$c")"
+    [ "$code" != 0 ] || fail "$n exited with code 0 after its removal (non-zero expected)"
+    wait_writes 10 "$base" "" 30
+    event "remove $n$([ "$leader" = "$n" ] && echo " (leader)")" "$t0" "$t0"
+    log "member remove ${n#n}: returned in $(awk -v a="$t0" -v b="$t_done" 'BEGIN { printf "%.1f", b - a }')s; $n exited (code $code) $(awk -v a="$t0" -v b="$t_exit" 'BEGIN { printf "%.1f", b - a }')s after the command$([ "$leader" = "$n" ] && echo "; it led the config group, now $(config_leader n1)")"
+    # Its log from the removal on: the reason it gives, and what took the time.
+    docker logs "$c" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >"$work/$n.log"
+    awk '/was removed from the cluster/ { on = 1 } on && /was removed|handing leadership|leadership did not move|node stopped/' \
+        "$work/$n.log" | cut -c1-200 | sed 's/^/    /'
+done
+for n in n1 n4 n5; do wait_members "$n" "1 4 5" 60; done
+log "3 voters (1, 4, 5) in every group, as n1, n4 and n5 see it"
+ctl n1 member list | sed 's/^/    /'
+# A removed node refuses to start again on its data.
+c="$(cid n2)"
+docker start "$c" >/dev/null
+deadline=$((SECONDS + 30))
+until [ "$(docker inspect -f '{{.State.Status}}' "$c")" = exited ]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "n2, removed, started again and is still running after 30s"
+    sleep 0.2
+done
+code="$(docker inspect -f '{{.State.ExitCode}}' "$c")"
+[ "$code" != 0 ] || fail "n2, removed, exited with code 0 when started again"
+log "n2 started again on its data: exits at once, code $code:"
+docker logs --tail 3 "$c" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-240 | sed 's/^/    /'
+nodes=(n1 n4 n5)
+wait_ready 30 "${nodes[@]}"
 
 step "stop the writer; check every acknowledged write"
 touch "$work/stop"
@@ -532,6 +683,45 @@ while IFS=$'\t' read -r _ _ key value _; do
     checked=$((checked + 1))
 done < <(awk 'NR == 1 || NR % 20 == 0 { print } END { print }' "$work/acked.tsv")
 log "$checked acknowledged writes read back whole (LINEARIZABLE through n1)"
+# Every group's state digest on n1, n4 and n5: equal once their applied indexes are.
+deadline=$((SECONDS + 30))
+while :; do
+    for n in "${nodes[@]}"; do ctl "$n" digest -o json >"$work/digest.$n.json" 2>&1 || true; done
+    if verdict="$(python3 - "$work" "${nodes[@]}" <<'EOF'
+import json, re, sys
+work, nodes = sys.argv[1], sys.argv[2:]
+seen = {}
+for n in nodes:
+    try:
+        rows = json.load(open(f"{work}/digest.{n}.json"))
+    except ValueError:
+        print(f"{n}: no digest: {open(f'{work}/digest.{n}.json').read().strip()[:200]}")
+        sys.exit(2)
+    for r in rows:
+        d, idx, recs = re.fullmatch(r"(\S+) @(\d+) \((\d+) records\)", r["digest"]).groups()
+        seen.setdefault(r["group"], {})[n] = (d, int(idx), int(recs))
+for g, by in sorted(seen.items()):
+    if set(by) != set(nodes):
+        print(f"group {g} missing on {sorted(set(nodes) - set(by))}")
+        sys.exit(1)
+    if len({i for _, i, _ in by.values()}) > 1:
+        print("applied indexes differ: " + ", ".join(f"{g} {n}@{i}" for n, (_, i, _) in by.items()))
+        sys.exit(2)
+    if len({d for d, _, _ in by.values()}) > 1:
+        print(f"group {g}: different digests at the same applied index: {by}")
+        sys.exit(1)
+print("; ".join(f"{g} {d[:12]} @{i} ({r} records)" for g, by in sorted(seen.items())
+                for d, i, r in [next(iter(by.values()))]))
+EOF
+    )"; then
+        log "nacosctl digest equal on ${nodes[*]}: $verdict"
+        break
+    elif [ $? = 1 ]; then
+        fail "digests: $verdict"
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || fail "digests: applied indexes never agreed within 30s: $verdict"
+    sleep 0.5
+done
 
 step "summary"
 echo "write gaps (longest interval between two acknowledged writes during each event):"
