@@ -153,7 +153,9 @@ impl RunningServer {
 async fn hand_over_leadership(node: &MultiRaft) {
     let mut moving = Vec::new();
     for g in node.groups() {
-        if !g.raft.is_leader() {
+        // A node the cluster removed may still think it leads; nobody would take over
+        // from a non-member, and the others elect a leader by themselves.
+        if !g.raft.is_leader() || !g.voters().contains(&node.node_id) {
             continue;
         }
         let Some(to) = g.transfer_target() else {
