@@ -319,8 +319,9 @@ impl Recorder {
         History::new(self.lock().clone())
     }
 
-    /// Nanoseconds since the recorder was created.
-    fn now(&self) -> u64 {
+    /// Nanoseconds since the recorder was created: the clock of every op's times, so
+    /// that other events of a run (faults) can be placed on the same time line.
+    pub fn now(&self) -> u64 {
         u64::try_from(self.shared.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
