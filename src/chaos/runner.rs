@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tokio::time::Instant;
 
-use super::checker::{check, CheckOptions, Verdict};
+use super::checker::{check, CheckOptions};
 use super::cluster::{Cluster, ClusterSpec};
 use super::disk::DiskFault;
 use super::history::{History, Recorder};
@@ -23,6 +23,7 @@ use super::ops::Target;
 use super::summary::{self, FaultRecord, Findings};
 use super::verify;
 use super::workload::{Workload, WorkloadSpec};
+use crate::pb;
 
 /// Options of a run (and of `--measure-failover`).
 #[derive(Debug, Clone, Args)]
@@ -59,6 +60,11 @@ pub struct Options {
     pub keys: u32,
     #[arg(long, default_value_t = 20)]
     pub key_epoch_secs: u64,
+    /// Read levels of the clients, assigned to each node's clients in turn. STALE is
+    /// not linearizable: a run with it and partitions should report violations, which
+    /// is how to see that the suite can find them.
+    #[arg(long, value_delimiter = ',', default_value = "linearizable,lease")]
+    pub read_levels: Vec<ReadLevel>,
     /// Deadline of each client request, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub op_timeout_ms: u64,
@@ -100,6 +106,24 @@ pub struct Options {
     pub check: Option<PathBuf>,
 }
 
+/// A read level on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadLevel {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+impl From<ReadLevel> for pb::Consistency {
+    fn from(level: ReadLevel) -> Self {
+        match level {
+            ReadLevel::Linearizable => pb::Consistency::Linearizable,
+            ReadLevel::Lease => pb::Consistency::Lease,
+            ReadLevel::Stale => pb::Consistency::Stale,
+        }
+    }
+}
+
 /// How a run ended, when the harness itself did not fail.
 #[derive(Debug)]
 pub struct RunResult {
@@ -125,6 +149,9 @@ impl Options {
         }
         if self.election_min_ms == 0 || self.election_min_ms > self.election_max_ms {
             return Err("election timeouts: 0 < min <= max".to_string());
+        }
+        if self.read_levels.is_empty() {
+            return Err("--read-levels: at least one level".to_string());
         }
         if self.faults.contains(&FaultKind::DiskFull) && !self.disk_full {
             return Err("the disk-full fault needs --disk-full".to_string());
@@ -269,6 +296,7 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         epoch: Duration::from_secs(opts.key_epoch_secs.max(1)),
         op_timeout,
         think: Duration::from_millis(opts.think_ms),
+        read_levels: opts.read_levels.iter().map(|&l| l.into()).collect(),
     };
     let workload = Workload::start(workload_spec, channels.clone(), recorder.clone());
     progress.say("clients started; 3 s without faults");
@@ -365,51 +393,35 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         .map_err(|e| format!("saving the history: {e}"))?;
     progress.say(format!("checking {} ops", history.len()));
     let report = check_history(&history)?;
-    for v in &report.violations {
-        problems.push(format!(
-            "linearizability violation on key {}: {}",
-            v.key, v.explanation
-        ));
-    }
     for key in &report.inconclusive {
         problems.push(format!(
             "key {key}: the checker ran out of budget (inconclusive)"
         ));
     }
-    let verdict = format!(
-        "{} ({} keys, {} ops checked)",
-        match report.verdict() {
-            Verdict::Linearizable => "linearizable",
-            Verdict::NotLinearizable => "NOT linearizable",
-            Verdict::Inconclusive => "inconclusive",
-        },
-        report.keys_checked,
-        report.ops_checked
-    );
-    let violations_file = if problems.is_empty() {
-        None
-    } else {
+    let found = !problems.is_empty() || !report.violations.is_empty();
+    let violations_file = if found {
         let path = out.join("violations.txt");
-        let mut text = format!("seed {seed}, run {run_id}\n\n");
-        for p in &problems {
-            text.push_str(&format!("- {p}\n"));
-        }
-        text.push_str(&format!(
-            "\nchecker report:\n{report}\n\nfaults:\n{}",
-            summary::timeline(&faults)
-        ));
+        let text = summary::violations_report(seed, &run_id, &report, &problems, &faults);
         write_file(&path, &text)?;
         Some(path.display().to_string())
+    } else {
+        None
     };
     let summary = summary::render(&Findings {
         history: &history,
         faults: &faults,
         workload_end,
         codes: &codes,
+        report: &report,
         problems: &problems,
-        verdict,
         violations_file,
     });
+    for v in &report.violations {
+        problems.push(format!(
+            "linearizability violation on key {}: {}",
+            v.key, v.explanation
+        ));
+    }
     write_file(&out.join("summary.txt"), &summary)?;
 
     drop(cluster);

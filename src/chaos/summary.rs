@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::checker::{Report, Verdict};
 use super::history::{History, OkResult, OpKind, Outcome};
 use super::nemesis::FaultKind;
 use super::ops::Group;
@@ -122,9 +123,10 @@ pub struct Findings<'a> {
     pub faults: &'a [FaultRecord],
     pub workload_end: u64,
     pub codes: &'a CodeCounts,
-    /// One line per problem: checker violations, divergences, anomalies.
+    pub report: &'a Report,
+    /// One line per problem other than a linearizability violation: divergences,
+    /// crashes, nodes that did not recover, inconclusive keys.
     pub problems: &'a [String],
-    pub verdict: String,
     pub violations_file: Option<String>,
 }
 
@@ -195,17 +197,44 @@ pub fn render(f: &Findings<'_>) -> String {
     }
     let _ = writeln!(out, "  total faults: {}", f.faults.len());
 
-    let _ = writeln!(out, "\nVerdict: {}", f.verdict);
-    if f.problems.is_empty() {
-        let _ = writeln!(out, "  no violations");
-    } else {
-        let _ = writeln!(out, "  {} problem(s):", f.problems.len());
-        for p in f.problems.iter().take(20) {
-            let _ = writeln!(out, "  - {p}");
+    let r = f.report;
+    let verdict = match r.verdict() {
+        Verdict::Linearizable => "linearizable",
+        Verdict::NotLinearizable => "NOT linearizable",
+        Verdict::Inconclusive => "inconclusive",
+    };
+    let _ = writeln!(
+        out,
+        "\nLinearizability: {verdict} ({} keys, {} ops checked)",
+        r.keys_checked, r.ops_checked
+    );
+    let mut keys: Vec<&str> = r.violations.iter().map(|v| v.key.as_str()).collect();
+    keys.dedup();
+    let _ = writeln!(
+        out,
+        "  violations: {} on {} key(s){}",
+        r.violations.len(),
+        keys.len(),
+        if keys.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}{}",
+                keys.iter().take(8).copied().collect::<Vec<_>>().join(", "),
+                if keys.len() > 8 { ", ..." } else { "" }
+            )
         }
-        if f.problems.len() > 20 {
-            let _ = writeln!(out, "  ... and {} more", f.problems.len() - 20);
-        }
+    );
+    let _ = writeln!(
+        out,
+        "Other problems (divergence, crashes, no recovery): {}",
+        f.problems.len()
+    );
+    for p in f.problems.iter().take(20) {
+        let _ = writeln!(out, "  - {p}");
+    }
+    if f.problems.len() > 20 {
+        let _ = writeln!(out, "  ... and {} more", f.problems.len() - 20);
     }
     if let Some(file) = &f.violations_file {
         let _ = writeln!(out, "  details: {file}");
@@ -231,6 +260,70 @@ pub fn timeline(faults: &[FaultRecord]) -> String {
         }
         out.push('\n');
     }
+    out
+}
+
+/// The faults whose window (injection to healing, plus `margin` after) meets
+/// `[from, to]`, as `#n kind` labels.
+fn faults_around(faults: &[FaultRecord], from: u64, to: u64, margin: u64) -> Vec<String> {
+    faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.start <= to && f.healed.saturating_add(margin) >= from)
+        .map(|(i, f)| format!("#{} {} ({})", i + 1, f.kind.name(), f.description))
+        .collect()
+}
+
+/// `violations.txt`: every violation with its ops and the faults around them, the
+/// other problems, and the fault timeline.
+pub fn violations_report(
+    seed: u64,
+    run_id: &str,
+    report: &Report,
+    problems: &[String],
+    faults: &[FaultRecord],
+) -> String {
+    let mut out = format!(
+        "seed {seed}, run {run_id}; times are nanoseconds on the history's clock \
+         (faults.log and the timeline below give seconds)\n\n"
+    );
+    let _ = writeln!(
+        out,
+        "== linearizability violations: {} ==",
+        report.violations.len()
+    );
+    for v in &report.violations {
+        let from = v.ops.iter().map(|op| op.invoke).min().unwrap_or(0);
+        let to = v
+            .ops
+            .iter()
+            .map(|op| op.complete.unwrap_or(op.invoke))
+            .max()
+            .unwrap_or(0);
+        let _ = write!(out, "\n{v}");
+        let around = faults_around(faults, from, to, 10_000_000_000);
+        let _ = writeln!(
+            out,
+            "  faults during or up to 10 s before: {}",
+            if around.is_empty() {
+                "none".to_string()
+            } else {
+                around.join("; ")
+            }
+        );
+    }
+    if !report.inconclusive.is_empty() {
+        let _ = writeln!(
+            out,
+            "\ninconclusive keys: {}",
+            report.inconclusive.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\n== other problems: {} ==", problems.len());
+    for p in problems {
+        let _ = writeln!(out, "- {p}");
+    }
+    let _ = writeln!(out, "\n== faults ==\n{}", timeline(faults));
     out
 }
 

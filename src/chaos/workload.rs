@@ -4,9 +4,10 @@
 //! answer (or its absence) is known.
 //!
 //! Client ids read `GNK`: group `G` (1 config, 2 naming, 3 db), node `N`, and `K`, the
-//! client's number on that node; an even `K` reads at LINEARIZABLE, an odd one at
-//! LEASE. So a violation's ops say by themselves which node served them and at which
-//! level. (Final reads after the run use `9GN`, see `verify`.)
+//! client's number on that node, which reads at `read_levels[K % len]` (by default an
+//! even `K` at LINEARIZABLE, an odd one at LEASE). So a violation's ops say by
+//! themselves which node served them and at which level. (Final reads after the run
+//! use `9GN`, see `verify`.)
 //!
 //! Keys are fresh per run (the run id is in every name) and rotate every
 //! `epoch` so each key's history stays small for the checker; values are unique per
@@ -40,6 +41,8 @@ pub struct WorkloadSpec {
     pub op_timeout: Duration,
     /// Mean pause between a client's operations.
     pub think: Duration,
+    /// Read levels, assigned to a node's clients in turn.
+    pub read_levels: Vec<pb::Consistency>,
 }
 
 /// Error codes seen, by group: `code -> count`.
@@ -57,13 +60,12 @@ pub struct Workload {
     codes: Arc<Mutex<CodeCounts>>,
 }
 
-/// The read level of client `k` on a node.
-pub fn level_of(k: usize) -> pb::Consistency {
-    if k.is_multiple_of(2) {
-        pb::Consistency::Linearizable
-    } else {
-        pb::Consistency::Lease
-    }
+/// The read level of client `k` on a node: `levels[k % levels.len()]`.
+pub fn level_of(levels: &[pb::Consistency], k: usize) -> pb::Consistency {
+    levels
+        .get(k % levels.len().max(1))
+        .copied()
+        .unwrap_or(pb::Consistency::Linearizable)
 }
 
 pub fn client_id(group: Group, node: usize, k: usize) -> u32 {
@@ -93,7 +95,7 @@ impl Workload {
                     let client = Client {
                         id,
                         group,
-                        level: level_of(k),
+                        level: level_of(&spec.read_levels, k),
                         target: Target {
                             run_id: spec.run_id.clone(),
                             channel: channel.clone(),
