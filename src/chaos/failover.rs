@@ -3,12 +3,15 @@
 //!
 //! Each round picks a group (in turn), finds its leader, and starts `WRITERS`
 //! closed-loop clients that publish unique values through another node. After a
-//! baseline, the fault hits the leader at `t0`. The round's gap is the time from the
-//! last write that completed before `t0` to the first completion of a write *sent*
-//! after `t0` — the stretch a client saw without a successful write. Then the fault is
+//! baseline, the fault hits the leader; `t0` is when it is complete (the process
+//! reaped, every partition rule in place). The round's gap is the time from the last
+//! write that completed before `t0` to the first completion of a write *sent* after
+//! `t0` — the stretch a client saw without a successful write. Then the fault is
 //! healed (restart, or the partition removed) and the cluster settles before the next
 //! round.
 
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,14 +42,24 @@ pub struct Round {
     pub gap: Option<Duration>,
 }
 
-/// Completions of successful writes: (invoked, completed).
-type Completions = Arc<Mutex<Vec<(Instant, Instant)>>>;
+/// One write of a round.
+struct Attempt {
+    writer: u32,
+    invoked: Instant,
+    completed: Instant,
+    /// `None` for success, else the status code.
+    error: Option<String>,
+}
+
+/// Every write of a round, as they complete.
+type Completions = Arc<Mutex<Vec<Attempt>>>;
 
 pub async fn measure(
     opts: &Options,
     cluster: &mut Cluster,
     run_id: &str,
     progress: &Progress,
+    log: &Path,
 ) -> Result<Vec<Round>, String> {
     let mut rounds = Vec::new();
     let timeout = Duration::from_millis(opts.op_timeout_ms);
@@ -69,7 +82,6 @@ pub async fn measure(
             let (stop, done, tasks) = start_writers(target, group, epoch);
             tokio::time::sleep(BASELINE).await;
 
-            let t0 = Instant::now();
             match kind {
                 FaultKind::KillLeader => cluster.node(leader).kill9().await,
                 _ => {
@@ -79,6 +91,9 @@ pub async fn measure(
                     }
                 }
             }
+            // Once the fault is complete: a write sent earlier may still have reached
+            // the old leader while the rules went in one by one.
+            let t0 = Instant::now();
             let gap = wait_for_resumption(&done, t0).await;
             stop.store(true, Ordering::SeqCst);
             match kind {
@@ -88,6 +103,7 @@ pub async fn measure(
             for task in tasks {
                 let _ = task.await;
             }
+            log_attempts(log, rounds.len() + 1, kind, &done, t0);
             progress.say(format!(
                 "{kind} round {}: {} leader node {leader}, writes through node {through}: gap {}",
                 i + 1,
@@ -134,20 +150,54 @@ fn start_writers(
                     seq += 1;
                     let value = format!("{}.f{w}.{seq}", target.run_id);
                     let invoked = Instant::now();
-                    match target.write(&key, &Write::Put(value)).await {
-                        Ok(_) => {
-                            if let Ok(mut d) = done.lock() {
-                                d.push((invoked, Instant::now()));
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    let result = target.write(&key, &Write::Put(value)).await;
+                    let error = result.as_ref().err().map(|e| e.code.clone());
+                    let pause = if error.is_some() { 20 } else { 10 };
+                    if let Ok(mut d) = done.lock() {
+                        d.push(Attempt {
+                            writer: w,
+                            invoked,
+                            completed: Instant::now(),
+                            error,
+                        });
                     }
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             })
         })
         .collect();
     (stop, done, tasks)
+}
+
+/// Appends every write of a round to `log`, times in milliseconds from `t0`.
+fn log_attempts(log: &Path, round: usize, kind: FaultKind, done: &Completions, t0: Instant) {
+    let Ok(attempts) = done.lock() else {
+        return;
+    };
+    let ms = |t: Instant| {
+        if t >= t0 {
+            (t - t0).as_millis() as i64
+        } else {
+            -((t0 - t).as_millis() as i64)
+        }
+    };
+    let mut text = format!("round {round} ({kind}); ms from the fault\n");
+    for a in attempts.iter().filter(|a| ms(a.completed) > -500) {
+        text.push_str(&format!(
+            "  writer {} sent {:>6} done {:>6} {}\n",
+            a.writer,
+            ms(a.invoked),
+            ms(a.completed),
+            a.error.as_deref().unwrap_or("ok")
+        ));
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
 }
 
 /// Waits until a write sent after `t0` succeeds; the gap from the last completion
@@ -157,8 +207,9 @@ async fn wait_for_resumption(done: &Completions, t0: Instant) -> Option<Duration
     while Instant::now() < end {
         let (before, after) = {
             let d = done.lock().ok()?;
-            let before = d.iter().map(|&(_, c)| c).filter(|&c| c <= t0).max();
-            let after = d.iter().filter(|&&(i, _)| i >= t0).map(|&(_, c)| c).min();
+            let ok = || d.iter().filter(|a| a.error.is_none());
+            let before = ok().map(|a| a.completed).filter(|&c| c <= t0).max();
+            let after = ok().filter(|a| a.invoked >= t0).map(|a| a.completed).min();
             (before, after)
         };
         if let Some(after) = after {

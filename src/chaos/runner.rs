@@ -502,7 +502,14 @@ pub async fn measure_failover(opts: Options, run_id: String) -> Result<RunResult
         "{} nodes up; {} rounds per fault kind",
         opts.nodes, opts.failover_runs
     ));
-    let rounds = super::failover::measure(&opts, &mut cluster, &run_id, &progress).await?;
+    let rounds = super::failover::measure(
+        &opts,
+        &mut cluster,
+        &run_id,
+        &progress,
+        &out.join("failover-writes.log"),
+    )
+    .await?;
     let summary = super::failover::render(&rounds, &opts);
     write_file(&out.join("failover.txt"), &summary)?;
     let problems: Vec<String> = rounds
