@@ -371,12 +371,19 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
     let mut divergences = Vec::new();
     match cluster.wait_converged(Duration::from_secs(120)).await {
         Ok(()) => {
+            let digests = verify::compare_digests(&channels).await;
             divergences =
                 verify::compare_nodes(&run_id, &channels, &keys, &final_values, op_timeout).await;
             progress.say(format!(
-                "nodes converged; stale reads compared: {} divergent keys",
+                "nodes converged; state digests: {}; stale reads compared: {} divergent keys",
+                if digests.is_empty() {
+                    "equal"
+                } else {
+                    "DIFFER"
+                },
                 divergences.len()
             ));
+            problems.extend(digests.into_iter().map(|d| format!("divergence: {d}")));
         }
         Err(e) => problems.push(format!("convergence: {e}")),
     }

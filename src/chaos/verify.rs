@@ -6,9 +6,10 @@
 //!    final state agrees with every acknowledged write.
 //! 2. **Linearizability** of the whole history, key by key ([`super::checker`]).
 //! 3. **Convergence.** Once every node reports the same applied index in every group
-//!    (the caller waits for that), every key is read at STALE from every node — each
-//!    node's own state — and must equal the final linearizable value. nacosd has no
-//!    state digest RPC yet; this compares what clients can see, key by key.
+//!    (the caller waits for that), each node's ClusterService/Digest of every group
+//!    must be equal (a digest of the whole state at its applied index), and every key
+//!    read at STALE from every node — each node's own state, as clients see it — must
+//!    equal the final linearizable value.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -118,6 +119,86 @@ fn final_client(group: Group, node: usize) -> u32 {
         Group::Db => 3,
     };
     (900 + g * 10 + node) as u32
+}
+
+/// Attempts at finding every node at one applied index per group for the digests.
+const DIGEST_ATTEMPTS: usize = 20;
+
+/// Compares ClusterService/Digest across nodes, group by group. Digests are only
+/// comparable at one applied index, so it retries until every node reports the same
+/// index for a group. Returns one line per group that differs or could not be
+/// compared.
+pub async fn compare_digests(channels: &[Channel]) -> Vec<String> {
+    let mut last = Vec::new();
+    for _ in 0..DIGEST_ATTEMPTS {
+        let asks = channels.iter().map(|c| digest_of(c.clone()));
+        let answers: Vec<Option<pb::DigestResponse>> = futures::future::join_all(asks).await;
+        let Some(all) = answers.into_iter().collect::<Option<Vec<_>>>() else {
+            last = vec!["a node did not answer ClusterService/Digest".to_string()];
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let mut groups: BTreeMap<String, Vec<(u64, pb::GroupDigest)>> = BTreeMap::new();
+        for node in &all {
+            for g in &node.groups {
+                groups
+                    .entry(g.group.clone())
+                    .or_default()
+                    .push((node.node_id, g.clone()));
+            }
+        }
+        let same_index = groups.values().all(|per_node| {
+            per_node.len() == channels.len()
+                && per_node
+                    .windows(2)
+                    .all(|w| w[0].1.applied_index == w[1].1.applied_index)
+        });
+        if !same_index {
+            last = vec![format!(
+                "digests never taken at one applied index per group: {}",
+                show_digests(&groups)
+            )];
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        return groups
+            .iter()
+            .filter(|(_, per_node)| per_node.windows(2).any(|w| w[0].1.digest != w[1].1.digest))
+            .map(|(group, per_node)| {
+                format!(
+                    "group {group}: state digests differ at one applied index: {}",
+                    show_digests(&BTreeMap::from([(group.clone(), per_node.clone())]))
+                )
+            })
+            .collect();
+    }
+    last
+}
+
+fn show_digests(groups: &BTreeMap<String, Vec<(u64, pb::GroupDigest)>>) -> String {
+    groups
+        .iter()
+        .map(|(group, per_node)| {
+            let nodes: Vec<String> = per_node
+                .iter()
+                .map(|(id, d)| {
+                    format!(
+                        "node {id} index {} digest {} ({} records)",
+                        d.applied_index, d.digest, d.records
+                    )
+                })
+                .collect();
+            format!("{group}: {}", nodes.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn digest_of(channel: Channel) -> Option<pb::DigestResponse> {
+    let mut client = pb::cluster_service_client::ClusterServiceClient::new(channel);
+    let mut req = tonic::Request::new(pb::DigestRequest {});
+    req.set_timeout(Duration::from_secs(10));
+    Some(client.digest(req).await.ok()?.into_inner())
 }
 
 /// Reads every key at STALE from every node and compares with `expected`.
