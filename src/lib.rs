@@ -16,6 +16,7 @@
 
 pub(crate) mod api;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod codec;
 pub mod config;

@@ -1,0 +1,543 @@
+//! One chaos run, start to end: network and nodes up, clients on, faults for the
+//! requested time, everything healed, final reads, convergence, the checker, the
+//! tables. See the module docs of [`super`] for the whole picture.
+//!
+//! The output directory keeps what a failing run needs for a post-mortem: each
+//! node's log (`node<i>.log`, all starts appended), the history (`history.jsonl`,
+//! re-checkable with `--check`), the fault timeline (`faults.log`), the tables
+//! (`summary.txt`) and, when something was found, `violations.txt`. The nodes' data
+//! directories are removed after a clean run unless `--keep-data`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tokio::time::Instant;
+
+use super::checker::{check, CheckOptions};
+use super::cluster::{Cluster, ClusterSpec};
+use super::disk::DiskFault;
+use super::history::{History, Recorder};
+use super::nemesis::{FaultKind, Nemesis};
+use super::ops::Target;
+use super::summary::{self, FaultRecord, Findings};
+use super::verify;
+use super::workload::{Workload, WorkloadSpec};
+use crate::pb;
+
+/// Options of a run (and of `--measure-failover`).
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Minutes of faults (the run takes about a minute more: start, recovery, checks).
+    #[arg(long, default_value_t = 2.0)]
+    pub minutes: f64,
+    /// Seed of every random choice; printed at the start. Default: from the clock.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Cluster size (odd, 3 to 9).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// The nacosd binary [default: `nacosd` next to this program].
+    #[arg(long)]
+    pub nacosd: Option<PathBuf>,
+    /// Output directory [default: $CARGO_TARGET_DIR/chaos/<run id>, else target/chaos/<run id>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Fault kinds to draw from, comma-separated [default: all but disk-full].
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<FaultKind>,
+    /// Put the last node's data directory on a small tmpfs and add disk-full faults.
+    #[arg(long)]
+    pub disk_full: bool,
+    /// Size of that tmpfs, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub disk_mb: u64,
+    /// Client tasks per group and node (even ones read at LINEARIZABLE, odd at LEASE).
+    #[arg(long, default_value_t = 2)]
+    pub clients_per_node: usize,
+    /// Keys per group, renewed every --key-epoch-secs.
+    #[arg(long, default_value_t = 6)]
+    pub keys: u32,
+    #[arg(long, default_value_t = 20)]
+    pub key_epoch_secs: u64,
+    /// Read levels of the clients, assigned to each node's clients in turn. STALE is
+    /// not linearizable: a run with it and partitions should report violations, which
+    /// is how to see that the suite can find them.
+    #[arg(long, value_delimiter = ',', default_value = "linearizable,lease")]
+    pub read_levels: Vec<ReadLevel>,
+    /// Deadline of each client request, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub op_timeout_ms: u64,
+    /// Mean pause between one client's requests, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub think_ms: u64,
+    /// nacosd's --heartbeat-ms.
+    #[arg(long, default_value_t = 250)]
+    pub heartbeat_ms: u64,
+    /// nacosd's --election-timeout-min-ms.
+    #[arg(long, default_value_t = 1500)]
+    pub election_min_ms: u64,
+    /// nacosd's --election-timeout-max-ms (pauses and partitions outlast it).
+    #[arg(long, default_value_t = 3000)]
+    pub election_max_ms: u64,
+    /// nacosd's --snapshot-logs: low, so that snapshots are built and installed.
+    #[arg(long, default_value_t = 500)]
+    pub snapshot_logs: u64,
+    /// nacosd's --snapshot-keep-logs.
+    #[arg(long, default_value_t = 100)]
+    pub snapshot_keep_logs: u64,
+    /// More nacosd flags, passed as they are (repeat for each).
+    #[arg(long = "nacosd-arg", allow_hyphen_values = true)]
+    pub nacosd_args: Vec<String>,
+    /// NACOSD_LOG of the nodes.
+    #[arg(long, default_value = "info,openraft=warn")]
+    pub node_log: String,
+    /// Keep the nodes' data directories after a clean run.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Instead of a chaos run: measure the write gap after kill -9 and after isolation
+    /// of a group's leader, --failover-runs times each.
+    #[arg(long)]
+    pub measure_failover: bool,
+    #[arg(long, default_value_t = 10)]
+    pub failover_runs: usize,
+    /// Instead of a run: check a saved history.jsonl and exit.
+    #[arg(long)]
+    pub check: Option<PathBuf>,
+}
+
+/// A read level on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadLevel {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+impl From<ReadLevel> for pb::Consistency {
+    fn from(level: ReadLevel) -> Self {
+        match level {
+            ReadLevel::Linearizable => pb::Consistency::Linearizable,
+            ReadLevel::Lease => pb::Consistency::Lease,
+            ReadLevel::Stale => pb::Consistency::Stale,
+        }
+    }
+}
+
+/// How a run ended, when the harness itself did not fail.
+#[derive(Debug)]
+pub struct RunResult {
+    pub summary: String,
+    /// Problems found (violations, divergences, crashes); empty for a clean run.
+    pub problems: Vec<String>,
+    pub out: PathBuf,
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(3..=9).contains(&self.nodes) || self.nodes.is_multiple_of(2) {
+            return Err(format!(
+                "--nodes {}: use an odd size from 3 to 9",
+                self.nodes
+            ));
+        }
+        if !(self.minutes > 0.0 && self.minutes.is_finite()) {
+            return Err("--minutes must be positive".to_string());
+        }
+        if self.clients_per_node == 0 || self.clients_per_node > 9 {
+            return Err("--clients-per-node: 1 to 9".to_string());
+        }
+        if self.election_min_ms == 0 || self.election_min_ms > self.election_max_ms {
+            return Err("election timeouts: 0 < min <= max".to_string());
+        }
+        if self.read_levels.is_empty() {
+            return Err("--read-levels: at least one level".to_string());
+        }
+        if self.faults.contains(&FaultKind::DiskFull) && !self.disk_full {
+            return Err("the disk-full fault needs --disk-full".to_string());
+        }
+        Ok(())
+    }
+
+    pub fn fault_kinds(&self) -> Vec<FaultKind> {
+        let mut kinds = if self.faults.is_empty() {
+            FaultKind::DEFAULT.to_vec()
+        } else {
+            self.faults.clone()
+        };
+        if self.disk_full && !kinds.contains(&FaultKind::DiskFull) {
+            kinds.push(FaultKind::DiskFull);
+        }
+        kinds
+    }
+
+    pub fn binary(&self) -> Result<PathBuf, String> {
+        let path = match &self.nacosd {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| format!("locating this program: {e}"))?
+                .with_file_name("nacosd"),
+        };
+        if !path.is_file() {
+            return Err(format!(
+                "nacosd binary not found at {} (build it, or pass --nacosd)",
+                path.display()
+            ));
+        }
+        Ok(path)
+    }
+
+    /// nacosd flags beyond addresses, ids and members.
+    pub fn node_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            ("--heartbeat-ms", self.heartbeat_ms),
+            ("--election-timeout-min-ms", self.election_min_ms),
+            ("--election-timeout-max-ms", self.election_max_ms),
+            ("--snapshot-logs", self.snapshot_logs),
+            ("--snapshot-keep-logs", self.snapshot_keep_logs),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect();
+        args.extend(self.nacosd_args.iter().cloned());
+        args
+    }
+
+    pub fn out_dir(&self, run_id: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("target"));
+            target.join("chaos").join(run_id)
+        })
+    }
+
+    pub fn cluster_spec(&self) -> Result<ClusterSpec, String> {
+        Ok(ClusterSpec {
+            nodes: self.nodes,
+            binary: self.binary()?,
+            extra_args: self.node_args(),
+            log_filter: self.node_log.clone(),
+            tmpfs: self.disk_full.then_some((self.nodes, self.disk_mb)),
+        })
+    }
+}
+
+/// A run id: six hex digits from the seed and the clock, so that names are fresh even
+/// when a seed is replayed.
+pub fn run_id(seed: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let mut rng = crate::bench::client::Rng::new(seed ^ now ^ u64::from(std::process::id()));
+    format!("{:06x}", rng.next_u64() & 0xff_ffff)
+}
+
+/// Prints a line of the run's progress, with the time since the start.
+pub struct Progress {
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            started: Instant::now(),
+        }
+    }
+
+    pub fn say(&self, what: impl std::fmt::Display) {
+        println!("[{:>7.1}s] {what}", self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// A chaos run. `Err` is a harness failure; problems the run found are in the result.
+pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, String> {
+    let progress = Progress::new();
+    let out = opts.out_dir(&run_id);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let spec = opts.cluster_spec()?;
+    let kinds = opts.fault_kinds();
+    progress.say(format!(
+        "{} nodes, faults: {}; output in {}",
+        opts.nodes,
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
+        out.display()
+    ));
+
+    let mut cluster = Cluster::start(&run_id, &spec, &out)?;
+    progress.say(format!(
+        "network 10.77.{}.0/24 up (bridge {}), nodes started",
+        cluster.net.subnet,
+        cluster.net.bridge()
+    ));
+    cluster.wait_for_leaders(Duration::from_secs(60)).await?;
+    progress.say("every group has a leader");
+    let channels: Vec<_> = cluster.nodes.iter().map(|n| n.channel()).collect();
+    create_table(&run_id, &channels).await?;
+
+    let recorder = Recorder::new();
+    let op_timeout = Duration::from_millis(opts.op_timeout_ms);
+    let workload_spec = WorkloadSpec {
+        run_id: run_id.clone(),
+        seed,
+        clients_per_node: opts.clients_per_node,
+        keys: opts.keys,
+        epoch: Duration::from_secs(opts.key_epoch_secs.max(1)),
+        op_timeout,
+        think: Duration::from_millis(opts.think_ms),
+        read_levels: opts.read_levels.iter().map(|&l| l.into()).collect(),
+    };
+    let workload = Workload::start(workload_spec, channels.clone(), recorder.clone());
+    progress.say("clients started; 3 s without faults");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let disk = spec.tmpfs.map(|(node, _)| DiskFault {
+        node,
+        mount: out.join(format!("data/node{node}")),
+    });
+    let mut nemesis = Nemesis::new(
+        seed,
+        kinds,
+        Duration::from_millis(opts.election_max_ms),
+        disk,
+    );
+    let mut faults: Vec<FaultRecord> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    let faults_log = out.join("faults.log");
+    let end = Instant::now() + Duration::from_secs_f64(opts.minutes * 60.0);
+    while Instant::now() < end {
+        tokio::time::sleep(nemesis.quiet()).await;
+        note_crashes(&mut cluster, &mut problems, &progress)?;
+        if Instant::now() >= end {
+            break;
+        }
+        let kind = nemesis.pick();
+        let start = recorder.now();
+        let active = nemesis.inject(&mut cluster, kind).await?;
+        progress.say(format!(
+            "fault #{}: {} for {:?}",
+            faults.len() + 1,
+            active.description,
+            active.hold
+        ));
+        tokio::time::sleep(active.hold).await;
+        let description = active.description.clone();
+        let note = nemesis.heal(&mut cluster, active).await?;
+        if let Some(n) = &note {
+            progress.say(n);
+        }
+        faults.push(FaultRecord {
+            kind,
+            description,
+            start,
+            healed: recorder.now(),
+            note,
+        });
+        write_file(&faults_log, &summary::timeline(&faults))?;
+    }
+    progress.say("faults over; healed; 5 s of recovery under load");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    note_crashes(&mut cluster, &mut problems, &progress)?;
+    let (keys, codes) = workload.stop().await;
+    let workload_end = recorder.now();
+    progress.say(format!(
+        "clients stopped; {} ops recorded",
+        recorder.history().len()
+    ));
+
+    // Final checks: leaders, final reads (recorded), convergence, stale comparison.
+    if let Err(e) = cluster.wait_for_leaders(Duration::from_secs(60)).await {
+        problems.push(format!("after healing: {e}"));
+    }
+    let (final_values, unreadable) =
+        verify::final_reads(&run_id, &channels, &recorder, &keys, op_timeout).await;
+    for key in &unreadable {
+        problems.push(format!(
+            "key {key}: no LINEARIZABLE read succeeded after healing"
+        ));
+    }
+    progress.say(format!("final reads of {} keys done", final_values.len()));
+    let mut divergences = Vec::new();
+    match cluster.wait_converged(Duration::from_secs(120)).await {
+        Ok(()) => {
+            let digests = verify::compare_digests(&channels).await;
+            divergences =
+                verify::compare_nodes(&run_id, &channels, &keys, &final_values, op_timeout).await;
+            progress.say(format!(
+                "nodes converged; state digests: {}; stale reads compared: {} divergent keys",
+                if digests.is_empty() {
+                    "equal"
+                } else {
+                    "DIFFER"
+                },
+                divergences.len()
+            ));
+            problems.extend(digests.into_iter().map(|d| format!("divergence: {d}")));
+        }
+        Err(e) => problems.push(format!("convergence: {e}")),
+    }
+    for d in &divergences {
+        problems.push(format!(
+            "divergence on {}: expected {:?}, nodes {:?}",
+            d.key, d.expected, d.nodes
+        ));
+    }
+
+    let history = recorder.history();
+    history
+        .save(&out.join("history.jsonl"))
+        .map_err(|e| format!("saving the history: {e}"))?;
+    progress.say(format!("checking {} ops", history.len()));
+    let report = check_history(&history)?;
+    for key in &report.inconclusive {
+        problems.push(format!(
+            "key {key}: the checker ran out of budget (inconclusive)"
+        ));
+    }
+    let found = !problems.is_empty() || !report.violations.is_empty();
+    let violations_file = if found {
+        let path = out.join("violations.txt");
+        let text = summary::violations_report(seed, &run_id, &report, &problems, &faults);
+        write_file(&path, &text)?;
+        Some(path.display().to_string())
+    } else {
+        None
+    };
+    let summary = summary::render(&Findings {
+        history: &history,
+        faults: &faults,
+        workload_end,
+        codes: &codes,
+        report: &report,
+        problems: &problems,
+        violations_file,
+    });
+    for v in &report.violations {
+        problems.push(format!(
+            "linearizability violation on key {}: {}",
+            v.key, v.explanation
+        ));
+    }
+    write_file(&out.join("summary.txt"), &summary)?;
+
+    drop(cluster);
+    if problems.is_empty() && !opts.keep_data {
+        let _ = std::fs::remove_dir_all(out.join("data"));
+    }
+    Ok(RunResult {
+        summary,
+        problems,
+        out,
+    })
+}
+
+/// Checks a history with the run's budget (generous: a long run has many keys).
+pub fn check_history(history: &History) -> Result<super::checker::Report, String> {
+    let options = CheckOptions {
+        time_limit: Some(Duration::from_secs(600)),
+        ..CheckOptions::default()
+    };
+    check(history, &options).map_err(|e| format!("the history is malformed: {e}"))
+}
+
+/// Restarts any node that exited on its own and records it as a problem.
+fn note_crashes(
+    cluster: &mut Cluster,
+    problems: &mut Vec<String>,
+    progress: &Progress,
+) -> Result<(), String> {
+    for node in &mut cluster.nodes {
+        if let super::node::ProcessState::Exited(how) = node.state() {
+            let msg = format!(
+                "node {} exited on its own ({how}); see {}",
+                node.id(),
+                node.spec.log.display()
+            );
+            progress.say(&msg);
+            problems.push(msg);
+            node.start()?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the db group's table, through whichever node takes it.
+async fn create_table(run_id: &str, channels: &[tonic::transport::Channel]) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    for attempt in 0.. {
+        let target = Target {
+            run_id: run_id.to_string(),
+            channel: channels[attempt % channels.len()].clone(),
+            timeout: Duration::from_secs(5),
+        };
+        match target.create_table().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{}: {}", e.code, e.message),
+        }
+        if Instant::now() > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(format!("could not create the db table: {last}"))
+}
+
+/// `--measure-failover`: a cluster without a workload or a nemesis, and the rounds of
+/// [`super::failover`].
+pub async fn measure_failover(opts: Options, run_id: String) -> Result<RunResult, String> {
+    let progress = Progress::new();
+    let out = opts.out_dir(&run_id);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let spec = opts.cluster_spec()?;
+    let mut cluster = Cluster::start(&run_id, &spec, &out)?;
+    cluster.wait_for_leaders(Duration::from_secs(60)).await?;
+    let channels: Vec<_> = cluster.nodes.iter().map(|n| n.channel()).collect();
+    create_table(&run_id, &channels).await?;
+    progress.say(format!(
+        "{} nodes up; {} rounds per fault kind",
+        opts.nodes, opts.failover_runs
+    ));
+    let rounds = super::failover::measure(
+        &opts,
+        &mut cluster,
+        &run_id,
+        &progress,
+        &out.join("failover-writes.log"),
+    )
+    .await?;
+    let summary = super::failover::render(&rounds, &opts);
+    write_file(&out.join("failover.txt"), &summary)?;
+    let problems: Vec<String> = rounds
+        .iter()
+        .filter(|r| r.gap.is_none())
+        .map(|r| {
+            format!(
+                "{}: writes to {} through node {} did not resume",
+                r.kind,
+                r.group.name(),
+                r.through
+            )
+        })
+        .collect();
+    drop(cluster);
+    if problems.is_empty() && !opts.keep_data {
+        let _ = std::fs::remove_dir_all(out.join("data"));
+    }
+    Ok(RunResult {
+        summary,
+        problems,
+        out,
+    })
+}
