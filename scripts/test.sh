@@ -32,4 +32,14 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
 else
     echo "==> container tests SKIPPED: no Docker engine on this machine"
 fi
+
+# The fault suite (docs/FAULTS.md) needs root for network namespaces and iptables; CI
+# runs as root. A bounded run with a random seed (printed first): any violation,
+# divergence, lost write or crash fails the suite.
+if [ "$(id -u)" -eq 0 ]; then
+    echo "==> fault injection: scripts/chaos.sh --minutes 2"
+    bash scripts/chaos.sh --minutes 2 || status=1
+else
+    echo "==> fault injection SKIPPED: needs root (network namespaces, iptables)"
+fi
 exit "$status"
