@@ -225,19 +225,19 @@ fn execute_all(
     for (i, stmt) in cmd.statements.iter().enumerate() {
         let mut prepared = prepare(conn, i, stmt)?;
         let before = conn.total_changes();
-        let rowid_before = conn.last_insert_rowid();
         let mut rows = prepared.raw_query();
         while rows.next().map_err(|e| sql_failure(i, e))?.is_some() {}
         drop(rows);
         // changes() and last_insert_rowid() keep the values of an earlier statement on
-        // this connection (history that differs between replicas): report them only
-        // when this statement modified rows, and the rowid only when it inserted one.
+        // this connection (history that differs between replicas): a statement that
+        // modified nothing reports 0 for both. (An UPDATE or DELETE reports the rowid
+        // of the connection's last INSERT, as SQLite's own API does; it is an answer
+        // detail, not replicated state.)
         let modified = conn.total_changes() != before;
-        let rowid = conn.last_insert_rowid();
         out.push(ExecResult {
             rows_affected: if modified { conn.changes() } else { 0 },
-            last_insert_id: if modified && rowid != rowid_before {
-                rowid
+            last_insert_id: if modified {
+                conn.last_insert_rowid()
             } else {
                 0
             },
