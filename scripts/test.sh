@@ -28,7 +28,7 @@ bash scripts/k8s-validate.sh || status=1
 # so CI runs them. Elsewhere they are skipped, and say so.
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     echo "==> container tests (image from the debug build, compose cluster)"
-    NACOSD_BIN_DIR=target/debug bash scripts/container-test.sh || status=1
+    NACOSD_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/debug" bash scripts/container-test.sh || status=1
 else
     echo "==> container tests SKIPPED: no Docker engine on this machine"
 fi
