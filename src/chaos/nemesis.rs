@@ -99,6 +99,9 @@ pub struct Active {
     pub description: String,
     /// How long to leave it in place.
     pub hold: Duration,
+    /// Something that went wrong with nacosd while injecting it (a clean shutdown
+    /// that was not clean).
+    pub problem: Option<String>,
     undo: Undo,
 }
 
@@ -164,6 +167,7 @@ impl Nemesis {
         kind: FaultKind,
     ) -> Result<Active, String> {
         let long = self.election_max.as_millis() as u64;
+        let mut problem = None;
         let (description, hold, undo) = match kind {
             FaultKind::KillNode | FaultKind::KillLeader => {
                 let (id, who) = if kind == FaultKind::KillNode {
@@ -240,7 +244,11 @@ impl Nemesis {
             }
             FaultKind::Restart => {
                 let id = self.node(cluster);
-                cluster.node(id).terminate(Duration::from_secs(20)).await;
+                problem = cluster
+                    .node(id)
+                    .terminate(Duration::from_secs(20))
+                    .await
+                    .err();
                 (
                     format!("SIGTERM node {id}, then start it again"),
                     self.millis(200, 2_000),
@@ -265,6 +273,7 @@ impl Nemesis {
             kind,
             description,
             hold,
+            problem,
             undo,
         })
     }
@@ -290,5 +299,33 @@ impl Nemesis {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(seed: u64) -> Vec<(FaultKind, Duration)> {
+        let mut n = Nemesis::new(
+            seed,
+            FaultKind::DEFAULT.to_vec(),
+            Duration::from_secs(3),
+            None,
+        );
+        (0..50).map(|_| (n.pick(), n.quiet())).collect()
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_schedule() {
+        assert_eq!(schedule(42), schedule(42));
+        assert_ne!(schedule(42), schedule(43));
+        let kinds: std::collections::BTreeSet<FaultKind> =
+            schedule(7).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            kinds.len(),
+            FaultKind::DEFAULT.len(),
+            "50 draws cover every kind"
+        );
     }
 }

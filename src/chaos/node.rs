@@ -136,18 +136,31 @@ impl Node {
         self.paused = false;
     }
 
-    /// SIGTERM, then wait for a clean exit (SIGKILL after `grace`).
-    pub async fn terminate(&mut self, grace: Duration) {
+    /// SIGTERM, then wait for a clean exit; SIGKILL after `grace`. `Err` says what
+    /// was wrong with the shutdown: it needed SIGKILL, or the exit status was not 0.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<(), String> {
         let Some(mut child) = self.child.take() else {
-            return;
+            return Ok(());
         };
         if self.paused {
             self.signal_pid(&child, "-CONT").await;
             self.paused = false;
         }
         self.signal_pid(&child, "-TERM").await;
-        if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            let _ = child.kill().await;
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!(
+                "node {} exited with {status} after SIGTERM",
+                self.spec.id
+            )),
+            Ok(Err(e)) => Err(format!("waiting for node {}: {e}", self.spec.id)),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(format!(
+                    "node {} did not stop within {grace:?} of SIGTERM; killed",
+                    self.spec.id
+                ))
+            }
         }
     }
 

@@ -306,93 +306,32 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         node,
         mount: out.join(format!("data/node{node}")),
     });
-    let mut nemesis = Nemesis::new(
+    let nemesis = Nemesis::new(
         seed,
         kinds,
         Duration::from_millis(opts.election_max_ms),
         disk,
     );
-    let mut faults: Vec<FaultRecord> = Vec::new();
-    let mut problems: Vec<String> = Vec::new();
-    let faults_log = out.join("faults.log");
-    let end = Instant::now() + Duration::from_secs_f64(opts.minutes * 60.0);
-    while Instant::now() < end {
-        tokio::time::sleep(nemesis.quiet()).await;
-        note_crashes(&mut cluster, &mut problems, &progress)?;
-        if Instant::now() >= end {
-            break;
-        }
-        let kind = nemesis.pick();
-        let start = recorder.now();
-        let active = nemesis.inject(&mut cluster, kind).await?;
-        progress.say(format!(
-            "fault #{}: {} for {:?}",
-            faults.len() + 1,
-            active.description,
-            active.hold
-        ));
-        tokio::time::sleep(active.hold).await;
-        let description = active.description.clone();
-        let note = nemesis.heal(&mut cluster, active).await?;
-        if let Some(n) = &note {
-            progress.say(n);
-        }
-        faults.push(FaultRecord {
-            kind,
-            description,
-            start,
-            healed: recorder.now(),
-            note,
-        });
-        write_file(&faults_log, &summary::timeline(&faults))?;
-    }
+    let mut run = Phases {
+        cluster: &mut cluster,
+        recorder: &recorder,
+        progress: &progress,
+        problems: Vec::new(),
+    };
+    let duration = Duration::from_secs_f64(opts.minutes * 60.0);
+    let faults = run.inject_faults(nemesis, duration, &out).await?;
     progress.say("faults over; healed; 5 s of recovery under load");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    note_crashes(&mut cluster, &mut problems, &progress)?;
+    run.note_crashes()?;
     let (keys, codes) = workload.stop().await;
     let workload_end = recorder.now();
     progress.say(format!(
         "clients stopped; {} ops recorded",
         recorder.history().len()
     ));
-
-    // Final checks: leaders, final reads (recorded), convergence, stale comparison.
-    if let Err(e) = cluster.wait_for_leaders(Duration::from_secs(60)).await {
-        problems.push(format!("after healing: {e}"));
-    }
-    let (final_values, unreadable) =
-        verify::final_reads(&run_id, &channels, &recorder, &keys, op_timeout).await;
-    for key in &unreadable {
-        problems.push(format!(
-            "key {key}: no LINEARIZABLE read succeeded after healing"
-        ));
-    }
-    progress.say(format!("final reads of {} keys done", final_values.len()));
-    let mut divergences = Vec::new();
-    match cluster.wait_converged(Duration::from_secs(120)).await {
-        Ok(()) => {
-            let digests = verify::compare_digests(&channels).await;
-            divergences =
-                verify::compare_nodes(&run_id, &channels, &keys, &final_values, op_timeout).await;
-            progress.say(format!(
-                "nodes converged; state digests: {}; stale reads compared: {} divergent keys",
-                if digests.is_empty() {
-                    "equal"
-                } else {
-                    "DIFFER"
-                },
-                divergences.len()
-            ));
-            problems.extend(digests.into_iter().map(|d| format!("divergence: {d}")));
-        }
-        Err(e) => problems.push(format!("convergence: {e}")),
-    }
-    for d in &divergences {
-        problems.push(format!(
-            "divergence on {}: expected {:?}, nodes {:?}",
-            d.key, d.expected, d.nodes
-        ));
-    }
+    run.final_checks(&run_id, &channels, &keys, op_timeout)
+        .await;
+    let mut problems = run.problems;
 
     let history = recorder.history();
     history
@@ -423,13 +362,13 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         problems: &problems,
         violations_file,
     });
+    write_file(&out.join("summary.txt"), &summary)?;
     for v in &report.violations {
         problems.push(format!(
             "linearizability violation on key {}: {}",
             v.key, v.explanation
         ));
     }
-    write_file(&out.join("summary.txt"), &summary)?;
 
     drop(cluster);
     if problems.is_empty() && !opts.keep_data {
@@ -442,6 +381,128 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
     })
 }
 
+/// The parts of a run that happen while its cluster is up, and the problems they
+/// find.
+struct Phases<'a> {
+    cluster: &'a mut Cluster,
+    recorder: &'a Recorder,
+    progress: &'a Progress,
+    problems: Vec<String>,
+}
+
+impl Phases<'_> {
+    /// Faults one after another for `duration`, each healed before the next; the
+    /// timeline is rewritten to `out/faults.log` after each.
+    async fn inject_faults(
+        &mut self,
+        mut nemesis: Nemesis,
+        duration: Duration,
+        out: &Path,
+    ) -> Result<Vec<FaultRecord>, String> {
+        let mut faults: Vec<FaultRecord> = Vec::new();
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            tokio::time::sleep(nemesis.quiet()).await;
+            self.note_crashes()?;
+            if Instant::now() >= end {
+                break;
+            }
+            let kind = nemesis.pick();
+            let start = self.recorder.now();
+            let active = nemesis.inject(self.cluster, kind).await?;
+            self.progress.say(format!(
+                "fault #{}: {} for {:?}",
+                faults.len() + 1,
+                active.description,
+                active.hold
+            ));
+            if let Some(p) = &active.problem {
+                self.progress.say(p);
+                self.problems.push(p.clone());
+            }
+            tokio::time::sleep(active.hold).await;
+            let description = active.description.clone();
+            let note = nemesis.heal(self.cluster, active).await?;
+            if let Some(n) = &note {
+                self.progress.say(n);
+            }
+            faults.push(FaultRecord {
+                kind,
+                description,
+                start,
+                healed: self.recorder.now(),
+                note,
+            });
+            write_file(&out.join("faults.log"), &summary::timeline(&faults))?;
+        }
+        Ok(faults)
+    }
+
+    /// Restarts any node that exited on its own and records it as a problem.
+    fn note_crashes(&mut self) -> Result<(), String> {
+        for node in &mut self.cluster.nodes {
+            if let super::node::ProcessState::Exited(how) = node.state() {
+                let msg = format!(
+                    "node {} exited on its own ({how}); see {}",
+                    node.id(),
+                    node.spec.log.display()
+                );
+                self.progress.say(&msg);
+                self.problems.push(msg);
+                node.start()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// With the clients stopped: leaders, final reads (recorded), convergence
+    /// (applied index, digests, stale reads). See [`super::verify`].
+    async fn final_checks(
+        &mut self,
+        run_id: &str,
+        channels: &[tonic::transport::Channel],
+        keys: &[super::ops::Key],
+        op_timeout: Duration,
+    ) {
+        if let Err(e) = self.cluster.wait_for_leaders(Duration::from_secs(60)).await {
+            self.problems.push(format!("after healing: {e}"));
+        }
+        let (final_values, unreadable) =
+            verify::final_reads(run_id, channels, self.recorder, keys, op_timeout).await;
+        for key in &unreadable {
+            self.problems.push(format!(
+                "key {key}: no LINEARIZABLE read succeeded after healing"
+            ));
+        }
+        self.progress
+            .say(format!("final reads of {} keys done", final_values.len()));
+        if let Err(e) = self.cluster.wait_converged(Duration::from_secs(120)).await {
+            self.problems.push(format!("convergence: {e}"));
+            return;
+        }
+        let digests = verify::compare_digests(channels).await;
+        let divergences =
+            verify::compare_nodes(run_id, channels, keys, &final_values, op_timeout).await;
+        self.progress.say(format!(
+            "nodes converged; state digests: {}; stale reads compared: {} divergent keys",
+            if digests.is_empty() {
+                "equal"
+            } else {
+                "DIFFER"
+            },
+            divergences.len()
+        ));
+        self.problems
+            .extend(digests.into_iter().map(|d| format!("divergence: {d}")));
+        for d in &divergences {
+            self.problems.push(format!(
+                "divergence on {}: expected {:?}, nodes {:?}",
+                d.key, d.expected, d.nodes
+            ));
+        }
+    }
+}
+
 /// Checks a history with the run's budget (generous: a long run has many keys).
 pub fn check_history(history: &History) -> Result<super::checker::Report, String> {
     let options = CheckOptions {
@@ -449,27 +510,6 @@ pub fn check_history(history: &History) -> Result<super::checker::Report, String
         ..CheckOptions::default()
     };
     check(history, &options).map_err(|e| format!("the history is malformed: {e}"))
-}
-
-/// Restarts any node that exited on its own and records it as a problem.
-fn note_crashes(
-    cluster: &mut Cluster,
-    problems: &mut Vec<String>,
-    progress: &Progress,
-) -> Result<(), String> {
-    for node in &mut cluster.nodes {
-        if let super::node::ProcessState::Exited(how) = node.state() {
-            let msg = format!(
-                "node {} exited on its own ({how}); see {}",
-                node.id(),
-                node.spec.log.display()
-            );
-            progress.say(&msg);
-            problems.push(msg);
-            node.start()?;
-        }
-    }
-    Ok(())
 }
 
 /// Creates the db group's table, through whichever node takes it.
