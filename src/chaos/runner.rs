@@ -4,8 +4,9 @@
 //!
 //! The output directory keeps what a failing run needs for a post-mortem: each
 //! node's log (`node<i>.log`, all starts appended), the history (`history.jsonl`,
-//! re-checkable with `--check`), the fault timeline (`faults.log`), the tables
-//! (`summary.txt`) and, when something was found, `violations.txt`. The nodes' data
+//! re-checkable with `--check`), the fault timeline (`faults.log`), every failed
+//! call with its status (`errors.log`), the tables (`summary.txt`) and, when
+//! something was found, `violations.txt`. The nodes' data
 //! directories are removed after a clean run unless `--keep-data`.
 
 use std::path::{Path, PathBuf};
@@ -323,7 +324,8 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
     progress.say("faults over; healed; 5 s of recovery under load");
     tokio::time::sleep(Duration::from_secs(5)).await;
     run.note_crashes()?;
-    let (keys, codes) = workload.stop().await;
+    let (keys, errors) = workload.stop().await;
+    write_file(&out.join("errors.log"), &(errors.log.join("\n") + "\n"))?;
     let workload_end = recorder.now();
     progress.say(format!(
         "clients stopped; {} ops recorded",
@@ -357,7 +359,7 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         history: &history,
         faults: &faults,
         workload_end,
-        codes: &codes,
+        codes: &errors.counts,
         report: &report,
         problems: &problems,
         violations_file,

@@ -48,6 +48,14 @@ pub struct WorkloadSpec {
 /// Error codes seen, by group: `code -> count`.
 pub type CodeCounts = BTreeMap<Group, BTreeMap<String, u64>>;
 
+/// The failed calls of a run: counted by code, and one line each for `errors.log`.
+#[derive(Debug, Clone, Default)]
+pub struct Errors {
+    pub counts: CodeCounts,
+    /// `<seconds on the history's clock> client <id> <op> <key>: <code> <message>`.
+    pub log: Vec<String>,
+}
+
 /// Pause after a failed call: this much plus a random share of it, in milliseconds.
 const ERROR_BACKOFF_MS: u64 = 50;
 
@@ -57,7 +65,7 @@ pub struct Workload {
     tasks: Vec<JoinHandle<()>>,
     started: Instant,
     spec: WorkloadSpec,
-    codes: Arc<Mutex<CodeCounts>>,
+    errors: Arc<Mutex<Errors>>,
 }
 
 /// The read level of client `k` on a node: `levels[k % levels.len()]`.
@@ -85,7 +93,7 @@ impl Workload {
         recorder: Recorder,
     ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
-        let codes = Arc::new(Mutex::new(CodeCounts::new()));
+        let errors = Arc::new(Mutex::new(Errors::default()));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for group in Group::ALL {
@@ -105,7 +113,7 @@ impl Workload {
                         recorder: recorder.clone(),
                         seen: HashMap::new(),
                         seq: 0,
-                        codes: codes.clone(),
+                        errors: errors.clone(),
                     };
                     let stop = stop.clone();
                     let spec = spec.clone();
@@ -118,19 +126,23 @@ impl Workload {
             tasks,
             started,
             spec,
-            codes,
+            errors,
         }
     }
 
     /// Stops the clients and waits for their last operations to finish.
-    pub async fn stop(self) -> (Vec<Key>, CodeCounts) {
+    pub async fn stop(self) -> (Vec<Key>, Errors) {
         self.stop.store(true, Ordering::SeqCst);
         for task in self.tasks {
             let _ = task.await;
         }
         let epochs = epoch_at(self.started.elapsed(), self.spec.epoch);
-        let codes = self.codes.lock().map(|c| c.clone()).unwrap_or_default();
-        (all_keys(&self.spec, epochs), codes)
+        let errors = self
+            .errors
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        (all_keys(&self.spec, epochs), errors)
     }
 }
 
@@ -175,7 +187,7 @@ struct Client {
     /// The last value this client knows each key held.
     seen: HashMap<Key, Option<String>>,
     seq: u64,
-    codes: Arc<Mutex<CodeCounts>>,
+    errors: Arc<Mutex<Errors>>,
 }
 
 impl Client {
@@ -258,7 +270,7 @@ impl Client {
                 true
             }
             Err(e) => {
-                self.count(&e);
+                self.note(&e, "write", key);
                 match e.failure {
                     Failure::NotApplied => pending.fail(),
                     Failure::Unknown => pending.unknown(),
@@ -285,7 +297,7 @@ impl Client {
                 true
             }
             Err(e) => {
-                self.count(&e);
+                self.note(&e, "read", key);
                 // A read that failed observed nothing; either outcome is ignored.
                 for pending in pendings {
                     match e.failure {
@@ -298,13 +310,22 @@ impl Client {
         }
     }
 
-    fn count(&self, e: &CallError) {
-        if let Ok(mut codes) = self.codes.lock() {
-            *codes
+    fn note(&self, e: &CallError, op: &str, key: &Key) {
+        let at = self.recorder.now() as f64 / 1e9;
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors
+                .counts
                 .entry(self.group)
                 .or_default()
                 .entry(e.code.clone())
                 .or_default() += 1;
+            errors.log.push(format!(
+                "{at:.3} client {} {op} {}: {} {}",
+                self.id,
+                key.name(),
+                e.code,
+                e.message
+            ));
         }
     }
 }
