@@ -465,7 +465,7 @@ docker network disconnect "$net" "$cut_cid"
 t_action=$EPOCHREALTIME
 log "$cut (leader) disconnected from $net"
 wait_new_leader "$cut" "$t_action"
-# Long enough for the others to notice (election timeout 1.5-3 s) and go on.
+# Long enough for the others to notice (lease plus election timeout, under 1 s) and go on.
 cut_until=$((SECONDS + 5))
 wait_writes 10 "$base" "$cut" 30
 while [ "$SECONDS" -lt "$cut_until" ]; do sleep 0.2; done

@@ -41,6 +41,29 @@ impl Default for DbLimits {
 /// a message's size whatever the entries hold).
 pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
 
+// Default Raft timing. How long a group is without a leader after its leader dies,
+// term by term (openraft 0.10):
+// - a follower's election timer runs from the last message of the leader and fires
+//   after the leader lease (openraft fixes it at `election_timeout_max`) *plus* a
+//   random election timeout in [min, max): 350 + 250..350 = 600..700 ms;
+// - the timer is checked on openraft's tick (13/64 of a heartbeat: 20 ms);
+// - pre-vote and vote: two round trips and one fsync of the vote (~10-30 ms here);
+// - the new leader commits its blank entry (one round trip and fsync), and followers
+//   learn of it from that append; a write then takes a forward and a commit.
+// A node whose vote request lost to a longer log waits a further 2 × max (openraft's
+// `smaller_log_timeout`), so the most up-to-date follower wins first.
+// Measured after kill -9 of a leader (docs/FAULTS.md): median under 1 s. Nothing
+// shorter than 600 ms of silence from a live leader starts an election; at 256 bench
+// clients no election happened (docs/BENCHMARKS.md). etcd's defaults are 100 ms and
+// 1000 ms (randomised up to 2000 ms).
+
+/// Default leader heartbeat interval.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+/// Default lower bound of the random election timeout.
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 250;
+/// Default upper bound of the random election timeout, and the leader lease.
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 350;
+
 /// The resolved configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,8 +134,11 @@ impl Default for Config {
             join: None,
             learner: false,
             force_new_cluster: false,
-            heartbeat: Duration::from_millis(250),
-            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            election_timeout: (
+                Duration::from_millis(DEFAULT_ELECTION_MIN_MS),
+                Duration::from_millis(DEFAULT_ELECTION_MAX_MS),
+            ),
             snapshot_logs: 10_000,
             snapshot_interval: Duration::from_secs(30 * 60),
             snapshot_keep_logs: 1_000,
@@ -190,13 +216,13 @@ pub struct ConfigArgs {
     )]
     #[serde(skip)]
     pub force_new_cluster: Option<bool>,
-    /// Leader heartbeat interval in milliseconds [default: 250].
+    /// Leader heartbeat interval in milliseconds [default: 100].
     #[arg(long, env = "NACOSD_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum election timeout in milliseconds [default: 1500].
+    /// Minimum election timeout in milliseconds [default: 250].
     #[arg(long, env = "NACOSD_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
-    /// Maximum election timeout in milliseconds [default: 3000].
+    /// Maximum election timeout in milliseconds [default: 350]; also the leader lease.
     #[arg(long, env = "NACOSD_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
     /// Snapshot after this many log entries [default: 10000].

@@ -106,7 +106,7 @@ const GAUGES: [Gauge; 8] = [
 ];
 
 /// Per-group counters of the consistency layer.
-const COUNTERS: [Counter; 5] = [
+const COUNTERS: [Counter; 6] = [
     (
         "nacosd_writes_local_total",
         "Writes proposed on this node as leader.",
@@ -121,6 +121,11 @@ const COUNTERS: [Counter; 5] = [
         "nacosd_write_retries_total",
         "Write attempts retried because no leader took them.",
         |c| c.write_retries.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_leader_requests_abandoned_total",
+        "Requests to the leader (forwarded writes, read indexes, reads) abandoned when leadership moved on first.",
+        |c| c.forwards_abandoned.load(Ordering::Relaxed),
     ),
     (
         "nacosd_read_index_failures_total",

@@ -425,17 +425,56 @@ fn report(opts: &Options, measure_from: Instant, measured: Vec<Measured>) -> Rep
             0.0
         },
         latency_ms: Latency::of(&latency),
+        elections: None,
     }
+}
+
+/// Each group's term, the highest any endpoint reports; `None` for etcd or when no
+/// endpoint answers.
+async fn terms(opts: &Options, channels: &[Channel]) -> Option<BTreeMap<String, u64>> {
+    if opts.target != Target::Nacosd {
+        return None;
+    }
+    let mut terms: Option<BTreeMap<String, u64>> = None;
+    for channel in channels.iter().take(opts.endpoints.len()) {
+        let mut client = pb::cluster_service_client::ClusterServiceClient::new(channel.clone());
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        let Ok(status) = client.status(req).await else {
+            continue;
+        };
+        let seen = terms.get_or_insert_with(BTreeMap::new);
+        for g in status.into_inner().groups {
+            let t = seen.entry(g.group).or_default();
+            *t = (*t).max(g.term);
+        }
+    }
+    terms
+}
+
+/// How far the terms advanced between `before` and `after`, summed over the groups.
+fn elections(
+    before: Option<BTreeMap<String, u64>>,
+    after: Option<BTreeMap<String, u64>>,
+) -> Option<u64> {
+    let (before, after) = (before?, after?);
+    Some(
+        after
+            .iter()
+            .map(|(g, t)| t.saturating_sub(before.get(g).copied().unwrap_or(*t)))
+            .sum(),
+    )
 }
 
 /// Run a benchmark. With `progress`, a line per second goes to stderr.
 pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
     opts.validate()?;
     let opts = Arc::new(opts);
-    let clients: Vec<Client> = connect(&opts)
-        .await?
-        .into_iter()
-        .map(|c| Client::new(opts.target, c))
+    let channels = connect(&opts).await?;
+    let terms_before = terms(&opts, &channels).await;
+    let clients: Vec<Client> = channels
+        .iter()
+        .map(|c| Client::new(opts.target, c.clone()))
         .collect();
     clients[0]
         .clone()
@@ -475,12 +514,32 @@ pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
     if let Some(t) = ticker {
         t.abort();
     }
-    Ok(report(&opts, schedule.measure_from, measured))
+    let mut report = report(&opts, schedule.measure_from, measured);
+    report.elections = elections(terms_before, terms(&opts, &channels).await);
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elections_are_term_advances_summed_over_groups() {
+        let terms = |pairs: &[(&str, u64)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(g, t)| (g.to_string(), *t))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        let before = terms(&[("config", 2), ("naming", 3)]);
+        let after = terms(&[("config", 4), ("naming", 3), ("db", 7)]);
+        // A group not seen before counts nothing: its start is unknown.
+        assert_eq!(elections(before.clone(), after), Some(2));
+        assert_eq!(elections(before.clone(), before.clone()), Some(0));
+        assert_eq!(elections(None, before), None);
+    }
 
     #[test]
     fn code_names_are_grpc_names() {

@@ -54,6 +54,11 @@ pub struct Report {
     /// Successful operations per second.
     pub throughput: f64,
     pub latency_ms: Latency,
+    /// Leader elections during the run (warm-up included), summed over the groups:
+    /// how far each group's term advanced. `None` for etcd, or when no node answered.
+    /// An election during a benchmark is a fault: writes stall while it lasts.
+    #[serde(default)]
+    pub elections: Option<u64>,
 }
 
 impl Report {
@@ -91,8 +96,19 @@ fn ms(v: f64) -> String {
 /// Reports as an aligned text table, one row each.
 pub fn table(reports: &[Report]) -> String {
     let header = [
-        "target", "workload", "clients", "conns", "ok", "ops/s", "p50 ms", "p90 ms", "p99 ms",
-        "p99.9 ms", "max ms", "errors",
+        "target",
+        "workload",
+        "clients",
+        "conns",
+        "ok",
+        "ops/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "elections",
+        "errors",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
@@ -110,6 +126,7 @@ pub fn table(reports: &[Report]) -> String {
                 ms(l.p99),
                 ms(l.p999),
                 ms(l.max),
+                r.elections.map_or("-".to_string(), |e| e.to_string()),
                 r.errors_text(),
             ]
         })
@@ -174,6 +191,7 @@ pub fn compare(reports: &[Report]) -> String {
         "etcd p99",
         "p99 ratio",
         "errors n/e",
+        "elections",
     ];
     let cell = |r: Option<&Report>, f: &dyn Fn(&Report) -> String| r.map(f).unwrap_or("-".into());
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -200,11 +218,13 @@ pub fn compare(reports: &[Report]) -> String {
                     cell(*n, &|r| r.error_count().to_string()),
                     cell(*e, &|r| r.error_count().to_string())
                 ),
+                n.and_then(|r| r.elections)
+                    .map_or("-".to_string(), |x| x.to_string()),
             ]
         })
         .collect();
     let mut out = align(&header, &rows);
-    out.push_str("ratio = nacosd / etcd: above 1 is better for throughput, below 1 for p99.\n");
+    out.push_str("ratio = nacosd / etcd: above 1 is better for throughput, below 1 for p99; elections: nacosd's leader elections during the run (should be 0).\n");
     out
 }
 
@@ -234,6 +254,7 @@ mod tests {
                 p999: p99,
                 max: p99,
             },
+            elections: Some(0),
         }
     }
 

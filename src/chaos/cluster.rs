@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::net::Network;
-use super::node::{Node, NodeSpec, ProcessState};
+use super::node::{Node, NodeSpec, ProcessState, System};
 use crate::pb;
 
 /// The nacosd groups, by the names ClusterService/Status reports.
@@ -21,6 +21,7 @@ pub const GROUPS: [&str; 3] = ["config", "naming_persistent", "embedded_db"];
 /// How a run starts its nodes.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    pub system: System,
     pub nodes: usize,
     pub binary: std::path::PathBuf,
     pub extra_args: Vec<String>,
@@ -41,13 +42,11 @@ impl Cluster {
     /// Creates the network, lays out the nodes under `out` and starts them.
     pub fn start(run_id: &str, spec: &ClusterSpec, out: &Path) -> Result<Cluster, String> {
         let net = Network::create(run_id, spec.nodes)?;
-        let members = (1..=spec.nodes)
-            .map(|i| format!("{i}={}:7848", net.node_ip(i)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = spec.system.members(spec.nodes, |i| net.node_ip(i));
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {
             nodes.push(Node::new(NodeSpec {
+                system: spec.system,
                 id: i,
                 namespace: net.namespace(i),
                 ip: net.node_ip(i),

@@ -1,14 +1,21 @@
-//! `--measure-failover`: how long writes stop when a group's leader dies (kill -9) or
-//! is cut off from the other nodes, with clients writing through a surviving node.
+//! `--measure-failover`: how long writes stop when a group's leader dies (kill -9), is
+//! cut off from the other nodes, or is stopped cleanly (SIGTERM, as in a rolling
+//! restart), with clients writing through a surviving node. `--system etcd` measures an
+//! etcd cluster the same way, for the side-by-side table in docs/BENCHMARKS.md.
 //!
 //! Each round picks a group (in turn), finds its leader, and starts `WRITERS`
-//! closed-loop clients that publish unique values through another node. After a
-//! baseline, the fault hits the leader; `t0` is when it is complete (the process
-//! reaped, every partition rule in place). The round's gap is the time from the last
-//! write that completed before `t0` to the first completion of a write *sent* after
-//! `t0` — the stretch a client saw without a successful write. Then the fault is
-//! healed (restart, or the partition removed) and the cluster settles before the next
-//! round.
+//! closed-loop clients that write unique values through another node. After a
+//! baseline, the fault hits the leader.
+//! - kill -9 and isolation: `t0` is when the fault is complete (the process reaped,
+//!   every partition rule in place). The round's gap is the time from the last write
+//!   that completed before `t0` to the first completion of a write *sent* after `t0`:
+//!   the stretch a client saw without a successful write.
+//! - SIGTERM: the leader hands its groups over and exits while writes go on; the gap is
+//!   the longest stretch between two successful writes from the signal until a second
+//!   after the process exited.
+//!
+//! Then the fault is healed (restart, or the partition removed) and the cluster
+//! settles before the next round.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -17,11 +24,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use super::cluster::Cluster;
 use super::nemesis::FaultKind;
+use super::node::System;
 use super::ops::{Group, Key, Target, Write};
 use super::runner::{Options, Progress};
+
+/// The fault kinds measured, in order.
+pub const KINDS: [FaultKind; 3] = [
+    FaultKind::KillLeader,
+    FaultKind::IsolateLeader,
+    FaultKind::Restart,
+];
 
 /// Concurrent writers through the surviving node; several, so that one stuck until
 /// its deadline does not hide the moment writes resume.
@@ -30,6 +46,10 @@ const WRITERS: u32 = 8;
 const BASELINE: Duration = Duration::from_secs(2);
 /// Give up waiting for writes to resume after this long.
 const GIVE_UP: Duration = Duration::from_secs(60);
+/// How long a SIGTERM'd leader may take to hand over and exit.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// After a clean stop, writes are watched this long for a late stall.
+const AFTER_STOP: Duration = Duration::from_secs(1);
 
 /// One measured round.
 #[derive(Debug, Clone)]
@@ -40,6 +60,8 @@ pub struct Round {
     pub through: usize,
     /// `None` when writes did not resume within [`GIVE_UP`].
     pub gap: Option<Duration>,
+    /// What went wrong besides the gap (a clean stop that was not clean).
+    pub problem: Option<String>,
 }
 
 /// One write of a round.
@@ -62,56 +84,68 @@ pub async fn measure(
     log: &Path,
 ) -> Result<Vec<Round>, String> {
     let mut rounds = Vec::new();
-    let timeout = Duration::from_millis(opts.op_timeout_ms);
-    for kind in [FaultKind::KillLeader, FaultKind::IsolateLeader] {
+    for kind in KINDS {
         for i in 0..opts.failover_runs {
             let group = Group::ALL[i % Group::ALL.len()];
-            cluster.wait_for_leaders(Duration::from_secs(60)).await?;
-            cluster.wait_converged(Duration::from_secs(60)).await?;
-            let leader = cluster
-                .leader_of(group.raft_group())
-                .await
-                .ok_or_else(|| format!("no leader of {}", group.raft_group()))?;
+            let leader = settle(opts.system, cluster, group).await?;
             let through = leader % cluster.nodes.len() + 1;
-            let target = Target {
+            let writer = Writer {
+                system: opts.system,
                 run_id: run_id.to_string(),
                 channel: cluster.node(through).channel(),
-                timeout,
+                timeout: Duration::from_millis(opts.op_timeout_ms),
+                group,
+                epoch: 1_000 + (rounds.len() as u32),
             };
-            let epoch = 1_000 + (rounds.len() as u32);
-            let (stop, done, tasks) = start_writers(target, group, epoch);
+            let (stop, done, tasks) = start_writers(writer);
             tokio::time::sleep(BASELINE).await;
 
-            match kind {
-                FaultKind::KillLeader => cluster.node(leader).kill9().await,
-                _ => {
+            let mut problem = None;
+            let (t0, gap) = match kind {
+                FaultKind::KillLeader => {
+                    cluster.node(leader).kill9().await;
+                    let t0 = Instant::now();
+                    (t0, wait_for_resumption(&done, t0).await)
+                }
+                FaultKind::IsolateLeader => {
                     for other in cluster.ids().into_iter().filter(|&o| o != leader) {
                         cluster.net.block(leader, other).await?;
                         cluster.net.block(other, leader).await?;
                     }
+                    // Once the fault is complete: a write sent earlier may still have
+                    // reached the old leader while the rules went in one by one.
+                    let t0 = Instant::now();
+                    (t0, wait_for_resumption(&done, t0).await)
                 }
-            }
-            // Once the fault is complete: a write sent earlier may still have reached
-            // the old leader while the rules went in one by one.
-            let t0 = Instant::now();
-            let gap = wait_for_resumption(&done, t0).await;
+                _ => {
+                    let t0 = Instant::now();
+                    problem = cluster.node(leader).terminate(STOP_GRACE).await.err();
+                    let end = Instant::now() + AFTER_STOP;
+                    tokio::time::sleep_until(end).await;
+                    (t0, longest_stall(&done, t0, end))
+                }
+            };
             stop.store(true, Ordering::SeqCst);
             match kind {
-                FaultKind::KillLeader => cluster.node(leader).start()?,
-                _ => cluster.net.heal().await?,
+                FaultKind::IsolateLeader => cluster.net.heal().await?,
+                _ => cluster.node(leader).start()?,
             }
             for task in tasks {
                 let _ = task.await;
             }
             log_attempts(log, rounds.len() + 1, kind, &done, t0);
             progress.say(format!(
-                "{kind} round {}: {} leader node {leader}, writes through node {through}: gap {}",
+                "{kind} round {}: {} leader node {leader}, writes through node {through}: gap {}{}",
                 i + 1,
                 group.name(),
                 gap.map_or("none (writes did not resume)".to_string(), |g| format!(
                     "{} ms",
                     g.as_millis()
-                ))
+                )),
+                problem
+                    .as_deref()
+                    .map(|p| format!("; {p}"))
+                    .unwrap_or_default()
             ));
             rounds.push(Round {
                 kind,
@@ -119,16 +153,70 @@ pub async fn measure(
                 leader,
                 through,
                 gap,
+                problem,
             });
         }
     }
     Ok(rounds)
 }
 
-fn start_writers(
-    target: Target,
+/// Waits until the cluster is whole and agrees on its leaders; the leader of `group`.
+async fn settle(system: System, cluster: &mut Cluster, group: Group) -> Result<usize, String> {
+    match system {
+        System::Etcd => super::etcd::wait_for_leader(cluster, Duration::from_secs(60)).await,
+        System::Nacosd => {
+            cluster.wait_for_leaders(Duration::from_secs(60)).await?;
+            cluster.wait_converged(Duration::from_secs(60)).await?;
+            cluster
+                .leader_of(group.raft_group())
+                .await
+                .ok_or_else(|| format!("no leader of {}", group.raft_group()))
+        }
+    }
+}
+
+/// Where and how the writers of a round write.
+#[derive(Clone)]
+struct Writer {
+    system: System,
+    run_id: String,
+    channel: Channel,
+    timeout: Duration,
     group: Group,
     epoch: u32,
+}
+
+impl Writer {
+    /// One write of writer `w`; `Err` is the status code.
+    async fn put(&self, w: u32, value: String) -> Result<(), String> {
+        match self.system {
+            System::Nacosd => {
+                let target = Target {
+                    run_id: self.run_id.clone(),
+                    channel: self.channel.clone(),
+                    timeout: self.timeout,
+                };
+                let key = Key {
+                    group: self.group,
+                    epoch: self.epoch,
+                    index: w,
+                };
+                target
+                    .write(&key, &Write::Put(value))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.code)
+            }
+            System::Etcd => {
+                let key = format!("{}/{}/{}/{w}", self.run_id, self.group.name(), self.epoch);
+                super::etcd::put(self.channel.clone(), key, value, self.timeout).await
+            }
+        }
+    }
+}
+
+fn start_writers(
+    writer: Writer,
 ) -> (
     Arc<AtomicBool>,
     Completions,
@@ -138,20 +226,14 @@ fn start_writers(
     let done: Completions = Arc::new(Mutex::new(Vec::new()));
     let tasks = (0..WRITERS)
         .map(|w| {
-            let (stop, done, target) = (stop.clone(), done.clone(), target.clone());
+            let (stop, done, writer) = (stop.clone(), done.clone(), writer.clone());
             tokio::spawn(async move {
-                let key = Key {
-                    group,
-                    epoch,
-                    index: w,
-                };
                 let mut seq = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     seq += 1;
-                    let value = format!("{}.f{w}.{seq}", target.run_id);
+                    let value = format!("{}.f{w}.{seq}", writer.run_id);
                     let invoked = Instant::now();
-                    let result = target.write(&key, &Write::Put(value)).await;
-                    let error = result.as_ref().err().map(|e| e.code.clone());
+                    let error = writer.put(w, value).await.err();
                     let pause = if error.is_some() { 20 } else { 10 };
                     if let Ok(mut d) = done.lock() {
                         d.push(Attempt {
@@ -220,18 +302,43 @@ async fn wait_for_resumption(done: &Completions, t0: Instant) -> Option<Duration
     None
 }
 
+/// The longest stretch without a successful write between `from` and `to`, counted
+/// from the last success before `from`; `None` when nothing succeeded in between.
+fn longest_stall(done: &Completions, from: Instant, to: Instant) -> Option<Duration> {
+    let d = done.lock().ok()?;
+    let mut times: Vec<Instant> = d
+        .iter()
+        .filter(|a| a.error.is_none() && a.completed <= to)
+        .map(|a| a.completed)
+        .collect();
+    times.sort_unstable();
+    let start = times.iter().rposition(|&t| t <= from).unwrap_or(0);
+    let window = &times[start..];
+    if !window.iter().any(|&t| t > from) {
+        return None;
+    }
+    window.windows(2).map(|w| w[1] - w[0]).max()
+}
+
 /// The table of a measurement: per fault kind, the median, min and max gap, and every
 /// round.
 pub fn render(rounds: &[Round], opts: &Options) -> String {
+    let settings = match opts.system {
+        System::Nacosd => format!(
+            "nacosd, heartbeat {} ms, election timeout {}-{} ms",
+            opts.heartbeat_ms, opts.election_min_ms, opts.election_max_ms
+        ),
+        System::Etcd => "etcd, its default settings".to_string(),
+    };
     let mut out = format!(
-        "Write gap after a leader fault, writes through a surviving node ({} writers, request deadline {} ms, heartbeat {} ms, election timeout {}-{} ms)\n",
-        WRITERS, opts.op_timeout_ms, opts.heartbeat_ms, opts.election_min_ms, opts.election_max_ms
+        "Write gap after a leader fault, writes through a surviving node ({settings}; {} writers, request deadline {} ms)\n",
+        WRITERS, opts.op_timeout_ms
     );
     out.push_str(&format!(
         "  {:<15} {:>6} {:>11} {:>8} {:>8}\n",
         "fault", "rounds", "median ms", "min ms", "max ms"
     ));
-    for kind in [FaultKind::KillLeader, FaultKind::IsolateLeader] {
+    for kind in KINDS {
         let mut gaps: Vec<u128> = rounds
             .iter()
             .filter(|r| r.kind == kind)

@@ -26,6 +26,7 @@
 pub mod checker;
 pub(crate) mod cluster;
 pub(crate) mod disk;
+pub(crate) mod etcd;
 pub(crate) mod failover;
 pub mod history;
 pub mod nemesis;
@@ -33,6 +34,9 @@ pub mod net;
 pub(crate) mod node;
 pub(crate) mod ops;
 pub mod runner;
+pub(crate) mod streams;
 pub(crate) mod summary;
 pub(crate) mod verify;
 pub(crate) mod workload;
+
+pub use node::System;

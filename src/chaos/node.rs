@@ -1,5 +1,6 @@
-//! One `nacosd` process in its namespace: start it (with the same flags every time),
-//! kill -9 it, stop it cleanly, pause and resume it, and ask it for its status.
+//! One `nacosd` process in its namespace (or an etcd member, for the failover
+//! comparison): start it (with the same flags every time), kill -9 it, stop it cleanly,
+//! pause and resume it, and ask it for its status.
 //!
 //! The process is started with `ip netns exec`, which enters the namespace and execs
 //! nacosd in place, so the child's pid is nacosd's own and signals reach it directly.
@@ -22,10 +23,49 @@ use crate::pb::cluster_service_client::ClusterServiceClient;
 pub const CLIENT_PORT: u16 = 9848;
 const PEER_PORT: u16 = 7848;
 const HTTP_PORT: u16 = 8848;
+/// etcd's client and peer ports, for the failover comparison.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+
+/// The system a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    Nacosd,
+    /// etcd with its default settings; only for `--measure-failover`.
+    Etcd,
+}
+
+impl System {
+    pub fn client_port(self) -> u16 {
+        match self {
+            System::Nacosd => CLIENT_PORT,
+            System::Etcd => ETCD_CLIENT_PORT,
+        }
+    }
+
+    /// Whether `status` is a clean exit after SIGTERM: 0 for nacosd; etcd re-raises
+    /// the signal once it has shut down.
+    fn clean_exit(self, status: std::process::ExitStatus) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        status.success() || (self == System::Etcd && status.signal() == Some(15))
+    }
+
+    /// The members flag's value for a cluster whose node `i` has address `ip(i)`.
+    pub fn members(self, nodes: usize, ip: impl Fn(usize) -> std::net::Ipv4Addr) -> String {
+        (1..=nodes)
+            .map(|i| match self {
+                System::Nacosd => format!("{i}={}:{PEER_PORT}", ip(i)),
+                System::Etcd => format!("e{i}=http://{}:{ETCD_PEER_PORT}", ip(i)),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 /// Everything needed to start a node, the same way every time.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    pub system: System,
     /// 1-based; also the nacosd node id.
     pub id: usize,
     pub namespace: String,
@@ -33,7 +73,7 @@ pub struct NodeSpec {
     pub binary: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
-    /// `--initial-members` of the whole cluster.
+    /// `--initial-members` of the whole cluster (etcd: `--initial-cluster`).
     pub members: String,
     /// Extra nacosd flags (timeouts, snapshot thresholds).
     pub extra_args: Vec<String>,
@@ -62,9 +102,55 @@ pub enum ProcessState {
     Exited(String),
 }
 
+impl NodeSpec {
+    /// The program's arguments, the same at every start.
+    fn args(&self) -> Vec<String> {
+        let ip = self.ip;
+        let data = self.data_dir.display().to_string();
+        let mut args: Vec<String> = match self.system {
+            System::Nacosd => vec![
+                "--node-id".into(),
+                self.id.to_string(),
+                "--data-dir".into(),
+                data,
+                "--client-addr".into(),
+                format!("{ip}:{CLIENT_PORT}"),
+                "--peer-addr".into(),
+                format!("{ip}:{PEER_PORT}"),
+                "--http-addr".into(),
+                format!("{ip}:{HTTP_PORT}"),
+                "--initial-members".into(),
+                self.members.clone(),
+            ],
+            // etcd's defaults otherwise (heartbeat 100 ms, election timeout 1000 ms);
+            // the initial-cluster flags are ignored once the data directory exists.
+            System::Etcd => vec![
+                "--name".into(),
+                format!("e{}", self.id),
+                "--data-dir".into(),
+                data,
+                "--listen-client-urls".into(),
+                format!("http://{ip}:{ETCD_CLIENT_PORT}"),
+                "--advertise-client-urls".into(),
+                format!("http://{ip}:{ETCD_CLIENT_PORT}"),
+                "--listen-peer-urls".into(),
+                format!("http://{ip}:{ETCD_PEER_PORT}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://{ip}:{ETCD_PEER_PORT}"),
+                "--initial-cluster".into(),
+                self.members.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+            ],
+        };
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+}
+
 impl Node {
     pub fn new(spec: NodeSpec) -> Result<Node, String> {
-        let channel = channel_to(&format!("http://{}:{CLIENT_PORT}", spec.ip))?;
+        let channel = channel_to(&format!("http://{}:{}", spec.ip, spec.system.client_port()))?;
         Ok(Node {
             spec,
             child: None,
@@ -102,18 +188,10 @@ impl Node {
             self.spec.id,
             wall_clock()
         );
-        let ip = self.spec.ip;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.spec.namespace])
             .arg(&self.spec.binary)
-            .args(["--node-id", &self.spec.id.to_string()])
-            .arg("--data-dir")
-            .arg(&self.spec.data_dir)
-            .args(["--client-addr", &format!("{ip}:{CLIENT_PORT}")])
-            .args(["--peer-addr", &format!("{ip}:{PEER_PORT}")])
-            .args(["--http-addr", &format!("{ip}:{HTTP_PORT}")])
-            .args(["--initial-members", &self.spec.members])
-            .args(&self.spec.extra_args)
+            .args(self.spec.args())
             .env("NACOSD_LOG", &self.spec.log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -148,7 +226,7 @@ impl Node {
         }
         self.signal_pid(&child, "-TERM").await;
         match tokio::time::timeout(grace, child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) if self.spec.system.clean_exit(status) => Ok(()),
             Ok(Ok(status)) => Err(format!(
                 "node {} exited with {status} after SIGTERM",
                 self.spec.id

@@ -219,7 +219,7 @@ impl Target {
         format!("kv_{}", self.run_id)
     }
 
-    fn config_key(&self, key: &Key) -> pb::ConfigKey {
+    pub(crate) fn config_key(&self, key: &Key) -> pb::ConfigKey {
         pb::ConfigKey {
             namespace: self.namespace(),
             group: format!("e{}", key.epoch),
@@ -227,7 +227,7 @@ impl Target {
         }
     }
 
-    fn service_key(&self, key: &Key) -> pb::ServiceKey {
+    pub(crate) fn service_key(&self, key: &Key) -> pb::ServiceKey {
         pb::ServiceKey {
             namespace: self.namespace(),
             group: format!("e{}", key.epoch),
@@ -466,7 +466,7 @@ impl Target {
 }
 
 /// The address of every naming instance; instances differ by port.
-const INSTANCE_IP: &str = "192.0.2.1";
+pub(crate) const INSTANCE_IP: &str = "192.0.2.1";
 
 fn db_key(key: &Key) -> String {
     format!("e{}/k{}", key.epoch, key.index)

@@ -9,6 +9,7 @@
 //! something was found, `violations.txt`. The nodes' data
 //! directories are removed after a clean run unless `--keep-data`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +21,9 @@ use super::cluster::{Cluster, ClusterSpec};
 use super::disk::DiskFault;
 use super::history::{History, Recorder};
 use super::nemesis::{FaultKind, Nemesis};
+use super::node::System;
 use super::ops::Target;
+use super::streams::{self, Observers, StreamSpec};
 use super::summary::{self, FaultRecord, Findings};
 use super::verify;
 use super::workload::{Workload, WorkloadSpec};
@@ -72,14 +75,15 @@ pub struct Options {
     /// Mean pause between one client's requests, in milliseconds.
     #[arg(long, default_value_t = 10)]
     pub think_ms: u64,
-    /// nacosd's --heartbeat-ms.
-    #[arg(long, default_value_t = 250)]
+    /// nacosd's --heartbeat-ms (default: nacosd's).
+    #[arg(long, default_value_t = crate::config::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
-    /// nacosd's --election-timeout-min-ms.
-    #[arg(long, default_value_t = 1500)]
+    /// nacosd's --election-timeout-min-ms (default: nacosd's).
+    #[arg(long, default_value_t = crate::config::DEFAULT_ELECTION_MIN_MS)]
     pub election_min_ms: u64,
-    /// nacosd's --election-timeout-max-ms (pauses and partitions outlast it).
-    #[arg(long, default_value_t = 3000)]
+    /// nacosd's --election-timeout-max-ms (default: nacosd's; pauses and partitions
+    /// outlast it).
+    #[arg(long, default_value_t = crate::config::DEFAULT_ELECTION_MAX_MS)]
     pub election_max_ms: u64,
     /// nacosd's --snapshot-logs: low, so that snapshots are built and installed.
     #[arg(long, default_value_t = 500)]
@@ -96,12 +100,19 @@ pub struct Options {
     /// Keep the nodes' data directories after a clean run.
     #[arg(long)]
     pub keep_data: bool,
-    /// Instead of a chaos run: measure the write gap after kill -9 and after isolation
-    /// of a group's leader, --failover-runs times each.
+    /// Instead of a chaos run: measure the write gap after kill -9, isolation and a
+    /// clean stop (SIGTERM) of a group's leader, --failover-runs times each.
     #[arg(long)]
     pub measure_failover: bool,
     #[arg(long, default_value_t = 10)]
     pub failover_runs: usize,
+    /// With --measure-failover: the system to measure. `etcd` runs an etcd cluster
+    /// (its default settings) on the same network, for the side-by-side table.
+    #[arg(long, value_enum, default_value_t = System::Nacosd)]
+    pub system: System,
+    /// The etcd binary for `--system etcd`.
+    #[arg(long, default_value = "etcd")]
+    pub etcd: PathBuf,
     /// Instead of a run: check a saved history.jsonl and exit.
     #[arg(long)]
     pub check: Option<PathBuf>,
@@ -153,6 +164,9 @@ impl Options {
         }
         if self.read_levels.is_empty() {
             return Err("--read-levels: at least one level".to_string());
+        }
+        if self.system == System::Etcd && !self.measure_failover {
+            return Err("--system etcd is only for --measure-failover".to_string());
         }
         if self.faults.contains(&FaultKind::DiskFull) && !self.disk_full {
             return Err("the disk-full fault needs --disk-full".to_string());
@@ -214,7 +228,18 @@ impl Options {
     }
 
     pub fn cluster_spec(&self) -> Result<ClusterSpec, String> {
+        if self.system == System::Etcd {
+            return Ok(ClusterSpec {
+                system: System::Etcd,
+                nodes: self.nodes,
+                binary: find_program(&self.etcd)?,
+                extra_args: Vec::new(),
+                log_filter: String::new(),
+                tmpfs: None,
+            });
+        }
         Ok(ClusterSpec {
+            system: System::Nacosd,
             nodes: self.nodes,
             binary: self.binary()?,
             extra_args: self.node_args(),
@@ -222,6 +247,23 @@ impl Options {
             tmpfs: self.disk_full.then_some((self.nodes, self.disk_mb)),
         })
     }
+}
+
+/// `program` as given if it is a path, else found on PATH.
+fn find_program(program: &std::path::Path) -> Result<PathBuf, String> {
+    if program.components().count() > 1 {
+        return if program.is_file() {
+            Ok(program.to_path_buf())
+        } else {
+            Err(format!("{} not found", program.display()))
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{} not found on PATH", program.display()))
 }
 
 /// A run id: six hex digits from the seed and the clock, so that names are fresh even
@@ -262,6 +304,10 @@ fn write_file(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// How long Watch and Subscribe observers get, after the final reads, to reach the
+/// final state of every item.
+const STREAMS_SETTLE: Duration = Duration::from_secs(30);
+
 /// A chaos run. `Err` is a harness failure; problems the run found are in the result.
 pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, String> {
     let progress = Progress::new();
@@ -299,6 +345,16 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         think: Duration::from_millis(opts.think_ms),
         read_levels: opts.read_levels.iter().map(|&l| l.into()).collect(),
     };
+    let observers = Observers::start(
+        StreamSpec {
+            run_id: run_id.clone(),
+            epoch: workload_spec.epoch,
+            config_keys: workload_spec.keys,
+            naming_keys: workload_spec.keys,
+            timeout: op_timeout,
+        },
+        &channels,
+    );
     let workload = Workload::start(workload_spec, channels.clone(), recorder.clone());
     progress.say("clients started; 3 s without faults");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -331,14 +387,30 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         "clients stopped; {} ops recorded",
         recorder.history().len()
     ));
-    run.final_checks(&run_id, &channels, &keys, op_timeout)
+    let final_values = run
+        .final_checks(&run_id, &channels, &keys, op_timeout)
         .await;
+    let expected = streams::expected_states(&final_values);
+    let (seen, missing) = observers
+        .finish(&expected, channels.len(), STREAMS_SETTLE)
+        .await;
+    progress.say(format!(
+        "Watch and Subscribe: {} events on {} streams; {} observers short of a final state",
+        seen.len(),
+        seen.iter()
+            .map(|s| (s.node, s.item.as_str(), s.connection))
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        missing.len()
+    ));
     let mut problems = run.problems;
+    problems.extend(missing);
 
     let history = recorder.history();
     history
         .save(&out.join("history.jsonl"))
         .map_err(|e| format!("saving the history: {e}"))?;
+    problems.extend(streams::check(&seen, &history));
     progress.say(format!("checking {} ops", history.len()));
     let report = check_history(&history)?;
     for key in &report.inconclusive {
@@ -465,7 +537,7 @@ impl Phases<'_> {
         channels: &[tonic::transport::Channel],
         keys: &[super::ops::Key],
         op_timeout: Duration,
-    ) {
+    ) -> BTreeMap<super::ops::Key, Option<String>> {
         if let Err(e) = self.cluster.wait_for_leaders(Duration::from_secs(60)).await {
             self.problems.push(format!("after healing: {e}"));
         }
@@ -480,7 +552,7 @@ impl Phases<'_> {
             .say(format!("final reads of {} keys done", final_values.len()));
         if let Err(e) = self.cluster.wait_converged(Duration::from_secs(120)).await {
             self.problems.push(format!("convergence: {e}"));
-            return;
+            return final_values;
         }
         let digests = verify::compare_digests(channels).await;
         let divergences =
@@ -502,6 +574,7 @@ impl Phases<'_> {
                 d.key, d.expected, d.nodes
             ));
         }
+        final_values
     }
 }
 
@@ -544,9 +617,11 @@ pub async fn measure_failover(opts: Options, run_id: String) -> Result<RunResult
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let spec = opts.cluster_spec()?;
     let mut cluster = Cluster::start(&run_id, &spec, &out)?;
-    cluster.wait_for_leaders(Duration::from_secs(60)).await?;
-    let channels: Vec<_> = cluster.nodes.iter().map(|n| n.channel()).collect();
-    create_table(&run_id, &channels).await?;
+    if opts.system == System::Nacosd {
+        cluster.wait_for_leaders(Duration::from_secs(60)).await?;
+        let channels: Vec<_> = cluster.nodes.iter().map(|n| n.channel()).collect();
+        create_table(&run_id, &channels).await?;
+    }
     progress.say(format!(
         "{} nodes up; {} rounds per fault kind",
         opts.nodes, opts.failover_runs
@@ -563,14 +638,16 @@ pub async fn measure_failover(opts: Options, run_id: String) -> Result<RunResult
     write_file(&out.join("failover.txt"), &summary)?;
     let problems: Vec<String> = rounds
         .iter()
-        .filter(|r| r.gap.is_none())
-        .map(|r| {
-            format!(
-                "{}: writes to {} through node {} did not resume",
-                r.kind,
-                r.group.name(),
-                r.through
-            )
+        .flat_map(|r| {
+            let stalled = r.gap.is_none().then(|| {
+                format!(
+                    "{}: writes to {} through node {} did not resume",
+                    r.kind,
+                    r.group.name(),
+                    r.through
+                )
+            });
+            stalled.into_iter().chain(r.problem.clone())
         })
         .collect();
     drop(cluster);

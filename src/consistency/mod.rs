@@ -18,6 +18,13 @@
 //!   assumes bounded clock drift).
 //! - `Stale`: the local state as it is, even with no leader.
 //!
+//! A request this node sends to the leader it knows (a forwarded write, a read index,
+//! a read run on the leader) is abandoned as soon as this node learns that leadership
+//! moved on (`while_leader_is`): an old leader that was cut off would otherwise hold it
+//! until its deadline, long after a new leader took over. An abandoned read is retried
+//! against the new leader; an abandoned write is reported as an unknown outcome (the
+//! old leader may have appended it, and a new leader may yet commit it).
+//!
 //! A node that has been out of contact with a group's quorum for more than two leader
 //! leases (`Group::cut_off_for`: partitioned away, or the majority is down) answers
 //! `Unavailable` at once instead of retrying until the client's deadline, so clients
@@ -34,8 +41,13 @@ pub use write::{write, write_on_leader};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
+use openraft::rt::watch::WatchReceiver;
+
 use crate::error::{Error, Result};
 use crate::raft::node::{Group, MultiRaft};
+use crate::raft::types::NodeId;
 
 /// The group, if this node leads it; otherwise `Unavailable` (not proposed, safe to
 /// retry elsewhere) naming the leader when known. Requests forwarded here by a
@@ -73,4 +85,54 @@ fn cut_off(node: &MultiRaft, group: &Group, for_: Duration) -> Error {
         ),
         leader: None,
     }
+}
+
+/// Runs `call`, a request to `leader` (this node's view of the group's leader when the
+/// request was sent), until it completes or this node's view of the leader changes,
+/// whichever comes first. `Err` with the new view (`None`: no leader known, an
+/// election is under way) when the call was abandoned.
+async fn while_leader_is<T>(
+    group: &Group,
+    leader: NodeId,
+    call: impl Future<Output = T>,
+) -> std::result::Result<T, Option<NodeId>> {
+    let mut rx = group.raft.metrics();
+    let moved_on = async move {
+        loop {
+            let current = rx.borrow_watched().current_leader;
+            if current != Some(leader) {
+                return current;
+            }
+            if rx.changed().await.is_err() {
+                // The group stopped: the call itself will fail soon enough.
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::select! {
+        done = call => Ok(done),
+        now = moved_on => Err(now),
+    }
+}
+
+/// How a change of leader reads in an error message.
+fn describe_leader(leader: Option<NodeId>) -> String {
+    leader.map_or("no leader (an election is under way)".to_string(), |id| {
+        format!("node {id}")
+    })
+}
+
+/// Wait up to `wait` for this node to learn of a leader other than the one it knows.
+async fn wait_for_leader_change(group: &Group, wait: Duration) {
+    let mut rx = group.raft.metrics();
+    let before = rx.borrow_watched().current_leader;
+    let _ = tokio::time::timeout(wait, async {
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_watched().current_leader;
+            if now.is_some() && now != before {
+                return;
+            }
+        }
+    })
+    .await;
 }

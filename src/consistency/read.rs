@@ -88,9 +88,17 @@ async fn read_index(
     if leader_id == node.node_id {
         return Err(Error::unavailable("leadership in transition"));
     }
-    node.peers
-        .read_index(&addr, &group.name, lease, timeout)
+    let call = node.peers.read_index(&addr, &group.name, lease, timeout);
+    super::while_leader_is(group, leader_id, call)
         .await
+        .unwrap_or_else(|now| {
+            GroupCounters::inc(&group.counters.forwards_abandoned);
+            Err(Error::unavailable(format!(
+                "leadership of group {} moved from node {leader_id} to {} during the read index",
+                group.name,
+                super::describe_leader(now)
+            )))
+        })
 }
 
 async fn local_read_index(group: &Group, lease: bool, timeout: Duration) -> Result<LogId> {
@@ -150,28 +158,61 @@ pub async fn read_on_leader(
     }
 }
 
+/// Run the read on the leader, following leadership as it moves: a read has no side
+/// effect, so one abandoned because the leader changed (or refused because the target
+/// no longer leads) is sent again to the new leader, until the deadline.
 async fn read_via_leader(
     node: &MultiRaft,
     group: &Group,
     query: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>> {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    if group.raft.is_leader() {
-        return read_on_leader(node, &group.name, query, timeout).await;
-    }
-    let (_, addr) = group.leader().ok_or_else(|| Error::Unavailable {
-        message: format!("group {} has no leader to read from", group.name),
-        leader: None,
-    })?;
-    node.peers
-        .forward_read(&addr, &group.name, &query, timeout)
-        .await
-        .map_err(|e| match e {
-            Error::Unavailable { message, .. } => Error::Unavailable {
-                message,
+    let mut backoff = Duration::from_millis(5);
+    let mut last_error: Option<Error> = None;
+    loop {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            let detail = last_error
+                .map(|e| format!(" (last attempt: {e})"))
+                .unwrap_or_default();
+            return Err(Error::Unavailable {
+                message: format!(
+                    "group {} has no reachable leader to read from before the deadline{detail}",
+                    group.name
+                ),
                 leader: group.leader(),
-            },
-            other => other,
-        })
+            });
+        }
+        if group.raft.is_leader() {
+            return read_on_leader(node, &group.name, query, timeout).await;
+        }
+        let attempt = match group.leader() {
+            Some((leader_id, _)) if leader_id == node.node_id => {
+                Err(Error::unavailable("leadership in transition"))
+            }
+            Some((leader_id, addr)) => {
+                let call = node.peers.forward_read(&addr, &group.name, &query, timeout);
+                match super::while_leader_is(group, leader_id, call).await {
+                    Ok(result) => result,
+                    Err(now) => {
+                        GroupCounters::inc(&group.counters.forwards_abandoned);
+                        Err(Error::unavailable(format!(
+                            "leadership moved from node {leader_id} to {} during the read",
+                            super::describe_leader(now)
+                        )))
+                    }
+                }
+            }
+            None => Err(Error::unavailable("no leader known")),
+        };
+        match attempt {
+            Err(e @ Error::Unavailable { .. }) => {
+                last_error = Some(e);
+                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                super::wait_for_leader_change(group, wait).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }

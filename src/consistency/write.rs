@@ -1,6 +1,5 @@
 //! The write path: propose on the leader, forward from followers.
 
-use openraft::rt::watch::WatchReceiver;
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, RaftError};
@@ -8,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::raft::node::{Group, GroupCounters, MultiRaft};
-use crate::raft::types::Command;
+use crate::raft::types::{Command, NodeId};
 
 /// Apply `cmd` to `group` through its leader, wherever that is, within `timeout`
 /// (default: the node's configured default).
@@ -39,7 +38,7 @@ pub async fn write(
                 Err(Error::unavailable("leadership in transition"))
             } else {
                 GroupCounters::inc(&group.counters.writes_forwarded);
-                forward(node, group, &addr, &cmd, remaining).await
+                forward(node, group, leader_id, &addr, &cmd, remaining).await
             }
         } else {
             Err(Error::unavailable("no leader known"))
@@ -50,7 +49,7 @@ pub async fn write(
                 GroupCounters::inc(&group.counters.write_retries);
                 last_error = Some(e);
                 let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                wait_for_leader_change(group, wait).await;
+                super::wait_for_leader_change(group, wait).await;
                 backoff = (backoff * 2).min(Duration::from_millis(200));
             }
             other => return other,
@@ -69,20 +68,6 @@ fn no_leader(group: &Group, last: Option<Error>) -> Error {
         ),
         leader: group.leader(),
     }
-}
-
-async fn wait_for_leader_change(group: &Group, wait: Duration) {
-    let mut rx = group.raft.metrics();
-    let before = rx.borrow_watched().current_leader;
-    let _ = tokio::time::timeout(wait, async {
-        while rx.changed().await.is_ok() {
-            let now = rx.borrow_watched().current_leader;
-            if now.is_some() && now != before {
-                return;
-            }
-        }
-    })
-    .await;
 }
 
 /// Propose on this node, which must lead the group. Used for local writes and for
@@ -129,14 +114,26 @@ async fn propose(group: &Group, cmd: Command, timeout: Duration) -> Result<Vec<u
     }
 }
 
+/// Forward `cmd` to the leader `leader_id` at `addr`; abandoned (unknown outcome) when
+/// this node learns of a change of leader first.
 async fn forward(
     node: &MultiRaft,
     group: &Group,
+    leader_id: NodeId,
     addr: &str,
     cmd: &Command,
     timeout: Duration,
 ) -> Result<Vec<u8>> {
-    node.peers
-        .forward_write(addr, &group.name, cmd, timeout)
-        .await
+    let call = node.peers.forward_write(addr, &group.name, cmd, timeout);
+    match super::while_leader_is(group, leader_id, call).await {
+        Ok(result) => result,
+        Err(now) => {
+            GroupCounters::inc(&group.counters.forwards_abandoned);
+            Err(Error::UnknownOutcome(format!(
+                "the write was forwarded to node {leader_id}, the leader of group {}, and leadership moved to {} before it answered; it may or may not have been applied",
+                group.name,
+                super::describe_leader(now)
+            )))
+        }
+    }
 }

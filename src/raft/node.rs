@@ -54,6 +54,9 @@ pub struct GroupCounters {
     pub writes_forwarded: AtomicU64,
     /// Write attempts retried because no leader took them.
     pub write_retries: AtomicU64,
+    /// Requests to the leader (forwarded writes, read indexes, reads) abandoned because
+    /// this node learned of a new leader before the old one answered.
+    pub forwards_abandoned: AtomicU64,
     /// Linearizable/lease reads whose read-index step failed.
     pub read_index_failures: AtomicU64,
     /// Reads executed on the leader instead of locally (after a failed read index, or

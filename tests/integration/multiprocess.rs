@@ -134,6 +134,62 @@ async fn cluster_survives_kill_9_of_a_leader_under_concurrent_writes() {
     }
 }
 
+/// The fault suite's isolation rounds: a follower that forwarded a write to a leader
+/// that then fell silent (paused here, partitioned there) held it until the client's
+/// deadline, long after a new leader took over. It now gives up on it as soon as it
+/// learns that leadership moved (the outcome is unknown: the old leader may have
+/// appended it), and a read through it follows the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_forwarded_to_a_silent_leader_is_abandoned_when_leadership_moves() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = cluster(3, dir.path());
+    wait_for_leaders(&mut procs, DEADLINE).await;
+    let leader = agreed_leaders(&procs).await.unwrap()["config"];
+    let via = procs
+        .iter()
+        .find(|p| p.id != leader)
+        .unwrap()
+        .client
+        .clone();
+    let mut client = ConfigServiceClient::connect(format!("http://{via}"))
+        .await
+        .unwrap();
+    // A first write through the follower: the forwarding path is up.
+    let mut req = tonic::Request::new(publish("before", "1"));
+    req.set_timeout(DEADLINE);
+    client.publish_config(req).await.unwrap();
+
+    let old = procs.iter().find(|p| p.id == leader).unwrap();
+    old.pause();
+    // Far longer than the election the survivors hold: only the abandonment can end
+    // this call before its deadline.
+    let mut req = tonic::Request::new(publish("during", "2"));
+    req.set_timeout(Duration::from_secs(600));
+    let status = client
+        .publish_config(req)
+        .await
+        .expect_err("the silent leader cannot have answered");
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    assert!(
+        status.message().contains("leadership moved"),
+        "abandoned because the leader changed: {status:?}"
+    );
+
+    // A read through the same node, with the old leader still silent, is served.
+    let mut req = tonic::Request::new(pb::GetConfigRequest {
+        key: publish("before", "").key,
+        consistency: pb::Consistency::Linearizable as i32,
+    });
+    req.set_timeout(DEADLINE);
+    let item = client.get_config(req).await.unwrap().into_inner();
+    assert_eq!(item.content, "1");
+
+    procs.iter().find(|p| p.id == leader).unwrap().resume();
+    wait_for_leaders(&mut procs, DEADLINE).await;
+    wait_converged(&procs, DEADLINE).await;
+}
+
 fn nacosctl(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_nacosctl"))
         .args(args)
