@@ -181,6 +181,24 @@ pub fn render_metrics(node: &MultiRaft) -> String {
             f(&node.counters)
         );
     }
+    let (calls, writes) = node.peers.batches().counts();
+    for (name, help, value) in [
+        (
+            "nacosd_forward_calls_total",
+            "ForwardWrites calls this node sent to leaders (each carries a batch of writes).",
+            calls,
+        ),
+        (
+            "nacosd_forwarded_writes_total",
+            "Writes this node forwarded to leaders in ForwardWrites calls.",
+            writes,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
     out
 }
 

@@ -7,6 +7,7 @@
 //! before running it (the status codes in [`refused_before_handling`]). Every other
 //! failure after the request may have left is [`Error::UnknownOutcome`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -18,13 +19,14 @@ use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::raft_peer_client::RaftPeerClient;
 use crate::peer::channels::{Lane, PeerChannels};
+use crate::peer::forward::Batches;
 use crate::peer::wire::{self, Sender};
 use crate::raft::identity::IdentityCell;
 use crate::raft::types::{Command, LogId};
 
 /// Extra time a forwarded call gets over the deadline it carries, so that the remote
 /// node's own timeout answers first.
-const FORWARD_HEADROOM: Duration = Duration::from_millis(200);
+pub(crate) const FORWARD_HEADROOM: Duration = Duration::from_millis(200);
 
 /// This node's handle for calling peers.
 #[derive(Clone)]
@@ -34,12 +36,14 @@ pub struct PeerClient {
     identity: IdentityCell,
     /// Largest message sent or accepted (see `Config::peer_message_limit`).
     max_message: usize,
+    /// Forwarded writes waiting to go, per leader and group (`peer::forward`).
+    batches: Arc<Batches>,
 }
 
 /// Status codes with which the peer server refuses a call before its handler runs
 /// (unknown group, another cluster, no identity yet, undecodable, too large, unknown
 /// method): nothing was applied.
-fn refused_before_handling(code: tonic::Code) -> bool {
+pub(crate) fn refused_before_handling(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
@@ -54,7 +58,12 @@ impl PeerClient {
             node_id,
             identity,
             max_message,
+            batches: Arc::default(),
         }
+    }
+
+    pub(crate) fn batches(&self) -> &Batches {
+        &self.batches
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -91,7 +100,8 @@ impl PeerClient {
         req
     }
 
-    /// Propose `cmd` on the leader at `addr`.
+    /// Propose `cmd` on the leader at `addr`, batched with the other writes this node
+    /// forwards there (`peer::forward`).
     pub async fn forward_write(
         &self,
         addr: &str,
@@ -99,10 +109,22 @@ impl PeerClient {
         cmd: &Command,
         timeout: Duration,
     ) -> Result<Vec<u8>> {
+        self.forward_encoded(addr, group, codec::encode(cmd), timeout)
+            .await
+    }
+
+    /// One write, one call: for leaders that do not know `ForwardWrites`.
+    pub(crate) async fn forward_one(
+        &self,
+        addr: &str,
+        group: &str,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
         let req = self.request(
             pb::ForwardWriteRequest {
                 group: group.to_string(),
-                command: codec::encode(cmd),
+                command,
                 timeout_ms: timeout.as_millis() as u64,
             },
             Some(timeout + FORWARD_HEADROOM),

@@ -8,6 +8,8 @@
 //!   bulk lane, shared by every group.
 //! - `client`: the calling side, typed: forwarded writes and reads, read-index,
 //!   Hello, cluster operations; every reply decoded the same way.
+//! - `forward`: forwarded writes batched per leader and group, several calls in
+//!   flight, no timer.
 //! - `raft_network`: openraft's network for one group over that client (append
 //!   batches capped by bytes, size-aware deadlines, progress-bounded snapshots).
 //! - `server`: the receiving side, with admission by cluster identity first.
@@ -19,6 +21,7 @@
 
 pub mod channels;
 pub mod client;
+mod forward;
 pub mod raft_network;
 pub(crate) mod server;
 pub(crate) mod wire;

@@ -261,6 +261,34 @@ impl RaftPeer for PeerService {
         }))
     }
 
+    async fn forward_writes(
+        &self,
+        req: Request<pb::ForwardWritesRequest>,
+    ) -> Result<Response<pb::ForwardWritesReply>, Status> {
+        self.admit(&req, "forwarded writes")?;
+        let req = req.into_inner();
+        let group = &req.group;
+        // Proposed concurrently: openraft takes them in arrival order and appends them
+        // in as few log batches as it can.
+        let writes = req.writes.into_iter().map(|w| async move {
+            let result = match codec::decode_message(&w.command, "forwarded command") {
+                Ok(command) => {
+                    consistency::write_on_leader(
+                        &self.node,
+                        group,
+                        command,
+                        timeout_of(w.timeout_ms),
+                    )
+                    .await
+                }
+                Err(e) => Err(Error::invalid(e.to_string())),
+            };
+            codec::encode(&result)
+        });
+        let results = futures::future::join_all(writes).await;
+        Ok(Response::new(pb::ForwardWritesReply { results }))
+    }
+
     async fn forward_read(
         &self,
         req: Request<pb::ForwardReadRequest>,
