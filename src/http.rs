@@ -13,7 +13,15 @@ use axum::routing::get;
 use axum::Router;
 use openraft::rt::watch::WatchReceiver;
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
 use crate::api::cluster::group_status;
+use crate::metrics::GroupLabels;
 use crate::pb;
 use crate::raft::node::{GroupCounters, MultiRaft, NodeCounters};
 
@@ -59,16 +67,16 @@ async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
     }
 }
 
-type Gauge = (
+type GaugeSpec = (
     &'static str,
     &'static str,
     fn(&pb::GroupStatus) -> Option<u64>,
 );
-type Counter = (&'static str, &'static str, fn(&GroupCounters) -> u64);
-type NodeCounter = (&'static str, &'static str, fn(&NodeCounters) -> u64);
+type CounterSpec = (&'static str, &'static str, fn(&GroupCounters) -> u64);
+type NodeCounterSpec = (&'static str, &'static str, fn(&NodeCounters) -> u64);
 
 /// Per-group gauges, from the Raft metrics (`Status`).
-const GAUGES: [Gauge; 8] = [
+const GAUGES: [GaugeSpec; 8] = [
     ("nacosd_raft_term", "Current Raft term.", |s| Some(s.term)),
     (
         "nacosd_raft_is_leader",
@@ -106,7 +114,7 @@ const GAUGES: [Gauge; 8] = [
 ];
 
 /// Per-group counters of the consistency layer.
-const COUNTERS: [Counter; 6] = [
+const COUNTERS: [CounterSpec; 6] = [
     (
         "nacosd_writes_local_total",
         "Writes proposed on this node as leader.",
@@ -140,7 +148,7 @@ const COUNTERS: [Counter; 6] = [
 ];
 
 /// Node-wide counters.
-const NODE_COUNTERS: [NodeCounter; 2] = [
+const NODE_COUNTERS: [NodeCounterSpec; 2] = [
     (
         "nacosd_peer_calls_refused_total",
         "Peer calls refused: another cluster, or this node has no cluster identity yet.",
@@ -154,57 +162,140 @@ const NODE_COUNTERS: [NodeCounter; 2] = [
 ];
 
 /// Render every metric.
+/// The whole /metrics page (OpenMetrics text): what [`MultiRaft::metrics`] recorded,
+/// plus the values read now — Raft state and counters per group, replication lag per
+/// follower, the forwarding batches, the process's memory and open files.
 pub fn render_metrics(node: &MultiRaft) -> String {
-    let mut out = String::new();
+    let mut registry = Registry::default();
+    node.metrics.register(&mut registry);
     let statuses: Vec<_> = node
         .groups()
         .map(|g| (g.clone(), group_status(g)))
         .collect();
+    let label = |group: &str| GroupLabels {
+        group: group.to_string(),
+    };
     for (name, help, f) in GAUGES {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        let family = Family::<GroupLabels, Gauge>::default();
         for (_, s) in &statuses {
             if let Some(v) = f(s) {
-                let _ = writeln!(out, "{name}{{group=\"{}\"}} {v}", s.group);
+                family.get_or_create(&label(&s.group)).set(gauge_value(v));
             }
         }
+        registry.register(name, help_text(help), family);
     }
     for (name, help, f) in COUNTERS {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let family = Family::<GroupLabels, Counter>::default();
         for (g, _) in &statuses {
-            let _ = writeln!(out, "{name}{{group=\"{}\"}} {}", g.name, f(&g.counters));
+            family.get_or_create(&label(&g.name)).inc_by(f(&g.counters));
         }
+        registry.register(counter_name(name), help_text(help), family);
     }
     for (name, help, f) in NODE_COUNTERS {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            f(&node.counters)
+        registry.register(
+            counter_name(name),
+            help_text(help),
+            ConstCounter::new(f(&node.counters)),
         );
     }
+    let lag = Family::<ReplicaLabels, Gauge>::default();
+    for (g, _) in &statuses {
+        let m = g.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        for (follower, matched) in m.replication.iter().flatten() {
+            if *follower == node.node_id {
+                continue;
+            }
+            let matched = matched.as_ref().map_or(0, |l| l.index);
+            lag.get_or_create(&ReplicaLabels {
+                group: g.name.to_string(),
+                follower: follower.to_string(),
+            })
+            .set(gauge_value(last.saturating_sub(matched)));
+        }
+    }
+    registry.register(
+        "nacosd_raft_replication_lag_entries",
+        "On the leader: entries of its log a follower has not acknowledged yet",
+        lag,
+    );
     let (calls, writes) = node.peers.batches().counts();
-    for (name, help, value) in [
-        (
-            "nacosd_forward_calls_total",
-            "ForwardWrites calls this node sent to leaders (each carries a batch of writes).",
-            calls,
-        ),
-        (
-            "nacosd_forwarded_writes_total",
-            "Writes this node forwarded to leaders in ForwardWrites calls.",
-            writes,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    registry.register(
+        "nacosd_forward_calls",
+        "ForwardWrites calls this node sent to leaders (each carries a batch of writes)",
+        ConstCounter::new(calls),
+    );
+    registry.register(
+        "nacosd_forwarded_writes",
+        "Writes this node forwarded to leaders in ForwardWrites calls",
+        ConstCounter::new(writes),
+    );
+    registry.register(
+        "nacosd_forward_call_writes",
+        "Writes per ForwardWrites call",
+        node.peers.batches().sizes(),
+    );
+    if let Some(rss) = resident_bytes() {
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the nacosd process",
+            ConstGauge::new(gauge_value(rss)),
         );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of the nacosd process",
+            ConstGauge::new(gauge_value(fds.count() as u64)),
+        );
+    }
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "encoding /metrics");
     }
     out
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    group: String,
+    follower: String,
+}
+
+/// prometheus-client ends a help text with a period of its own.
+fn help_text(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
+}
+
+/// prometheus-client adds `_total` to a counter's name itself.
+fn counter_name(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The process's resident set size, from /proc (Linux only; `None` elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 async fn metrics(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         render_metrics(&node),
     )
 }

@@ -25,6 +25,7 @@ pub mod consistency;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod metrics;
 pub mod pb;
 pub mod peer;
 pub mod raft;

@@ -29,6 +29,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::conns::{self, Cutter, TrackedStream};
 use crate::error::{Error, Result};
+use crate::metrics::GrpcMetricsLayer;
 use crate::pb;
 use crate::peer::server::PeerService;
 use crate::raft::group::GroupRegistry;
@@ -325,10 +326,12 @@ fn serve_client(
     ))
     .max_decoding_message_size(max);
     let stop = stopped(stop);
+    let metrics = node.metrics.clone();
     Ok(tokio::spawn(async move {
         let res = Server::builder()
             .concurrency_limit_per_connection(1024)
             .layer(tower::util::MapResponseLayer::new(oversized_request_status))
+            .layer(GrpcMetricsLayer(metrics))
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

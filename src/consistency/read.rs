@@ -79,6 +79,21 @@ async fn read_index(
     lease: bool,
     timeout: Duration,
 ) -> Result<LogId> {
+    let started = Instant::now();
+    let index = read_index_from_leader(node, group, lease, timeout).await;
+    if index.is_ok() {
+        node.metrics
+            .observe_read_index(&group.name, started.elapsed());
+    }
+    index
+}
+
+async fn read_index_from_leader(
+    node: &MultiRaft,
+    group: &Group,
+    lease: bool,
+    timeout: Duration,
+) -> Result<LogId> {
     if group.raft.is_leader() {
         return local_read_index(group, lease, timeout).await;
     }

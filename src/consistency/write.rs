@@ -18,7 +18,8 @@ pub async fn write(
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>> {
     let group = node.group(group_name)?;
-    let deadline = Instant::now() + timeout.unwrap_or(node.default_timeout);
+    let started = Instant::now();
+    let deadline = started + timeout.unwrap_or(node.default_timeout);
     let mut backoff = Duration::from_millis(5);
     let mut last_error: Option<Error> = None;
     loop {
@@ -29,6 +30,7 @@ pub async fn write(
         if let Some(cut_off) = group.cut_off_for() {
             return Err(super::cut_off(node, group, cut_off));
         }
+        let mut forwarded = false;
         let attempt = if group.raft.is_leader() {
             GroupCounters::inc(&group.counters.writes_local);
             propose(group, cmd.clone(), remaining).await
@@ -38,11 +40,16 @@ pub async fn write(
                 Err(Error::unavailable("leadership in transition"))
             } else {
                 GroupCounters::inc(&group.counters.writes_forwarded);
+                forwarded = true;
                 forward(node, group, leader_id, &addr, &cmd, remaining).await
             }
         } else {
             Err(Error::unavailable("no leader known"))
         };
+        if attempt.is_ok() {
+            node.metrics
+                .observe_write(&group.name, forwarded, started.elapsed());
+        }
         match attempt {
             // Unavailable means "not proposed": safe to try again.
             Err(e @ Error::Unavailable { .. }) => {

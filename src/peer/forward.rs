@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -51,13 +52,25 @@ struct Pending {
 }
 
 /// The queues, by (leader address, group), and what went through them.
-#[derive(Default)]
 pub(crate) struct Batches {
     queues: Mutex<HashMap<(String, String), mpsc::Sender<Pending>>>,
     /// `ForwardWrites` calls sent.
     calls: AtomicU64,
     /// Writes sent in those calls.
     writes: AtomicU64,
+    /// Writes per call.
+    sizes: Histogram,
+}
+
+impl Default for Batches {
+    fn default() -> Self {
+        Batches {
+            queues: Mutex::default(),
+            calls: AtomicU64::default(),
+            writes: AtomicU64::default(),
+            sizes: Histogram::new(crate::metrics::count_buckets()),
+        }
+    }
 }
 
 impl Batches {
@@ -67,6 +80,11 @@ impl Batches {
             self.calls.load(Ordering::Relaxed),
             self.writes.load(Ordering::Relaxed),
         )
+    }
+
+    /// Writes per `ForwardWrites` call (shared: observations made later show up).
+    pub(crate) fn sizes(&self) -> Histogram {
+        self.sizes.clone()
     }
 }
 
@@ -203,6 +221,7 @@ async fn send(
     counts
         .writes
         .fetch_add(live.len() as u64, Ordering::Relaxed);
+    counts.sizes.observe(live.len() as f64);
     let req = client.request(message, Some(longest + FORWARD_HEADROOM));
     let call = match client.raft(addr, super::channels::Lane::Control) {
         Ok(mut c) => c.forward_writes(req).await,

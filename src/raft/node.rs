@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::peer::raft_network::{AddressBook, GroupNetworkFactory};
 use crate::peer::PeerClient;
 use crate::raft::group::{GroupContext, GroupRegistry, GroupSpec, StateMachine};
@@ -280,6 +281,8 @@ pub struct MultiRaft {
     pub timing: Timing,
     pub peers: PeerClient,
     pub counters: NodeCounters,
+    /// Histograms and counters recorded as the node runs (`crate::metrics`).
+    pub metrics: Arc<Metrics>,
     identity: IdentityCell,
     groups: BTreeMap<String, Arc<Group>>,
     db: Arc<Db>,
@@ -445,7 +448,8 @@ impl MultiRaft {
         let db = rocks::open(&config.data_dir.join("raft"), &names)?;
         let stored = check_data_dir(&db, config)?;
         let force = force_new_cluster(&db, config, stored.as_ref())?;
-        let syncer = WalSyncer::start(db.clone())?;
+        let metrics = Arc::new(Metrics::default());
+        let syncer = WalSyncer::start_observed(db.clone(), metrics.clone())?;
         let identity = IdentityCell::new(stored.clone());
         let builder = GroupBuilder {
             config,
@@ -497,6 +501,7 @@ impl MultiRaft {
             timing,
             peers,
             counters: NodeCounters::default(),
+            metrics,
             identity,
             groups,
             db,

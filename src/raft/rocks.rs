@@ -33,6 +33,7 @@ use std::sync::Arc;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::raft::keys;
 
 /// The node's RocksDB, which says when it is closed.
@@ -138,6 +139,11 @@ pub struct WalSyncer {
 
 impl WalSyncer {
     pub fn start(db: Arc<Db>) -> io::Result<Self> {
+        Self::start_observed(db, Arc::default())
+    }
+
+    /// [`WalSyncer::start`], recording each fsync's latency and size in `metrics`.
+    pub fn start_observed(db: Arc<Db>, metrics: Arc<Metrics>) -> io::Result<Self> {
         // Weak: the syncer must not keep the database open. RocksDB has to be closed
         // before the process exits, or its background threads can abort the process.
         let db = Arc::downgrade(&db);
@@ -150,10 +156,12 @@ impl WalSyncer {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     // One fsync for everything written before these callbacks were sent.
+                    let started = std::time::Instant::now();
                     let res = match db.upgrade() {
                         Some(db) => db.flush_wal(true).map_err(io::Error::other),
                         None => Err(io::Error::other("database closed")),
                     };
+                    metrics.observe_wal_sync(started.elapsed(), waiting.len());
                     for cb in waiting {
                         cb(match &res {
                             Ok(()) => Ok(()),

@@ -135,6 +135,54 @@ fn metric(node: &nacosd::raft::node::MultiRaft, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
 }
 
+/// Every metric the Grafana dashboard (deploy/grafana/nacosd.json) queries exists on
+/// a cluster that has done a little of everything: a dashboard panel on a misspelt or
+/// removed metric would stay empty without anyone noticing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_metric_of_the_dashboard_exists() {
+    let cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    let via = cluster.other_than(leader);
+    put(cluster.node(via), KV, "k", "v").await.unwrap();
+    get(cluster.node(via), KV, "k", ReadLevel::Linearizable)
+        .await
+        .unwrap();
+    let rendered: String = [leader, via]
+        .iter()
+        .map(|id| nacosd::http::render_metrics(cluster.node(*id)))
+        .collect();
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/nacosd.json"),
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                // The client port's gRPC metrics need the gRPC server, which these
+                // in-process nodes do not run: multiprocess::standalone_node_... checks
+                // them on a real process.
+                let grpc = word.starts_with("nacosd_grpc_");
+                if (word.starts_with("nacosd_") || word.starts_with("process_")) && !grpc {
+                    names.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        assert!(
+            rendered
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+    }
+    cluster.shutdown().await;
+}
+
 /// Writes a follower forwards at the same time share `ForwardWrites` calls (one call
 /// per write was what collapsed throughput at 256 clients), and every one of them gets
 /// its own result.

@@ -308,6 +308,20 @@ async fn standalone_node_and_nacosctl_status() {
         metrics.contains("nacosd_peer_calls_refused_total 0"),
         "{metrics}"
     );
+    // Recorded as the node ran: the nacosctl calls above, the log's fsyncs.
+    for expected in [
+        "nacosd_grpc_calls_total{method=\"/nacosd.v1.",
+        "nacosd_grpc_seconds_bucket{",
+        "nacosd_wal_sync_seconds_count ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "# EOF",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from {metrics}"
+        );
+    }
 
     let st = p.terminate().unwrap();
     assert!(st.success(), "{}", p.log());

@@ -1,0 +1,283 @@
+//! The node's metrics, on `prometheus-client` (the Prometheus project's own Rust
+//! client: OpenMetrics text, typed families, histograms): chosen over hand-written
+//! text so that names, types, label escaping and histogram buckets are right by
+//! construction.
+//!
+//! Two kinds:
+//! - **Recorded as things happen** ([`Metrics`], one per node, shared by `Arc`):
+//!   histograms of gRPC calls by method (and calls by method and status code), WAL
+//!   fsync latency and how many appends each fsync covered, write latency by group and
+//!   path (proposed here or forwarded), read-index latency by group; the forwarding
+//!   batches are in `peer::forward`.
+//! - **Read at scrape time** (`http::render_metrics`): Raft state per group, the
+//!   consistency-layer counters, replication lag per follower, process memory and
+//!   open files.
+//!
+//! prometheus-client ends every help text with a period of its own: ours have none.
+//! Every metric is listed, with what to watch, in docs/OPERATIONS.md; the Grafana
+//! dashboard `deploy/grafana/nacosd.json` shows them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tonic::codegen::http;
+
+/// Latency buckets: 100 µs to about 26 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0001, 2.0, 19)
+}
+
+/// Count buckets (entries in a batch): 1 to 4096, doubling.
+pub fn count_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1.0, 2.0, 13)
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodCodeLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub group: String,
+    /// `local` (proposed on this node as leader) or `forwarded`.
+    pub path: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// What a node records as it runs.
+#[derive(Debug)]
+pub struct Metrics {
+    grpc_calls: Family<MethodCodeLabels, Counter>,
+    grpc_seconds: HistogramFamily<MethodLabels>,
+    wal_sync_seconds: Histogram,
+    wal_sync_appends: Histogram,
+    write_seconds: HistogramFamily<WriteLabels>,
+    read_index_seconds: HistogramFamily<GroupLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            grpc_calls: Family::default(),
+            grpc_seconds: Family::new_with_constructor(latency_histogram),
+            wal_sync_seconds: latency_histogram(),
+            wal_sync_appends: Histogram::new(count_buckets()),
+            write_seconds: Family::new_with_constructor(latency_histogram),
+            read_index_seconds: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl Metrics {
+    /// Adds every recorded metric to `registry` (the families are shared, not copied).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "nacosd_grpc_calls",
+            "Client-port gRPC calls by method and status code",
+            self.grpc_calls.clone(),
+        );
+        registry.register(
+            "nacosd_grpc_seconds",
+            "Client-port gRPC call latency by method, to the response headers (for streams: to the stream's start)",
+            self.grpc_seconds.clone(),
+        );
+        registry.register(
+            "nacosd_wal_sync_seconds",
+            "Latency of one fsync of the RocksDB WAL (group commit for every group's log appends)",
+            self.wal_sync_seconds.clone(),
+        );
+        registry.register(
+            "nacosd_wal_sync_appends",
+            "Log appends (and other durable writes) covered by one WAL fsync",
+            self.wal_sync_appends.clone(),
+        );
+        registry.register(
+            "nacosd_write_seconds",
+            "Write latency in the consistency layer, by group and path (proposed here as leader, or forwarded to the leader), from arrival to the applied result",
+            self.write_seconds.clone(),
+        );
+        registry.register(
+            "nacosd_read_index_seconds",
+            "Latency of obtaining a read index (LINEARIZABLE and LEASE reads), by group",
+            self.read_index_seconds.clone(),
+        );
+    }
+
+    pub fn observe_wal_sync(&self, took: Duration, appends: usize) {
+        self.wal_sync_seconds.observe(took.as_secs_f64());
+        self.wal_sync_appends.observe(appends as f64);
+    }
+
+    pub fn observe_write(&self, group: &str, forwarded: bool, took: Duration) {
+        let labels = WriteLabels {
+            group: group.to_string(),
+            path: if forwarded { "forwarded" } else { "local" },
+        };
+        self.write_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_read_index(&self, group: &str, took: Duration) {
+        let labels = GroupLabels {
+            group: group.to_string(),
+        };
+        self.read_index_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    fn observe_grpc(&self, method: String, code: tonic::Code, took: Duration) {
+        self.grpc_calls
+            .get_or_create(&MethodCodeLabels {
+                method: method.clone(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.grpc_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The method label of a request path: our services' and the standard ones' paths as
+/// they are, anything else (unknown paths, which a client can make up at will) as
+/// `other`, so that the label set stays bounded.
+fn method_label(path: &str) -> String {
+    const KNOWN: [&str; 3] = ["/nacosd.v1.", "/grpc.health.", "/grpc.reflection."];
+    if KNOWN.iter().any(|p| path.starts_with(p)) && path.len() <= 128 {
+        path.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// A tower layer for the client port: counts every call by method and status code and
+/// records its latency.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = method_label(req.uri().path());
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            // An error status travels in the headers of a trailers-only response; a
+            // successful unary call's status is in the trailers, not seen here: OK.
+            let code = match &result {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Unknown,
+            };
+            metrics.observe_grpc(method, code, started.elapsed());
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        assert_eq!(
+            method_label("/nacosd.v1.ConfigService/GetConfig"),
+            "/nacosd.v1.ConfigService/GetConfig"
+        );
+        assert_eq!(method_label("/made.up/Path"), "other");
+        assert_eq!(
+            method_label(&format!("/nacosd.v1.{}", "x".repeat(200))),
+            "other"
+        );
+    }
+
+    #[test]
+    fn recorded_values_are_encoded() {
+        let m = Metrics::default();
+        m.observe_write("config", true, Duration::from_millis(3));
+        m.observe_wal_sync(Duration::from_micros(300), 7);
+        m.observe_grpc(
+            "/nacosd.v1.ConfigService/GetConfig".into(),
+            tonic::Code::NotFound,
+            Duration::from_millis(1),
+        );
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("nacosd_write_seconds_count{group=\"config\",path=\"forwarded\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("nacosd_wal_sync_appends_sum 7.0"), "{text}");
+        assert!(
+            text.contains(
+                "nacosd_grpc_calls_total{method=\"/nacosd.v1.ConfigService/GetConfig\",code=\"NotFound\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}
