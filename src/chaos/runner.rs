@@ -410,7 +410,26 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
     history
         .save(&out.join("history.jsonl"))
         .map_err(|e| format!("saving the history: {e}"))?;
-    problems.extend(streams::check(&seen, &history));
+    let stream_problems = streams::check(&seen, &history);
+    if !stream_problems.is_empty() {
+        // Every event, to see what led up to the problem.
+        let text: String = seen
+            .iter()
+            .map(|e| {
+                format!(
+                    "node {} conn {} {} index {}{} {:?}\n",
+                    e.node,
+                    e.connection,
+                    e.item,
+                    e.index,
+                    if e.full { " full" } else { "" },
+                    e.state
+                )
+            })
+            .collect();
+        write_file(&out.join("streams.log"), &text)?;
+    }
+    problems.extend(stream_problems);
     progress.say(format!("checking {} ops", history.len()));
     let report = check_history(&history)?;
     for key in &report.inconclusive {

@@ -165,23 +165,43 @@ async fn resync_all(
             return false;
         }
     };
-    for (key, (md5, rev)) in keys.into_iter().zip(current) {
+    for (key, local) in keys.into_iter().zip(current) {
         let Some(entry) = known.get_mut(&key) else {
             continue;
         };
-        if entry.0 != md5 {
+        if let Some((md5, log_index)) = resync_one(entry, local) {
             let event = WatchEvent {
-                key: key.clone(),
-                md5: md5.clone(),
-                log_index: rev,
+                key,
+                md5,
+                log_index,
             };
             if tx.send(Ok(event)).await.is_err() {
                 return false;
             }
         }
-        *entry = (md5, rev.max(entry.1));
     }
     true
+}
+
+/// What a resync tells the client about one key, given what it is known to hold and
+/// the key's local state `(md5, revision)`; updates what it is known to hold.
+///
+/// The client may already hold a newer state than this node has applied: an added
+/// key's first answer is read LINEARIZABLE, possibly on the leader. Such a key is left
+/// alone — sending the older local state would move the client back in the log (the
+/// fault suite's Watch check caught exactly that); the newer changes reach this node
+/// through the feed.
+fn resync_one(
+    known: &mut (Option<String>, u64),
+    local: (Option<String>, u64),
+) -> Option<(Option<String>, u64)> {
+    let (md5, rev) = local;
+    if rev < known.1 {
+        return None;
+    }
+    let changed = known.0 != md5;
+    *known = (md5.clone(), rev);
+    changed.then_some((md5, rev))
 }
 
 async fn add_and_remove(
@@ -200,6 +220,13 @@ async fn add_and_remove(
     // Linearizable: the answer reflects every change acknowledged before the request.
     let current = states(client, keys, ReadLevel::Linearizable).await?;
     for ((key, held), (md5, rev)) in req.add.into_iter().zip(current) {
+        // A key added again keeps what the client was told, if that is newer.
+        if known
+            .get(&key)
+            .is_some_and(|(_, known_rev)| *known_rev > rev)
+        {
+            continue;
+        }
         if held != md5 {
             let event = WatchEvent {
                 key: key.clone(),
@@ -213,4 +240,36 @@ async fn add_and_remove(
         known.insert(key, (md5, rev));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md5(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    #[test]
+    fn a_resync_never_moves_a_key_back_in_the_log() {
+        // The client was told 39701 (read on the leader); this node is at 39684.
+        let mut known = (md5("new"), 39_701);
+        assert_eq!(resync_one(&mut known, (md5("old"), 39_684)), None);
+        assert_eq!(known, (md5("new"), 39_701));
+        // Once the node has caught up, a newer state is sent.
+        assert_eq!(
+            resync_one(&mut known, (md5("newer"), 39_800)),
+            Some((md5("newer"), 39_800))
+        );
+        assert_eq!(known, (md5("newer"), 39_800));
+    }
+
+    #[test]
+    fn a_resync_sends_only_differences() {
+        let mut known = (md5("a"), 10);
+        assert_eq!(resync_one(&mut known, (md5("a"), 12)), None);
+        assert_eq!(known, (md5("a"), 12));
+        assert_eq!(resync_one(&mut known, (None, 15)), Some((None, 15)));
+        assert_eq!(known, (None, 15));
+    }
 }
