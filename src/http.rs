@@ -1,6 +1,6 @@
 //! The HTTP port (8848): `/healthz` (the process is up), `/readyz` (the node has a
-//! cluster identity and every group has a leader it is in contact with) and `/metrics`
-//! (Prometheus text format).
+//! cluster identity, every group has a leader it is in contact with, and the ephemeral
+//! data is loaded) and `/metrics` (Prometheus text format, Distro's included).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -14,18 +14,25 @@ use axum::Router;
 use openraft::rt::watch::WatchReceiver;
 
 use crate::api::cluster::group_status;
+use crate::distro::Distro;
 use crate::pb;
 use crate::raft::node::{GroupCounters, MultiRaft, NodeCounters};
 
-pub fn router(node: Arc<MultiRaft>) -> Router {
+#[derive(Clone)]
+struct Node {
+    raft: Arc<MultiRaft>,
+    distro: Arc<Distro>,
+}
+
+pub fn router(node: Arc<MultiRaft>, distro: Arc<Distro>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(node)
+        .with_state(Node { raft: node, distro })
 }
 
-async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
+async fn readyz(State(Node { raft: node, distro }): State<Node>) -> impl IntoResponse {
     let mut body = String::new();
     match node.identity().cluster_id() {
         Some(c) => {
@@ -52,7 +59,16 @@ async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
             None => writeln!(body, "{}: no leader, {contact}", g.name),
         };
     }
-    if node.ready() {
+    let _ = writeln!(
+        body,
+        "ephemeral: {}",
+        if distro.ready() {
+            "ready"
+        } else {
+            "NOT ready (loading the snapshot from a peer)"
+        }
+    );
+    if node.ready() && distro.ready() {
         (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)
@@ -148,7 +164,7 @@ const NODE_COUNTERS: [NodeCounter; 2] = [
     ),
 ];
 
-/// Render every metric.
+/// Render the metrics of the Raft side.
 pub fn render_metrics(node: &MultiRaft) -> String {
     let mut out = String::new();
     let statuses: Vec<_> = node
@@ -179,9 +195,16 @@ pub fn render_metrics(node: &MultiRaft) -> String {
     out
 }
 
-async fn metrics(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
+/// Every metric, the AP side's included.
+pub fn render_all_metrics(node: &MultiRaft, distro: &Distro) -> String {
+    let mut out = render_metrics(node);
+    crate::distro::metrics::render(distro, &mut out);
+    out
+}
+
+async fn metrics(State(node): State<Node>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&node),
+        render_all_metrics(&node.raft, &node.distro),
     )
 }
