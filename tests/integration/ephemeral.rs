@@ -541,3 +541,100 @@ async fn subscribe_pushes_ephemeral_changes_from_other_nodes() {
     assert_eq!(resumed.kind, pb::ServiceEventKind::FullState as i32);
     cluster.shutdown().await;
 }
+
+/// Real processes: kill -9 of the owner. Its instances stay visible on the others until
+/// the replica expiry (counted from the owner's last verify), then disappear; its
+/// client opens a session on another node and registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owners_instances_expire_elsewhere_and_its_clients_re_register() {
+    use crate::common::process::*;
+    let _serial = SERIAL.lock().await;
+    const VERIFY_MS: u64 = 300;
+    const EXPIRY_MS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let verify = VERIFY_MS.to_string();
+    let expiry = EXPIRY_MS.to_string();
+    let mut procs = cluster_with(
+        3,
+        dir.path(),
+        &[
+            "--distro-sync-delay-ms",
+            "100",
+            "--distro-verify-interval-ms",
+            &verify,
+            "--distro-replica-expiry-ms",
+            &expiry,
+        ],
+    );
+    wait_for_leaders(&mut procs, Duration::from_secs(60)).await;
+    let connect = |p: &Proc| {
+        let addr = format!("http://{}", p.client);
+        async move {
+            (
+                SessionServiceClient::connect(addr.clone()).await.unwrap(),
+                NamingServiceClient::connect(addr).await.unwrap(),
+            )
+        }
+    };
+    let count = |p: &Proc| {
+        let addr = format!("http://{}", p.client);
+        async move {
+            let Ok(mut c) = NamingServiceClient::connect(addr).await else {
+                return None;
+            };
+            match c
+                .get_service(pb::GetServiceRequest {
+                    key: svc("killed"),
+                    consistency: pb::Consistency::Stale as i32,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(d) => Some(d.into_inner().instances.len()),
+                Err(s) if s.code() == Code::NotFound => Some(0),
+                Err(_) => None,
+            }
+        }
+    };
+    let (mut s1, mut n1) = connect(&procs[0]).await;
+    let sid = open(&mut s1, 60_000).await;
+    n1.register_instance(register("killed", eph("10.5.0.1", 80, &sid)))
+        .await
+        .unwrap();
+    for p in &procs[1..] {
+        wait_async("the instance on the other nodes", DEADLINE, || async {
+            count(p).await == Some(1)
+        })
+        .await;
+    }
+    procs[0].kill9();
+    let killed = std::time::Instant::now();
+    for p in &procs[1..] {
+        wait_async(
+            "the dead owner's instance gone",
+            Duration::from_secs(60),
+            || async { count(p).await == Some(0) },
+        )
+        .await;
+    }
+    let gone_after = killed.elapsed();
+    // Not before the expiry (less the verify interval: the clock runs from the owner's
+    // last verify, which came at most one interval before the kill).
+    assert!(
+        gone_after >= Duration::from_millis(EXPIRY_MS - VERIFY_MS - 100),
+        "replicas dropped {gone_after:?} after the kill; expiry is {EXPIRY_MS} ms"
+    );
+    // The client comes back through node 2.
+    let (mut s2, mut n2) = connect(&procs[1]).await;
+    let sid2 = open(&mut s2, 60_000).await;
+    n2.register_instance(register("killed", eph("10.5.0.1", 80, &sid2)))
+        .await
+        .unwrap();
+    wait_async("the re-registered instance on node 3", DEADLINE, || async {
+        count(&procs[2]).await == Some(1)
+    })
+    .await;
+    for p in &mut procs[1..] {
+        assert!(p.terminate().unwrap().success());
+    }
+}
