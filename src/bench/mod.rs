@@ -36,6 +36,11 @@ pub enum Workload {
     ConfigGet,
     /// Register persistent instances, spread over `--services` services.
     NamingRegister,
+    /// Register ephemeral instances, spread over `--services` services: each connection
+    /// first opens a session (TTL `session-max-ttl-ms` of the node, no keep-alive: keep
+    /// runs shorter than half of it) on the node it is connected to, so sessions are
+    /// spread over every endpoint.
+    NamingRegisterEphemeral,
     /// One-row `Execute` into the embedded database.
     DbInsert,
     /// Reads (at `--level`) and publishes, `--read-ratio` of them reads.
@@ -194,7 +199,10 @@ impl Options {
             return Err("--read-ratio must be between 0 and 1".into());
         }
         if self.target == Target::Etcd {
-            if matches!(self.workload, Workload::NamingRegister | Workload::DbInsert) {
+            if matches!(
+                self.workload,
+                Workload::NamingRegister | Workload::NamingRegisterEphemeral | Workload::DbInsert
+            ) {
                 return Err(format!(
                     "etcd runs only config-publish, config-get and mixed, not {}",
                     value_name(self.workload)
@@ -432,11 +440,18 @@ fn report(opts: &Options, measure_from: Instant, measured: Vec<Measured>) -> Rep
 pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
     opts.validate()?;
     let opts = Arc::new(opts);
-    let clients: Vec<Client> = connect(&opts)
+    let mut clients: Vec<Client> = connect(&opts)
         .await?
         .into_iter()
         .map(|c| Client::new(opts.target, c))
         .collect();
+    if opts.workload == Workload::NamingRegisterEphemeral {
+        for c in &mut clients {
+            c.open_session()
+                .await
+                .map_err(|s| format!("opening a session: {}: {}", s.code(), s.message()))?;
+        }
+    }
     clients[0]
         .clone()
         .prepare(opts.workload)

@@ -68,6 +68,7 @@ async fn every_workload_runs_against_a_three_node_cluster() {
         (Workload::ConfigGet, Level::Stale),
         (Workload::NamingRegister, Level::Linearizable),
         (Workload::DbInsert, Level::Linearizable),
+        (Workload::NamingRegisterEphemeral, Level::Linearizable),
         (Workload::Mixed, Level::Linearizable),
     ];
     let mut reports = Vec::new();
@@ -88,6 +89,24 @@ async fn every_workload_runs_against_a_three_node_cluster() {
         reports.push(r);
     }
     eprintln!("{}", table(&reports));
+    // The ephemeral run opened a session per connection, one on each node, and every
+    // node ends up with the same ephemeral instances.
+    for id in cluster.running() {
+        assert_eq!(
+            cluster.server(id).distro.counts().0,
+            1,
+            "node {id} owns one session"
+        );
+    }
+    wait_until("every node holds the same ephemeral instances", || {
+        let counts: Vec<usize> = cluster
+            .running()
+            .iter()
+            .map(|id| cluster.server(*id).distro.counts().2)
+            .collect();
+        counts[0] > 0 && counts.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
     assert_eq!(reports[1].level.as_deref(), Some("linearizable"));
     assert_eq!(reports[2].level.as_deref(), Some("lease"));
     assert_eq!(reports[0].level, None, "a write workload has no read level");
