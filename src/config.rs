@@ -63,7 +63,9 @@ pub struct DistroSettings {
     /// A replica whose owner has not vouched for it (by sync or verify) for this long
     /// is dropped: how long a dead node's sessions stay visible elsewhere.
     pub replica_expiry: Duration,
-    /// Delay before asking the peers again for a snapshot when none answered.
+    /// Longest delay before asking the peers again for a snapshot when none answered
+    /// (the first retries come after 0.5 s, 1 s, 2 s, ...: a forming cluster's peers
+    /// refuse calls until they have the cluster identity).
     pub load_retry: Duration,
 }
 

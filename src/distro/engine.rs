@@ -451,6 +451,9 @@ impl Distro {
                 _ = stop.changed() => return,
             }
         }
+        // The first retries come sooner than `load_retry`: when a new cluster forms,
+        // the peers take the cluster identity one by one and refuse calls until then.
+        let mut retry = Duration::from_millis(500).min(self.settings.load_retry);
         loop {
             let peers = self.refresh_peers();
             if peers.is_empty() {
@@ -480,9 +483,10 @@ impl Distro {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.settings.load_retry) => {}
+                _ = tokio::time::sleep(retry) => {}
                 _ = stop.changed() => return,
             }
+            retry = (retry * 2).min(self.settings.load_retry);
         }
     }
 }

@@ -638,3 +638,141 @@ async fn a_killed_owners_instances_expire_elsewhere_and_its_clients_re_register(
         assert!(p.terminate().unwrap().success());
     }
 }
+
+/// Real processes in network namespaces (the fault suite's harness, `src/chaos/`):
+/// node 3 is cut off from nodes 1 and 2; both sides keep opening sessions, registering
+/// ephemeral instances and serving reads; after healing every node sees both sides'
+/// instances. Skipped (loudly) where network namespaces cannot be created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_of_a_partition_accept_registrations_and_converge_after_healing() {
+    use crate::common::process::{wait_async, SERIAL};
+    use nacosd::chaos::cluster::{Cluster, ClusterSpec};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterSpec {
+        nodes: 3,
+        binary: env!("CARGO_BIN_EXE_nacosd").into(),
+        extra_args: [
+            "--heartbeat-ms",
+            "100",
+            "--election-timeout-min-ms",
+            "800",
+            "--election-timeout-max-ms",
+            "1600",
+            "--distro-sync-delay-ms",
+            "200",
+            "--distro-sync-retry-ms",
+            "200",
+            "--distro-verify-interval-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        log_filter: "info,openraft=warn".into(),
+        tmpfs: None,
+    };
+    let run_id = nacosd::chaos::runner::run_id(std::process::id() as u64);
+    let mut cluster = match Cluster::start(&run_id, &spec, dir.path()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create network namespaces here: {e}");
+            return;
+        }
+    };
+    cluster
+        .wait_for_leaders(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let channels: Vec<Channel> = (1..=3).map(|i| cluster.node(i).channel()).collect();
+    let count = |i: usize, ip: &'static str| {
+        let ch = channels[i - 1].clone();
+        async move {
+            let mut c = NamingServiceClient::new(ch);
+            let mut req = tonic::Request::new(pb::GetServiceRequest {
+                key: svc("split"),
+                consistency: pb::Consistency::Stale as i32,
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_secs(2));
+            match c.get_service(req).await {
+                Ok(d) => d.into_inner().instances.iter().any(|x| x.ip == ip),
+                Err(_) => false,
+            }
+        }
+    };
+    // Every node has loaded its (empty) snapshot: sessions can be opened everywhere.
+    let open_on = |i: usize| {
+        let ch = channels[i - 1].clone();
+        async move {
+            let mut s = SessionServiceClient::new(ch);
+            s.open_session(pb::OpenSessionRequest {
+                ttl_ms: 120_000,
+                id: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().id)
+        }
+    };
+
+    // Ready everywhere (Raft and the ephemeral snapshot) before the cut.
+    for ch in &channels {
+        wait_async("the node reports SERVING", DEADLINE, || {
+            let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+            async move {
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                })
+            }
+        })
+        .await;
+    }
+    for (a, b) in [(3, 1), (3, 2), (1, 3), (2, 3)] {
+        cluster.net.block(a, b).await.unwrap();
+    }
+    // Both sides accept their own sessions' registrations.
+    let sid1 = open_on(1).await.expect("open on the majority side");
+    let sid3 = open_on(3).await.expect("open on the cut-off node");
+    NamingServiceClient::new(channels[0].clone())
+        .register_instance(register("split", eph("10.6.0.1", 80, &sid1)))
+        .await
+        .expect("register on the majority side");
+    NamingServiceClient::new(channels[2].clone())
+        .register_instance(register("split", eph("10.6.0.3", 80, &sid3)))
+        .await
+        .expect("register on the cut-off node");
+    // Both sides serve reads: node 2 gets node 1's instance, node 3 has its own only.
+    wait_async("node 2 sees node 1's instance", DEADLINE, || {
+        count(2, "10.6.0.1")
+    })
+    .await;
+    assert!(
+        count(3, "10.6.0.3").await,
+        "the cut-off node serves its own instance"
+    );
+    assert!(
+        !count(3, "10.6.0.1").await,
+        "the partition let a sync through"
+    );
+    assert!(
+        !count(1, "10.6.0.3").await,
+        "the partition let a sync through"
+    );
+
+    cluster.net.heal().await.unwrap();
+    for i in 1..=3 {
+        for ip in ["10.6.0.1", "10.6.0.3"] {
+            wait_async(
+                &format!("node {i} sees {ip} after healing"),
+                DEADLINE,
+                || count(i, ip),
+            )
+            .await;
+        }
+    }
+}
