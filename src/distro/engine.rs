@@ -277,16 +277,23 @@ impl Distro {
         ]
     }
 
-    /// The other members of the cluster (learners included), with their addresses.
-    fn refresh_peers(&self) -> Vec<(NodeId, String)> {
+    /// The other members of the cluster (learners included), with their addresses;
+    /// `None` while the membership this node knows does not include itself yet (no
+    /// identity, or the groups have not loaded their membership).
+    fn refresh_peers(&self) -> Option<Vec<(NodeId, String)>> {
         let (members, _) = crate::cluster::operations::members(&self.node);
+        if self.node.identity().cluster_id().is_none()
+            || !members.iter().any(|m| m.id == self.node_id)
+        {
+            return None;
+        }
         let peers: Vec<(NodeId, String)> = members
             .into_iter()
             .filter(|m| m.id != self.node_id && !m.addr.is_empty())
             .map(|m| (m.id, m.addr))
             .collect();
         *lock(&self.peers) = peers.clone();
-        peers
+        Some(peers)
     }
 
     async fn sync_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -299,7 +306,10 @@ impl Distro {
                 _ = interval.tick() => {}
                 _ = stop.changed() => return,
             }
-            let peers = self.refresh_peers();
+            let Some(peers) = self.refresh_peers() else {
+                continue;
+            };
+            self.drop_non_members(&peers);
             let due = {
                 let mut tasks = lock(&self.tasks);
                 for t in tasks.targets() {
@@ -317,6 +327,21 @@ impl Distro {
                 lock(&self.in_flight).insert(target);
                 tokio::spawn(self.clone().send_batch(target, addr, batch));
             }
+        }
+    }
+
+    /// Replicas of nodes that left the cluster go at once.
+    fn drop_non_members(&self, peers: &[(NodeId, String)]) {
+        let mut members: HashSet<NodeId> = peers.iter().map(|(id, _)| *id).collect();
+        members.insert(self.node_id);
+        let (gone, changes) = lock(&self.store).drop_non_members(&members);
+        if !gone.is_empty() {
+            tracing::info!(
+                count = gone.len(),
+                "dropped the sessions of nodes that left the cluster"
+            );
+            inc(&self.metrics.replicas_dropped, gone.len() as u64);
+            self.publish(changes);
         }
     }
 
@@ -445,17 +470,19 @@ impl Distro {
     async fn load_snapshot(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         // Peers refuse calls from a node without the cluster identity, and the member
         // list is only known once the groups are initialized.
-        while self.node.identity().cluster_id().is_none() {
+        let mut peers = loop {
+            if let Some(p) = self.refresh_peers() {
+                break p;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = stop.changed() => return,
             }
-        }
+        };
         // The first retries come sooner than `load_retry`: when a new cluster forms,
         // the peers take the cluster identity one by one and refuse calls until then.
         let mut retry = Duration::from_millis(500).min(self.settings.load_retry);
         loop {
-            let peers = self.refresh_peers();
             if peers.is_empty() {
                 tracing::info!("ephemeral data ready: no other member to load from");
                 self.ready.store(true, Ordering::Release);
@@ -487,6 +514,9 @@ impl Distro {
                 _ = stop.changed() => return,
             }
             retry = (retry * 2).min(self.settings.load_retry);
+            if let Some(p) = self.refresh_peers() {
+                peers = p;
+            }
         }
     }
 }

@@ -574,6 +574,26 @@ impl Store {
         (expired, changes.into_vec())
     }
 
+    /// Drop replicas whose owner is not in `members` (a node removed from the
+    /// cluster never verifies again: no need to wait for the expiry).
+    pub fn drop_non_members(
+        &mut self,
+        members: &HashSet<NodeId>,
+    ) -> (Vec<SessionId>, Vec<EphemeralChange>) {
+        let me = self.node_id;
+        let gone: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.owner != me && !members.contains(&s.owner))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changes = Changes::default();
+        for id in &gone {
+            self.remove_session(id, &mut changes);
+        }
+        (gone, changes.into_vec())
+    }
+
     /// Every session this node holds (a snapshot for a starting peer).
     pub fn snapshot(&self) -> Vec<SessionData> {
         self.sessions.iter().map(|(id, s)| s.data(id)).collect()
@@ -825,6 +845,21 @@ mod tests {
         let v = b.verify(&a2.owned_list(), now);
         assert_eq!(v.dropped, 1);
         assert_eq!(b.owner_of("late"), None);
+    }
+
+    #[test]
+    fn the_sessions_of_a_removed_member_go() {
+        let now = Instant::now();
+        let mut a = Store::new(1, 11);
+        let mut b = Store::new(2, 22);
+        a.open("s".into(), TTL, now).unwrap();
+        b.open("mine".into(), TTL, now).unwrap();
+        b.apply_sync(a.owned_data("s").unwrap(), now);
+        let (gone, _) = b.drop_non_members(&HashSet::from([1, 2]));
+        assert!(gone.is_empty());
+        let (gone, _) = b.drop_non_members(&HashSet::from([2, 3]));
+        assert_eq!(gone, vec!["s".to_string()]);
+        assert_eq!(b.owner_of("mine"), Some(2));
     }
 
     #[test]
