@@ -36,10 +36,11 @@ pub enum Workload {
     ConfigGet,
     /// Register persistent instances, spread over `--services` services.
     NamingRegister,
-    /// Register ephemeral instances, spread over `--services` services: each connection
-    /// first opens a session (TTL `session-max-ttl-ms` of the node, no keep-alive: keep
-    /// runs shorter than half of it) on the node it is connected to, so sessions are
-    /// spread over every endpoint.
+    /// Register ephemeral instances, spread over `--services` services: each client
+    /// first opens a session (TTL 300 s, or the node's default if that is too long; no
+    /// keep-alive, so keep runs shorter than half the TTL) on the node its connection
+    /// reaches, so sessions are spread over every endpoint, like application instances
+    /// each holding one connection.
     NamingRegisterEphemeral,
     /// One-row `Execute` into the embedded database.
     DbInsert,
@@ -440,13 +441,17 @@ fn report(opts: &Options, measure_from: Instant, measured: Vec<Measured>) -> Rep
 pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
     opts.validate()?;
     let opts = Arc::new(opts);
-    let mut clients: Vec<Client> = connect(&opts)
+    let clients: Vec<Client> = connect(&opts)
         .await?
         .into_iter()
         .map(|c| Client::new(opts.target, c))
         .collect();
+    // One client per task; with the ephemeral workload each has its own session.
+    let mut task_clients: Vec<Client> = (0..opts.clients)
+        .map(|i| clients[i % clients.len()].clone())
+        .collect();
     if opts.workload == Workload::NamingRegisterEphemeral {
-        for c in &mut clients {
+        for c in &mut task_clients {
             c.open_session()
                 .await
                 .map_err(|s| format!("opening a session: {}: {}", s.code(), s.message()))?;
@@ -469,11 +474,13 @@ pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
         opts.ops.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64),
     ));
     let counters = Arc::new(Progress::default());
-    let tasks: Vec<_> = (0..opts.clients)
-        .map(|i| {
+    let tasks: Vec<_> = task_clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
             tokio::spawn(client_loop(
                 i,
-                clients[i % clients.len()].clone(),
+                client,
                 opts.clone(),
                 schedule,
                 remaining.clone(),
