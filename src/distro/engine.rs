@@ -95,7 +95,7 @@ impl Distro {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn publish(&self, changes: Vec<EphemeralChange>) {
+    fn publish_changes(&self, changes: Vec<EphemeralChange>) {
         if !changes.is_empty() {
             self.feed.publish(changes);
         }
@@ -143,7 +143,7 @@ impl Distro {
         check_session_id(id)?;
         let (ttl, changed, changes) = lock(&self.store).renew(id, Instant::now())?;
         if changed {
-            self.publish(changes);
+            self.publish_changes(changes);
             self.schedule(id, SyncOp::Change, self.settings.sync_delay);
         }
         Ok(ttl)
@@ -153,7 +153,7 @@ impl Distro {
     pub fn close_session(&self, id: &str) -> Result<usize> {
         check_session_id(id)?;
         let (n, changes) = lock(&self.store).close(id)?;
-        self.publish(changes);
+        self.publish_changes(changes);
         self.schedule(id, SyncOp::Delete, self.settings.sync_delay);
         Ok(n)
     }
@@ -169,17 +169,35 @@ impl Distro {
         check_session_id(id)?;
         let (created, changes) = lock(&self.store).register(id, service, records, must_exist)?;
         if !changes.is_empty() {
-            self.publish(changes);
+            self.publish_changes(changes);
             self.schedule(id, SyncOp::Change, self.settings.sync_delay);
         }
         Ok(created)
+    }
+
+    /// Replace session `id`'s whole publication for `service` with `records` (what a
+    /// Nacos front end needs: a Nacos client holds one publication per service, and
+    /// its register and batch register replace it).
+    pub fn publish(
+        &self,
+        id: &str,
+        service: &ServiceKey,
+        records: Vec<InstanceRecord>,
+    ) -> Result<()> {
+        check_session_id(id)?;
+        let changes = lock(&self.store).replace(id, service, records)?;
+        if !changes.is_empty() {
+            self.publish_changes(changes);
+            self.schedule(id, SyncOp::Change, self.settings.sync_delay);
+        }
+        Ok(())
     }
 
     pub fn deregister(&self, id: &str, service: &ServiceKey, addr: &InstanceAddr) -> Result<bool> {
         check_session_id(id)?;
         let (existed, changes) = lock(&self.store).deregister(id, service, addr)?;
         if existed {
-            self.publish(changes);
+            self.publish_changes(changes);
             self.schedule(id, SyncOp::Change, self.settings.sync_delay);
         }
         Ok(existed)
@@ -239,13 +257,13 @@ impl Distro {
                 all.extend(changes);
             }
         }
-        self.publish(all);
+        self.publish_changes(all);
     }
 
     pub fn receive_verify(&self, list: &OwnedList) -> Vec<SessionId> {
         let v = lock(&self.store).verify(list, Instant::now());
         inc(&self.metrics.replicas_dropped, v.dropped as u64);
-        self.publish(v.changes);
+        self.publish_changes(v.changes);
         v.wanted
     }
 
@@ -262,7 +280,7 @@ impl Distro {
                 all.extend(store.apply_sync(s, now).1);
             }
         }
-        self.publish(all);
+        self.publish_changes(all);
     }
 
     // ----- loops -----
@@ -341,7 +359,7 @@ impl Distro {
                 "dropped the sessions of nodes that left the cluster"
             );
             inc(&self.metrics.replicas_dropped, gone.len() as u64);
-            self.publish(changes);
+            self.publish_changes(changes);
         }
     }
 
@@ -414,7 +432,7 @@ impl Distro {
                     "replicated sessions expired: their owner stopped verifying them"
                 );
             }
-            self.publish(std::mem::take(&mut changes));
+            self.publish_changes(std::mem::take(&mut changes));
         }
     }
 

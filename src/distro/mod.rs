@@ -32,10 +32,10 @@
 //! `wire` (the peer messages, both sides), `metrics`.
 
 pub mod engine;
-pub mod metrics;
-pub mod store;
-pub mod tasks;
-pub mod wire;
+pub(crate) mod metrics;
+pub(crate) mod store;
+pub(crate) mod tasks;
+pub(crate) mod wire;
 
 pub use engine::Distro;
 pub use store::{EphemeralChange, EphemeralInstance, SessionData, SessionId};

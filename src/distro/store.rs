@@ -164,10 +164,6 @@ impl Store {
         }
     }
 
-    pub fn incarnation(&self) -> u64 {
-        self.incarnation
-    }
-
     fn next_revision(&mut self) -> u64 {
         self.clock = (self.clock + 1).max(wall_micros());
         self.clock
@@ -346,6 +342,50 @@ impl Store {
         Ok((created, changes.into_vec()))
     }
 
+    /// Make `records` the session's whole publication for `service` (Nacos's
+    /// semantics for a connection: a client holds one publication per service, and a
+    /// register or batch register replaces it; an empty list removes it).
+    pub fn replace(
+        &mut self,
+        id: &str,
+        service: &ServiceKey,
+        records: Vec<InstanceRecord>,
+    ) -> Result<Vec<EphemeralChange>> {
+        let s = self.owned_mut(id)?;
+        let old: Vec<InstanceRecord> = s
+            .instances
+            .range((service.clone(), min_addr())..)
+            .take_while(|((k, _), _)| k == service)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut changes = Changes::default();
+        for r in &old {
+            if !records.iter().any(|n| n.addr == r.addr) {
+                s.instances.remove(&(service.clone(), r.addr.clone()));
+                changes.entry(service).removed.push(s.shown(id, r));
+            }
+        }
+        for r in records {
+            let shown = s.shown(id, &r);
+            if s.instances
+                .insert((service.clone(), r.addr.clone()), r.clone())
+                != Some(r)
+            {
+                changes.entry(service).upserted.push(shown);
+            }
+        }
+        let changes = changes.into_vec();
+        if !changes.is_empty() {
+            let rev = self.next_revision();
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.revision = rev;
+            }
+            self.index_add(id, service);
+            self.index_maybe_remove(id, service);
+        }
+        Ok(changes)
+    }
+
     /// Remove one instance from an owned session. Whether it existed.
     pub fn deregister(
         &mut self,
@@ -428,6 +468,7 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
     pub fn owner_of(&self, id: &str) -> Option<NodeId> {
         self.sessions.get(id).map(|s| s.owner)
     }
@@ -845,6 +886,58 @@ mod tests {
         let v = b.verify(&a2.owned_list(), now);
         assert_eq!(v.dropped, 1);
         assert_eq!(b.owner_of("late"), None);
+    }
+
+    #[test]
+    fn a_replacement_publishes_exactly_the_new_list() {
+        let now = Instant::now();
+        let mut a = Store::new(1, 11);
+        a.open("s".into(), TTL, now).unwrap();
+        a.register(
+            "s",
+            &svc("orders"),
+            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
+            false,
+        )
+        .unwrap();
+        a.register("s", &svc("users"), vec![inst("10.0.0.9", 80)], false)
+            .unwrap();
+        let before = a.owned_data("s").unwrap().revision;
+        let changes = a
+            .replace(
+                "s",
+                &svc("orders"),
+                vec![inst("10.0.0.2", 80), inst("10.0.0.3", 80)],
+            )
+            .unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].removed[0].record.addr.ip, "10.0.0.1");
+        assert_eq!(changes[0].upserted.len(), 1);
+        assert!(a.owned_data("s").unwrap().revision > before);
+        let ips: Vec<String> = a
+            .instances_of(&svc("orders"))
+            .into_iter()
+            .map(|e| e.record.addr.ip)
+            .collect();
+        assert_eq!(ips, ["10.0.0.2", "10.0.0.3"]);
+        // The same list again changes nothing; an empty one unpublishes the service.
+        assert!(a
+            .replace(
+                "s",
+                &svc("orders"),
+                vec![inst("10.0.0.2", 80), inst("10.0.0.3", 80)]
+            )
+            .unwrap()
+            .is_empty());
+        a.replace("s", &svc("orders"), vec![]).unwrap();
+        assert!(a.instances_of(&svc("orders")).is_empty());
+        assert_eq!(a.instances_of(&svc("users")).len(), 1);
+        assert!(a
+            .services_in("public", "DEFAULT_GROUP")
+            .contains_key("users"));
+        assert!(!a
+            .services_in("public", "DEFAULT_GROUP")
+            .contains_key("orders"));
     }
 
     #[test]
