@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nacosd/v1/cluster.proto",
         "proto/nacosd/v1/config.proto",
         "proto/nacosd/v1/naming.proto",
+        "proto/nacosd/v1/session.proto",
         "proto/nacosd/v1/db.proto",
     ];
     for p in &protos {

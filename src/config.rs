@@ -37,6 +37,57 @@ impl Default for DbLimits {
     }
 }
 
+/// Sessions and the AP side (Distro, `src/distro/`). Every interval is configurable so
+/// that tests run in milliseconds; the defaults are Nacos's, except where noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DistroSettings {
+    /// A session's time to live without a keep-alive when the client asks for none
+    /// (Nacos: a silent connection is ejected after about 20 s).
+    pub session_ttl: Duration,
+    /// Longest TTL a client may ask for.
+    pub session_max_ttl: Duration,
+    /// After this share of its TTL without a keep-alive (percent), a session's
+    /// instances are reported unhealthy (Nacos 1.x beats: unhealthy at 15 s, deleted at
+    /// 30 s, i.e. 50 %).
+    pub session_unhealthy_percent: u32,
+    /// How long a change waits before it is sent to the other nodes; changes of one
+    /// session within it are merged into one sync.
+    pub sync_delay: Duration,
+    /// First retry delay of a failed sync; it doubles per failure up to 10 times this.
+    pub sync_retry: Duration,
+    /// Deadline of one sync, verify or snapshot-chunk call to a peer.
+    pub sync_timeout: Duration,
+    /// How often a node tells every other node which sessions it owns (and their
+    /// revisions); receivers ask for what they miss.
+    pub verify_interval: Duration,
+    /// A replica whose owner has not vouched for it (by sync or verify) for this long
+    /// is dropped: how long a dead node's sessions stay visible elsewhere.
+    pub replica_expiry: Duration,
+    /// Longest delay before asking the peers again for a snapshot when none answered
+    /// (the first retries come after 0.5 s, 1 s, 2 s, ...: a forming cluster's peers
+    /// refuse calls until they have the cluster identity).
+    pub load_retry: Duration,
+}
+
+impl Default for DistroSettings {
+    fn default() -> Self {
+        DistroSettings {
+            session_ttl: Duration::from_secs(15),
+            session_max_ttl: Duration::from_secs(300),
+            session_unhealthy_percent: 50,
+            sync_delay: Duration::from_millis(1000),
+            sync_retry: Duration::from_millis(3000),
+            sync_timeout: Duration::from_millis(3000),
+            verify_interval: Duration::from_millis(5000),
+            replica_expiry: Duration::from_secs(180),
+            load_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shortest session TTL a client may ask for.
+pub const MIN_SESSION_TTL: Duration = Duration::from_millis(200);
+
 /// Entries per append-entries message (with [`Config::peer_message_limit`], this bounds
 /// a message's size whatever the entries hold).
 pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
@@ -118,6 +169,8 @@ pub struct Config {
     pub config_history_limit: u32,
     /// Embedded DB request limits.
     pub db_limits: DbLimits,
+    /// Sessions and ephemeral instances (the AP side).
+    pub distro: DistroSettings,
 }
 
 impl Default for Config {
@@ -147,6 +200,7 @@ impl Default for Config {
             max_config_bytes: 100 * 1024,
             config_history_limit: 30,
             db_limits: DbLimits::default(),
+            distro: DistroSettings::default(),
         }
     }
 }
@@ -255,6 +309,35 @@ pub struct ConfigArgs {
     /// Embedded DB: rows one query statement returns [default: 10000].
     #[arg(long, env = "NACOSD_DB_MAX_ROWS")]
     pub db_max_rows: Option<u32>,
+    /// Session TTL when the client asks for none, in milliseconds [default: 15000].
+    #[arg(long, env = "NACOSD_SESSION_TTL_MS")]
+    pub session_ttl_ms: Option<u64>,
+    /// Longest session TTL a client may ask for, in milliseconds [default: 300000].
+    #[arg(long, env = "NACOSD_SESSION_MAX_TTL_MS")]
+    pub session_max_ttl_ms: Option<u64>,
+    /// Share of the TTL without keep-alive after which a session's instances are
+    /// unhealthy, in percent [default: 50].
+    #[arg(long, env = "NACOSD_SESSION_UNHEALTHY_PERCENT")]
+    pub session_unhealthy_percent: Option<u32>,
+    /// Distro: delay (merge window) of a sync to the other nodes, in ms [default: 1000].
+    #[arg(long, env = "NACOSD_DISTRO_SYNC_DELAY_MS")]
+    pub distro_sync_delay_ms: Option<u64>,
+    /// Distro: first retry delay of a failed sync, in ms; doubles up to 10x [default: 3000].
+    #[arg(long, env = "NACOSD_DISTRO_SYNC_RETRY_MS")]
+    pub distro_sync_retry_ms: Option<u64>,
+    /// Distro: deadline of one call to a peer, in ms [default: 3000].
+    #[arg(long, env = "NACOSD_DISTRO_SYNC_TIMEOUT_MS")]
+    pub distro_sync_timeout_ms: Option<u64>,
+    /// Distro: verify interval, in ms [default: 5000].
+    #[arg(long, env = "NACOSD_DISTRO_VERIFY_INTERVAL_MS")]
+    pub distro_verify_interval_ms: Option<u64>,
+    /// Distro: drop another node's sessions it has not verified for this long, in ms
+    /// [default: 180000].
+    #[arg(long, env = "NACOSD_DISTRO_REPLICA_EXPIRY_MS")]
+    pub distro_replica_expiry_ms: Option<u64>,
+    /// Distro: retry delay of the startup snapshot load, in ms [default: 30000].
+    #[arg(long, env = "NACOSD_DISTRO_LOAD_RETRY_MS")]
+    pub distro_load_retry_ms: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -290,6 +373,21 @@ impl ConfigArgs {
             db_max_statements: self.db_max_statements.or(other.db_max_statements),
             db_max_sql_bytes: self.db_max_sql_bytes.or(other.db_max_sql_bytes),
             db_max_rows: self.db_max_rows.or(other.db_max_rows),
+            session_ttl_ms: self.session_ttl_ms.or(other.session_ttl_ms),
+            session_max_ttl_ms: self.session_max_ttl_ms.or(other.session_max_ttl_ms),
+            session_unhealthy_percent: self
+                .session_unhealthy_percent
+                .or(other.session_unhealthy_percent),
+            distro_sync_delay_ms: self.distro_sync_delay_ms.or(other.distro_sync_delay_ms),
+            distro_sync_retry_ms: self.distro_sync_retry_ms.or(other.distro_sync_retry_ms),
+            distro_sync_timeout_ms: self.distro_sync_timeout_ms.or(other.distro_sync_timeout_ms),
+            distro_verify_interval_ms: self
+                .distro_verify_interval_ms
+                .or(other.distro_verify_interval_ms),
+            distro_replica_expiry_ms: self
+                .distro_replica_expiry_ms
+                .or(other.distro_replica_expiry_ms),
+            distro_load_retry_ms: self.distro_load_retry_ms.or(other.distro_load_retry_ms),
         }
     }
 
@@ -346,6 +444,34 @@ impl ConfigArgs {
                 max_statements: args.db_max_statements.unwrap_or(d.db_limits.max_statements),
                 max_sql_bytes: args.db_max_sql_bytes.unwrap_or(d.db_limits.max_sql_bytes),
                 max_rows: args.db_max_rows.unwrap_or(d.db_limits.max_rows),
+            },
+            distro: {
+                let dd = d.distro;
+                DistroSettings {
+                    session_ttl: args.session_ttl_ms.map(ms).unwrap_or(dd.session_ttl),
+                    session_max_ttl: args
+                        .session_max_ttl_ms
+                        .map(ms)
+                        .unwrap_or(dd.session_max_ttl),
+                    session_unhealthy_percent: args
+                        .session_unhealthy_percent
+                        .unwrap_or(dd.session_unhealthy_percent),
+                    sync_delay: args.distro_sync_delay_ms.map(ms).unwrap_or(dd.sync_delay),
+                    sync_retry: args.distro_sync_retry_ms.map(ms).unwrap_or(dd.sync_retry),
+                    sync_timeout: args
+                        .distro_sync_timeout_ms
+                        .map(ms)
+                        .unwrap_or(dd.sync_timeout),
+                    verify_interval: args
+                        .distro_verify_interval_ms
+                        .map(ms)
+                        .unwrap_or(dd.verify_interval),
+                    replica_expiry: args
+                        .distro_replica_expiry_ms
+                        .map(ms)
+                        .unwrap_or(dd.replica_expiry),
+                    load_retry: args.distro_load_retry_ms.map(ms).unwrap_or(dd.load_retry),
+                }
             },
         };
         c.fill_advertise_peer();
@@ -435,6 +561,46 @@ impl Config {
         }
         if db.max_rows == 0 || db.max_rows > 1_000_000 {
             return Err(Error::invalid("db-max-rows must be between 1 and 1000000"));
+        }
+        self.validate_distro()?;
+        Ok(())
+    }
+
+    fn validate_distro(&self) -> Result<()> {
+        let d = &self.distro;
+        let ms = Duration::from_millis;
+        if d.session_max_ttl < MIN_SESSION_TTL
+            || d.session_ttl < MIN_SESSION_TTL
+            || d.session_ttl > d.session_max_ttl
+        {
+            return Err(Error::invalid(format!(
+                "need {} ms <= session-ttl-ms ({}) <= session-max-ttl-ms ({})",
+                MIN_SESSION_TTL.as_millis(),
+                d.session_ttl.as_millis(),
+                d.session_max_ttl.as_millis()
+            )));
+        }
+        if d.session_unhealthy_percent == 0 || d.session_unhealthy_percent > 100 {
+            return Err(Error::invalid(
+                "session-unhealthy-percent must be between 1 and 100 (100: never unhealthy before expiry)",
+            ));
+        }
+        for (name, v) in [
+            ("distro-sync-retry-ms", d.sync_retry),
+            ("distro-sync-timeout-ms", d.sync_timeout),
+            ("distro-verify-interval-ms", d.verify_interval),
+            ("distro-load-retry-ms", d.load_retry),
+        ] {
+            if v < ms(10) {
+                return Err(Error::invalid(format!("{name} must be at least 10")));
+            }
+        }
+        if d.replica_expiry <= d.verify_interval {
+            return Err(Error::invalid(format!(
+                "distro-replica-expiry-ms ({}) must be longer than distro-verify-interval-ms ({}), or live replicas would expire between verifies",
+                d.replica_expiry.as_millis(),
+                d.verify_interval.as_millis()
+            )));
         }
         Ok(())
     }
@@ -563,6 +729,40 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("does not include"), "{err}");
+    }
+
+    #[test]
+    fn distro_settings_layer_and_are_validated() {
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("n.toml");
+        std::fs::write(&file, "distro-sync-delay-ms = 50\nsession-ttl-ms = 2000\n").unwrap();
+        let c = ConfigArgs {
+            config: Some(file),
+            session_ttl_ms: Some(3000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.distro.sync_delay, Duration::from_millis(50));
+        assert_eq!(c.distro.session_ttl, Duration::from_millis(3000));
+        assert_eq!(c.distro.verify_interval, Duration::from_secs(5));
+        for bad in [
+            ConfigArgs {
+                session_ttl_ms: Some(100),
+                ..Default::default()
+            },
+            ConfigArgs {
+                session_unhealthy_percent: Some(0),
+                ..Default::default()
+            },
+            ConfigArgs {
+                distro_replica_expiry_ms: Some(1000),
+                distro_verify_interval_ms: Some(1000),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.resolve().is_err());
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The HTTP port (8848): `/healthz` (the process is up), `/readyz` (the node has a
-//! cluster identity and every group has a leader it is in contact with) and `/metrics`
-//! (Prometheus text format).
+//! cluster identity, every group has a leader it is in contact with, and the ephemeral
+//! data is loaded) and `/metrics` (Prometheus text format, Distro's included).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -21,19 +21,26 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::api::cluster::group_status;
+use crate::distro::Distro;
 use crate::metrics::GroupLabels;
 use crate::pb;
 use crate::raft::node::{GroupCounters, MultiRaft, NodeCounters};
 
-pub fn router(node: Arc<MultiRaft>) -> Router {
+#[derive(Clone)]
+struct Node {
+    raft: Arc<MultiRaft>,
+    distro: Arc<Distro>,
+}
+
+pub fn router(node: Arc<MultiRaft>, distro: Arc<Distro>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(node)
+        .with_state(Node { raft: node, distro })
 }
 
-async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
+async fn readyz(State(Node { raft: node, distro }): State<Node>) -> impl IntoResponse {
     let mut body = String::new();
     match node.identity().cluster_id() {
         Some(c) => {
@@ -60,7 +67,16 @@ async fn readyz(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
             None => writeln!(body, "{}: no leader, {contact}", g.name),
         };
     }
-    if node.ready() {
+    let _ = writeln!(
+        body,
+        "ephemeral: {}",
+        if distro.ready() {
+            "ready"
+        } else {
+            "NOT ready (loading the snapshot from a peer)"
+        }
+    );
+    if node.ready() && distro.ready() {
         (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)
@@ -161,11 +177,29 @@ const NODE_COUNTERS: [NodeCounterSpec; 2] = [
     ),
 ];
 
-/// Render every metric.
-/// The whole /metrics page (OpenMetrics text): what [`MultiRaft::metrics`] recorded,
+/// The Raft side of /metrics (OpenMetrics text): what [`MultiRaft::metrics`] recorded,
 /// plus the values read now — Raft state and counters per group, replication lag per
 /// follower, the forwarding batches, the process's memory and open files.
 pub fn render_metrics(node: &MultiRaft) -> String {
+    encode_registry(&raft_registry(node))
+}
+
+/// The whole /metrics page: the Raft side and the AP side (Distro).
+pub fn render_all_metrics(node: &MultiRaft, distro: &Distro) -> String {
+    let mut registry = raft_registry(node);
+    crate::distro::metrics::register(distro, &mut registry);
+    encode_registry(&registry)
+}
+
+fn encode_registry(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, registry) {
+        tracing::warn!(error = %e, "encoding /metrics");
+    }
+    out
+}
+
+fn raft_registry(node: &MultiRaft) -> Registry {
     let mut registry = Registry::default();
     node.metrics.register(&mut registry);
     let statuses: Vec<_> = node
@@ -249,11 +283,7 @@ pub fn render_metrics(node: &MultiRaft) -> String {
             ConstGauge::new(gauge_value(fds.count() as u64)),
         );
     }
-    let mut out = String::new();
-    if let Err(e) = encode(&mut out, &registry) {
-        tracing::warn!(error = %e, "encoding /metrics");
-    }
-    out
+    registry
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -263,16 +293,16 @@ struct ReplicaLabels {
 }
 
 /// prometheus-client ends a help text with a period of its own.
-fn help_text(help: &str) -> &str {
+pub(crate) fn help_text(help: &str) -> &str {
     help.strip_suffix('.').unwrap_or(help)
 }
 
 /// prometheus-client adds `_total` to a counter's name itself.
-fn counter_name(name: &str) -> &str {
+pub(crate) fn counter_name(name: &str) -> &str {
     name.strip_suffix("_total").unwrap_or(name)
 }
 
-fn gauge_value(v: u64) -> i64 {
+pub(crate) fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -290,12 +320,12 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-async fn metrics(State(node): State<Arc<MultiRaft>>) -> impl IntoResponse {
+async fn metrics(State(node): State<Node>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        render_metrics(&node),
+        render_all_metrics(&node.raft, &node.distro),
     )
 }

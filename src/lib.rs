@@ -9,6 +9,8 @@
 //! - [`peer`]: the peer protocol between nodes, both sides.
 //! - [`raft`]: one openraft node per processor group over RocksDB.
 //! - [`groups`]: the state machines of the processor groups.
+//! - [`distro`]: the AP side: client sessions and their ephemeral instances, kept in
+//!   memory and replicated between nodes without Raft.
 //!
 //! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut);
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub(crate) mod conns;
 pub mod consistency;
+pub mod distro;
 pub mod error;
 pub mod groups;
 pub mod http;

@@ -28,6 +28,7 @@ use crate::api::config::{ConfigApi, ConfigLimits};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::conns::{self, Cutter, TrackedStream};
+use crate::distro::Distro;
 use crate::error::{Error, Result};
 use crate::metrics::GrpcMetricsLayer;
 use crate::pb;
@@ -39,6 +40,7 @@ use crate::raft::node::MultiRaft;
 pub const CLIENT_SERVICES: &[&str] = &[
     "nacosd.v1.ConfigService",
     "nacosd.v1.NamingService",
+    "nacosd.v1.SessionService",
     "nacosd.v1.DbService",
     "nacosd.v1.ClusterService",
     "grpc.health.v1.Health",
@@ -78,6 +80,8 @@ impl Listeners {
 pub struct RunningServer {
     pub node: Arc<MultiRaft>,
     pub cluster: Arc<Cluster>,
+    /// The AP side: sessions and ephemeral instances (memory only).
+    pub distro: Arc<Distro>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -89,7 +93,8 @@ pub struct RunningServer {
     /// The gRPC ports' accepted connections: those still open once the servers have
     /// stopped are cut, so no connection task keeps the node alive (`conns`).
     cutters: Vec<Cutter>,
-    /// Health reporting, bootstrap, and one watchdog per group: they just end.
+    /// Health reporting, bootstrap, one watchdog per group and the Distro loops: they
+    /// just end.
     background: Vec<JoinHandle<()>>,
     /// Why the node must stop by itself (a group's Raft stopped), once it happens.
     failure: watch::Receiver<Option<String>>,
@@ -141,6 +146,7 @@ impl RunningServer {
         let node_id = self.node.node_id;
         let closing = self.node.shutdown().await;
         drop(self.cluster);
+        drop(self.distro);
         drop(self.node);
         if !closing.wait(Duration::from_secs(10)).await {
             tracing::warn!(node_id, "storage still in use 10s after shutdown");
@@ -190,31 +196,34 @@ pub async fn start(
     let (failure_tx, failure) = watch::channel(None);
     let cluster = Cluster::new(node.clone(), config, failure_tx.clone())?;
     let (stop_tx, _) = watch::channel(false);
+    let distro = Distro::new(node.clone(), config.distro);
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
     let (client_conns, client_cutter) = conns::tracked(incoming(listeners.client));
     let servers = vec![
-        serve_peer(&cluster, config, peer_conns, &stop_tx),
+        serve_peer(&cluster, &distro, config, peer_conns, &stop_tx),
         serve_client(
             &cluster,
+            &distro,
             &shared,
             config,
             client_conns,
             health_svc,
             &stop_tx,
         )?,
-        serve_http(&node, listeners.http, &stop_tx),
+        serve_http(&node, &distro, listeners.http, &stop_tx),
     ];
     let cutters = vec![peer_cutter, client_cutter];
     let mut background = vec![
-        report_health(&node, health_reporter, &stop_tx),
+        report_health(&node, &distro, health_reporter, &stop_tx),
         tokio::spawn(crate::cluster::bootstrap::run(
             cluster.clone(),
             stop_tx.subscribe(),
         )),
     ];
     background.extend(watch_groups(&node, failure_tx, &stop_tx));
+    background.extend(distro.start(&stop_tx));
 
     tracing::info!(
         node_id = config.node_id,
@@ -226,6 +235,7 @@ pub async fn start(
     Ok(RunningServer {
         node,
         cluster,
+        distro,
         client_addr,
         peer_addr,
         http_addr,
@@ -248,13 +258,17 @@ fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'sta
 /// The peer port: Raft RPCs of every group, forwarding, Hello, cluster operations.
 fn serve_peer(
     cluster: &Arc<Cluster>,
+    distro: &Arc<Distro>,
     config: &Config,
     connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
     stop: &watch::Sender<bool>,
 ) -> JoinHandle<()> {
-    let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(cluster.clone()))
-        .max_decoding_message_size(config.peer_message_limit())
-        .max_encoding_message_size(config.peer_message_limit());
+    let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(
+        cluster.clone(),
+        distro.clone(),
+    ))
+    .max_decoding_message_size(config.peer_message_limit())
+    .max_encoding_message_size(config.peer_message_limit());
     let stop = stopped(stop);
     tokio::spawn(async move {
         let res = Server::builder()
@@ -274,6 +288,7 @@ fn serve_peer(
 /// The client port: API services, health, reflection.
 fn serve_client(
     cluster: &Arc<Cluster>,
+    distro: &Arc<Distro>,
     shared: &crate::groups::Shared,
     config: &Config,
     connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
@@ -315,8 +330,15 @@ fn serve_client(
         },
     ))
     .max_decoding_message_size(max);
-    let naming_svc = pb::naming_service_server::NamingServiceServer::new(
-        crate::api::naming::NamingApi::new(node.clone(), shared.naming_feed.clone()),
+    let naming_svc =
+        pb::naming_service_server::NamingServiceServer::new(crate::api::naming::NamingApi::new(
+            node.clone(),
+            shared.naming_feed.clone(),
+            distro.clone(),
+        ))
+        .max_decoding_message_size(max);
+    let session_svc = pb::session_service_server::SessionServiceServer::new(
+        crate::api::session::SessionApi::new(distro.clone()),
     )
     .max_decoding_message_size(max);
     let db_svc = pb::db_service_server::DbServiceServer::new(crate::api::db::DbApi::new(
@@ -338,6 +360,7 @@ fn serve_client(
             .add_service(cluster_svc)
             .add_service(config_svc)
             .add_service(naming_svc)
+            .add_service(session_svc)
             .add_service(db_svc)
             .serve_with_incoming_shutdown(connections, stop)
             .await;
@@ -350,10 +373,11 @@ fn serve_client(
 /// The HTTP port: /healthz, /readyz, /metrics.
 fn serve_http(
     node: &Arc<MultiRaft>,
+    distro: &Arc<Distro>,
     listener: TcpListener,
     stop: &watch::Sender<bool>,
 ) -> JoinHandle<()> {
-    let app = crate::http::router(node.clone());
+    let app = crate::http::router(node.clone(), distro.clone());
     let stop = stopped(stop);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -365,14 +389,17 @@ fn serve_http(
     })
 }
 
-/// gRPC health: SERVING while the node is ready (`MultiRaft::ready`), NOT_SERVING
-/// otherwise, for the server as a whole ("") and each API service by name.
+/// gRPC health: SERVING while the node is ready (`MultiRaft::ready`, and the ephemeral
+/// data loaded: `Distro::ready`), NOT_SERVING otherwise, for the server as a whole ("")
+/// and each API service by name.
 fn report_health(
     node: &Arc<MultiRaft>,
+    distro: &Arc<Distro>,
     reporter: tonic_health::server::HealthReporter,
     stop: &watch::Sender<bool>,
 ) -> JoinHandle<()> {
     let node = node.clone();
+    let distro = distro.clone();
     let mut stop = stop.subscribe();
     tokio::spawn(async move {
         let mut last = None;
@@ -382,7 +409,7 @@ fn report_health(
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let ready = node.ready();
+            let ready = node.ready() && distro.ready();
             if last != Some(ready) {
                 let status = if ready {
                     tonic_health::ServingStatus::Serving

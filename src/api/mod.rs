@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod naming;
+pub mod session;
 
 use std::time::Duration;
 

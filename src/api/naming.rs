@@ -1,5 +1,7 @@
-//! `nacosd.v1.NamingService`: validate, route to the `naming_persistent` group, map
-//! errors; `Subscribe` streams from this node's change feed.
+//! `nacosd.v1.NamingService`: validate, route persistent instances to the
+//! `naming_persistent` group and ephemeral ones (with a session) to this node's
+//! [`Distro`], map errors; reads merge both, each instance marked; `Subscribe` streams
+//! from this node's change feeds.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,9 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::{deadline, level};
+use crate::distro::{Distro, EphemeralInstance};
 use crate::error::{Error, Result};
 use crate::groups::client::GroupClient;
-use crate::groups::naming::subscribe::{self, EventKind, ServiceEvent};
+use crate::groups::naming::subscribe::{self, EventKind, Feeds, ServiceEvent};
 use crate::groups::naming::{
     validate, CreateService, DeleteService, Deregister, GetService, InstanceRecord, ListServices,
     NamingFeed, Register, ServiceKey, ServiceRecord, UpdateInstance, UpdateService,
@@ -23,13 +26,15 @@ use crate::raft::node::MultiRaft;
 pub struct NamingApi {
     client: GroupClient,
     feed: Arc<NamingFeed>,
+    distro: Arc<Distro>,
 }
 
 impl NamingApi {
-    pub fn new(node: Arc<MultiRaft>, feed: Arc<NamingFeed>) -> Self {
+    pub fn new(node: Arc<MultiRaft>, feed: Arc<NamingFeed>, distro: Arc<Distro>) -> Self {
         NamingApi {
             client: GroupClient::new(node),
             feed,
+            distro,
         }
     }
 }
@@ -39,20 +44,31 @@ fn key_of(k: Option<pb::ServiceKey>, field: &str) -> Result<ServiceKey> {
     validate::service_key(&k.namespace, &k.group, &k.service_name)
 }
 
-fn instance_of(i: Option<pb::Instance>) -> Result<InstanceRecord> {
+/// The instance, and its session when it is ephemeral.
+fn instance_of(i: Option<pb::Instance>) -> Result<(InstanceRecord, Option<String>)> {
     let i = i.ok_or_else(|| Error::invalid("instance is required"))?;
-    if i.ephemeral {
-        return Err(Error::invalid(
-            "ephemeral instances are served by the AP side (Distro), which is not available yet; register with ephemeral = false",
-        ));
-    }
-    Ok(InstanceRecord {
+    let session = match (i.ephemeral, i.session_id.is_empty()) {
+        (true, true) => {
+            return Err(Error::invalid(
+                "an ephemeral instance needs session_id (open a session with SessionService/OpenSession)",
+            ))
+        }
+        (false, false) => {
+            return Err(Error::invalid(
+                "session_id is only for ephemeral instances; set ephemeral = true or leave session_id empty",
+            ))
+        }
+        (true, false) => Some(i.session_id.clone()),
+        (false, true) => None,
+    };
+    let record = InstanceRecord {
         addr: validate::addr(&i.ip, i.port, &i.cluster_name)?,
         weight: validate::weight(i.weight)?,
         healthy: i.healthy.unwrap_or(true),
         enabled: i.enabled.unwrap_or(true),
         metadata: validate::metadata(&i.metadata)?,
-    })
+    };
+    Ok((record, session))
 }
 
 fn pb_key(k: &ServiceKey) -> pb::ServiceKey {
@@ -91,7 +107,22 @@ fn pb_instance(k: &ServiceKey, i: &InstanceRecord) -> pb::Instance {
         cluster_name: i.addr.cluster.clone(),
         metadata: i.metadata.clone().into_iter().collect(),
         instance_id: i.instance_id(k),
+        session_id: String::new(),
     }
+}
+
+fn pb_ephemeral(k: &ServiceKey, e: &EphemeralInstance) -> pb::Instance {
+    pb::Instance {
+        ephemeral: true,
+        session_id: e.session.clone(),
+        ..pb_instance(k, &e.record)
+    }
+}
+
+/// The settings shown for a service that only ephemeral instances make exist: the
+/// defaults (the service has no persistent record).
+fn implicit_service() -> ServiceRecord {
+    ServiceRecord::default()
 }
 
 fn settings_of(
@@ -114,11 +145,23 @@ fn pb_event(k: &ServiceKey, e: ServiceEvent) -> pb::ServiceEvent {
         EventKind::ServiceUpdated => pb::ServiceEventKind::ServiceUpdated,
         EventKind::ServiceDeleted => pb::ServiceEventKind::ServiceDeleted,
     };
+    let service = match (&e.service, e.kind) {
+        (Some(r), _) => Some(pb_service(k, r)),
+        (None, EventKind::FullState) if !e.ephemeral.is_empty() => {
+            Some(pb_service(k, &implicit_service()))
+        }
+        (None, _) => None,
+    };
     pb::ServiceEvent {
         kind: kind as i32,
         index: e.index,
-        service: e.service.as_ref().map(|r| pb_service(k, r)),
-        instances: e.instances.iter().map(|i| pb_instance(k, i)).collect(),
+        service,
+        instances: e
+            .instances
+            .iter()
+            .map(|i| pb_instance(k, i))
+            .chain(e.ephemeral.iter().map(|i| pb_ephemeral(k, i)))
+            .collect(),
     }
 }
 
@@ -134,8 +177,18 @@ impl pb::naming_service_server::NamingService for NamingApi {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
-        let inst = instance_of(r.instance)?;
+        let (inst, session) = instance_of(r.instance)?;
         let instance_id = inst.instance_id(&service);
+        if let Some(session) = session {
+            let created = self
+                .distro
+                .register(&session, &service, vec![inst], false)?;
+            return Ok(Response::new(pb::RegisterInstanceResponse {
+                instance_id,
+                created: created.first().copied().unwrap_or(false),
+                revision: 0,
+            }));
+        }
         let register = Register {
             service,
             instances: vec![inst],
@@ -156,6 +209,13 @@ impl pb::naming_service_server::NamingService for NamingApi {
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         let addr = validate::addr(&r.ip, r.port, &r.cluster_name)?;
+        if !r.session_id.is_empty() {
+            let existed = self.distro.deregister(&r.session_id, &service, &addr)?;
+            return Ok(Response::new(pb::DeregisterInstanceResponse {
+                existed,
+                revision: 0,
+            }));
+        }
         let done = self
             .client
             .mutate(Deregister { service, addr }, timeout)
@@ -173,8 +233,17 @@ impl pb::naming_service_server::NamingService for NamingApi {
         let timeout = deadline(&req);
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
-        let instance = instance_of(r.instance)?;
+        let (instance, session) = instance_of(r.instance)?;
         let instance_id = instance.instance_id(&service);
+        if let Some(session) = session {
+            self.distro
+                .register(&session, &service, vec![instance], true)?;
+            return Ok(Response::new(pb::RegisterInstanceResponse {
+                instance_id,
+                created: false,
+                revision: 0,
+            }));
+        }
         let done = self
             .client
             .mutate(UpdateInstance { service, instance }, timeout)
@@ -204,13 +273,30 @@ impl pb::naming_service_server::NamingService for NamingApi {
             .into());
         }
         let mut instances = Vec::with_capacity(r.instances.len());
+        let mut session = None;
         for (i, inst) in r.instances.into_iter().enumerate() {
-            instances.push(instance_of(Some(inst)).map_err(|e| match e {
+            let (inst, s) = instance_of(Some(inst)).map_err(|e| match e {
                 Error::InvalidArgument(m) => Error::invalid(format!("instances[{i}]: {m}")),
                 other => other,
-            })?);
+            })?;
+            if i == 0 {
+                session = s;
+            } else if s != session {
+                return Err(Error::invalid(format!(
+                    "instances[{i}]: a batch is all persistent or all ephemeral of one session"
+                ))
+                .into());
+            }
+            instances.push(inst);
         }
         let instance_ids = instances.iter().map(|i| i.instance_id(&service)).collect();
+        if let Some(session) = session {
+            self.distro.register(&session, &service, instances, false)?;
+            return Ok(Response::new(pb::BatchRegisterInstancesResponse {
+                instance_ids,
+                revision: 0,
+            }));
+        }
         let done = self
             .client
             .mutate(Register { service, instances }, timeout)
@@ -293,12 +379,22 @@ impl pb::naming_service_server::NamingService for NamingApi {
             .collect::<Result<Vec<_>>>()?;
         let q = GetService {
             service: service.clone(),
-            clusters,
+            clusters: clusters.clone(),
             healthy_only: r.healthy_only,
         };
         let detail = self.client.query(q, level(r.consistency)?, timeout).await?;
-        let Some(record) = detail.record else {
-            return Err(Error::NotFound(format!("service {service} does not exist")).into());
+        let all_ephemeral = self.distro.instances_of(&service);
+        let ephemeral: Vec<&EphemeralInstance> = all_ephemeral
+            .iter()
+            .filter(|e| {
+                (clusters.is_empty() || clusters.contains(&e.record.addr.cluster))
+                    && (!r.healthy_only || e.record.healthy)
+            })
+            .collect();
+        let record = match detail.record {
+            Some(record) => record,
+            None if !all_ephemeral.is_empty() => implicit_service(),
+            None => return Err(Error::NotFound(format!("service {service} does not exist")).into()),
         };
         Ok(Response::new(pb::ServiceDetail {
             service: Some(pb_service(&service, &record)),
@@ -306,6 +402,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
                 .instances
                 .iter()
                 .map(|i| pb_instance(&service, i))
+                .chain(ephemeral.into_iter().map(|e| pb_ephemeral(&service, e)))
                 .collect(),
         }))
     }
@@ -318,26 +415,63 @@ impl pb::naming_service_server::NamingService for NamingApi {
         let r = req.into_inner();
         let (namespace, group) = validate::namespace_and_group(&r.namespace, &r.group)?;
         let (page_no, page_size) = crate::groups::config::validate::page(r.page_no, r.page_size)?;
+        let offset = (page_no as u64 - 1) * page_size as u64;
+        let ephemeral = self.distro.services_in(&namespace, &group);
+        let level = level(r.consistency)?;
+        if ephemeral.is_empty() {
+            let q = ListServices {
+                namespace,
+                group,
+                offset,
+                limit: page_size,
+            };
+            let page = self.client.query(q, level, timeout).await?;
+            return Ok(Response::new(pb::ListServicesResponse {
+                services: page
+                    .services
+                    .into_iter()
+                    .map(
+                        |(service_name, instance_count, revision)| pb::ServiceSummary {
+                            service_name,
+                            instance_count,
+                            revision,
+                        },
+                    )
+                    .collect(),
+                total: page.total,
+            }));
+        }
+        // Both kinds: merge every persistent service with the ephemeral ones, then page.
         let q = ListServices {
             namespace,
             group,
-            offset: (page_no as u64 - 1) * page_size as u64,
-            limit: page_size,
+            offset: 0,
+            limit: u32::MAX,
         };
-        let page = self.client.query(q, level(r.consistency)?, timeout).await?;
+        let page = self.client.query(q, level, timeout).await?;
+        let mut merged: std::collections::BTreeMap<String, (u32, u64)> = page
+            .services
+            .into_iter()
+            .map(|(name, count, rev)| (name, (count, rev)))
+            .collect();
+        for (name, count) in ephemeral {
+            merged.entry(name).or_insert((0, 0)).0 += count;
+        }
+        let total = merged.len() as u64;
         Ok(Response::new(pb::ListServicesResponse {
-            services: page
-                .services
+            services: merged
                 .into_iter()
+                .skip(offset as usize)
+                .take(page_size as usize)
                 .map(
-                    |(service_name, instance_count, revision)| pb::ServiceSummary {
+                    |(service_name, (instance_count, revision))| pb::ServiceSummary {
                         service_name,
                         instance_count,
                         revision,
                     },
                 )
                 .collect(),
-            total: page.total,
+            total,
         }))
     }
 
@@ -351,12 +485,16 @@ impl pb::naming_service_server::NamingService for NamingApi {
         let service = key_of(r.service, "service")?;
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading the state so no change can fall in between.
-        let feed = self.feed.subscribe();
+        let feeds = Feeds {
+            naming: self.feed.subscribe(),
+            ephemeral: self.distro.subscribe(),
+        };
         tokio::spawn(subscribe::serve(
             self.client.clone(),
+            self.distro.clone(),
             service.clone(),
             r.last_index,
-            feed,
+            feeds,
             tx,
         ));
         let events = ReceiverStream::new(rx)

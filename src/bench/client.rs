@@ -9,6 +9,7 @@ use crate::pb::config_service_client::ConfigServiceClient;
 use crate::pb::db_service_client::DbServiceClient;
 use crate::pb::etcd::kv_client::KvClient;
 use crate::pb::naming_service_client::NamingServiceClient;
+use crate::pb::session_service_client::SessionServiceClient;
 
 /// Group of the benchmark's configuration items.
 pub const CONFIG_GROUP: &str = "BENCH";
@@ -46,6 +47,7 @@ pub enum Op {
     Put(u64),
     Get(u64),
     Register(u64),
+    RegisterEphemeral(u64),
     Insert(u64),
 }
 
@@ -57,6 +59,7 @@ impl Op {
             Workload::ConfigPublish => Op::Put(k),
             Workload::ConfigGet => Op::Get(k),
             Workload::NamingRegister => Op::Register(k),
+            Workload::NamingRegisterEphemeral => Op::RegisterEphemeral(k),
             Workload::DbInsert => Op::Insert(k),
             Workload::Mixed => {
                 if (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= opts.read_ratio {
@@ -75,6 +78,9 @@ pub struct NacosdClients {
     config: ConfigServiceClient<Channel>,
     naming: NamingServiceClient<Channel>,
     db: DbServiceClient<Channel>,
+    sessions: SessionServiceClient<Channel>,
+    /// The session of this connection (ephemeral workload).
+    session_id: String,
 }
 
 /// A client over one connection, for one target.
@@ -90,7 +96,9 @@ impl Client {
             Target::Nacosd => Client::Nacosd(Box::new(NacosdClients {
                 config: ConfigServiceClient::new(channel.clone()),
                 naming: NamingServiceClient::new(channel.clone()),
-                db: DbServiceClient::new(channel),
+                db: DbServiceClient::new(channel.clone()),
+                sessions: SessionServiceClient::new(channel),
+                session_id: String::new(),
             })),
             Target::Etcd => Client::Etcd(KvClient::new(channel)),
         }
@@ -133,6 +141,23 @@ impl Client {
                     })
                     .await
                     .map(drop),
+                Op::RegisterEphemeral(k) => c
+                    .naming
+                    .register_instance(pb::RegisterInstanceRequest {
+                        service: Some(pb::ServiceKey {
+                            service_name: format!("bench-svc-{}", k % opts.services.max(1)),
+                            ..Default::default()
+                        }),
+                        instance: Some(pb::Instance {
+                            ip: format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255),
+                            port: 8080,
+                            ephemeral: true,
+                            session_id: c.session_id.clone(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .map(drop),
                 Op::Insert(k) => {
                     c.db.execute(pb::ExecuteRequest {
                         statements: vec![pb::Statement {
@@ -169,12 +194,36 @@ impl Client {
                     })
                     .await
                     .map(drop),
-                Op::Register(_) | Op::Insert(_) => Err(tonic::Status::unimplemented(
-                    "etcd runs only the config workloads",
-                )),
+                Op::Register(_) | Op::RegisterEphemeral(_) | Op::Insert(_) => Err(
+                    tonic::Status::unimplemented("etcd runs only the config workloads"),
+                ),
             },
         };
         result.map_err(|s| s.code())
+    }
+
+    /// Open this connection's session on the node it reaches, with the longest TTL the
+    /// node allows.
+    pub async fn open_session(&mut self) -> Result<(), tonic::Status> {
+        if let Client::Nacosd(c) = self {
+            let mut ttl_ms = 300_000;
+            let opened = loop {
+                match c
+                    .sessions
+                    .open_session(pb::OpenSessionRequest {
+                        ttl_ms,
+                        id: String::new(),
+                    })
+                    .await
+                {
+                    // A node with a shorter maximum: ask for its default instead.
+                    Err(s) if s.code() == tonic::Code::InvalidArgument && ttl_ms != 0 => ttl_ms = 0,
+                    other => break other?,
+                }
+            };
+            c.session_id = opened.into_inner().id;
+        }
+        Ok(())
     }
 
     /// Prepare the target for a workload: the table of `db-insert`.

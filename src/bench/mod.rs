@@ -36,6 +36,12 @@ pub enum Workload {
     ConfigGet,
     /// Register persistent instances, spread over `--services` services.
     NamingRegister,
+    /// Register ephemeral instances, spread over `--services` services: each client
+    /// first opens a session (TTL 300 s, or the node's default if that is too long; no
+    /// keep-alive, so keep runs shorter than half the TTL) on the node its connection
+    /// reaches, so sessions are spread over every endpoint, like application instances
+    /// each holding one connection.
+    NamingRegisterEphemeral,
     /// One-row `Execute` into the embedded database.
     DbInsert,
     /// Reads (at `--level`) and publishes, `--read-ratio` of them reads.
@@ -194,7 +200,10 @@ impl Options {
             return Err("--read-ratio must be between 0 and 1".into());
         }
         if self.target == Target::Etcd {
-            if matches!(self.workload, Workload::NamingRegister | Workload::DbInsert) {
+            if matches!(
+                self.workload,
+                Workload::NamingRegister | Workload::NamingRegisterEphemeral | Workload::DbInsert
+            ) {
                 return Err(format!(
                     "etcd runs only config-publish, config-get and mixed, not {}",
                     value_name(self.workload)
@@ -476,6 +485,17 @@ pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
         .iter()
         .map(|c| Client::new(opts.target, c.clone()))
         .collect();
+    // One client per task; with the ephemeral workload each has its own session.
+    let mut task_clients: Vec<Client> = (0..opts.clients)
+        .map(|i| clients[i % clients.len()].clone())
+        .collect();
+    if opts.workload == Workload::NamingRegisterEphemeral {
+        for c in &mut task_clients {
+            c.open_session()
+                .await
+                .map_err(|s| format!("opening a session: {}: {}", s.code(), s.message()))?;
+        }
+    }
     clients[0]
         .clone()
         .prepare(opts.workload)
@@ -493,11 +513,13 @@ pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
         opts.ops.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64),
     ));
     let counters = Arc::new(Progress::default());
-    let tasks: Vec<_> = (0..opts.clients)
-        .map(|i| {
+    let tasks: Vec<_> = task_clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
             tokio::spawn(client_loop(
                 i,
-                clients[i % clients.len()].clone(),
+                client,
                 opts.clone(),
                 schedule,
                 remaining.clone(),

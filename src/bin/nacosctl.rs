@@ -60,6 +60,11 @@ enum Command {
     /// Each group's state digest on the contacted node (equal on nodes at the same
     /// applied index).
     Digest,
+    /// Client sessions (leases) of ephemeral instances, on the contacted node.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
     /// Load generator: closed-loop clients against nacosd (or etcd), then a table of
     /// throughput, latency percentiles and errors by code.
     Bench(Box<nacosd::bench::Options>),
@@ -99,6 +104,23 @@ enum MemberCommand {
     Promote { id: u64 },
     /// Remove a node (dead or alive) from every group.
     Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Open a session owned by the contacted node; prints its id.
+    Open {
+        /// Time to live without a keep-alive (default: the node's session-ttl-ms).
+        #[arg(long, default_value_t = 0)]
+        ttl_ms: u64,
+        /// An id of your choosing (default: the node picks one).
+        #[arg(long, default_value = "")]
+        id: String,
+    },
+    /// Renew a session's lease once.
+    KeepAlive { id: String },
+    /// Close a session: its ephemeral instances are removed everywhere.
+    Close { id: String },
 }
 
 #[derive(Subcommand)]
@@ -191,6 +213,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             command: ClusterCommand::Status,
         } => cluster_status(&cli).await,
         Command::Member { ref command } => member(&cli, command).await,
+        Command::Session { ref command } => session(&cli, command).await,
         Command::Leader {
             command: LeaderCommand::Transfer { ref group, to },
         } => {
@@ -258,6 +281,61 @@ async fn connect(
     cli: &Cli,
     min_timeout_ms: u64,
 ) -> Result<ClusterServiceClient<tonic::transport::Channel>, String> {
+    Ok(ClusterServiceClient::new(
+        channel(cli, min_timeout_ms).await?,
+    ))
+}
+
+async fn session(cli: &Cli, command: &SessionCommand) -> Result<(), String> {
+    let mut c =
+        pb::session_service_client::SessionServiceClient::new(channel(cli, cli.timeout_ms).await?);
+    let rows = match command {
+        SessionCommand::Open { ttl_ms, id } => {
+            let r = c
+                .open_session(pb::OpenSessionRequest {
+                    ttl_ms: *ttl_ms,
+                    id: id.clone(),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            vec![
+                ("id".to_string(), r.id),
+                ("ttl_ms".to_string(), r.ttl_ms.to_string()),
+                ("owner".to_string(), r.owner.to_string()),
+            ]
+        }
+        SessionCommand::KeepAlive { id } => {
+            let r = c
+                .keep_alive(pb::KeepAliveRequest { id: id.clone() })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            vec![
+                ("id".to_string(), r.id),
+                ("ttl_ms".to_string(), r.ttl_ms.to_string()),
+            ]
+        }
+        SessionCommand::Close { id } => {
+            let r = c
+                .close_session(pb::CloseSessionRequest { id: id.clone() })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            vec![
+                ("id".to_string(), id.clone()),
+                (
+                    "instances_removed".to_string(),
+                    r.instances_removed.to_string(),
+                ),
+            ]
+        }
+    };
+    print_pairs(cli, ("field", "value"), &rows)
+}
+
+/// A channel to the contacted node with a deadline of at least `min_timeout_ms`.
+async fn channel(cli: &Cli, min_timeout_ms: u64) -> Result<tonic::transport::Channel, String> {
     let timeout = Duration::from_millis(cli.timeout_ms.max(min_timeout_ms));
     let endpoint = if cli.endpoint.contains("://") {
         cli.endpoint.clone()
@@ -271,7 +349,7 @@ async fn connect(
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", cli.endpoint))?;
-    Ok(ClusterServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// Two-column output (or a JSON array of objects).

@@ -24,14 +24,14 @@
 //! in this run; it proves nothing beyond.
 
 pub mod checker;
-pub(crate) mod cluster;
+pub mod cluster;
 pub(crate) mod disk;
 pub(crate) mod etcd;
 pub(crate) mod failover;
 pub mod history;
 pub mod nemesis;
 pub mod net;
-pub(crate) mod node;
+pub mod node;
 pub(crate) mod ops;
 pub mod runner;
 pub(crate) mod streams;

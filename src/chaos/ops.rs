@@ -345,6 +345,7 @@ impl Target {
                     ip: INSTANCE_IP.to_string(),
                     port: key.slot(),
                     cluster_name: String::new(),
+                    ..Default::default()
                 }))
                 .await
                 .map(|_| ()),

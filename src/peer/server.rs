@@ -1,5 +1,6 @@
 //! The receiving side of the peer protocol: Raft RPCs of every group, snapshot streams,
-//! forwarded writes and reads, read-index requests, Hello and cluster operations.
+//! forwarded writes and reads, read-index requests, Hello and cluster operations, and
+//! the Distro messages of the AP side (handled by `distro::wire`).
 //!
 //! Admission comes first. Every call but Hello must carry this node's cluster id
 //! ([`PeerService::admit`]): a call from another cluster, or any call while this node
@@ -31,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cluster::Cluster;
 use crate::codec;
 use crate::consistency;
+use crate::distro::{wire as distro_wire, Distro};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::raft_peer_server::RaftPeer;
@@ -42,6 +44,7 @@ use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
 
 pub struct PeerService {
     cluster: Arc<Cluster>,
+    distro: Arc<Distro>,
     node: Arc<MultiRaft>,
     /// When each kind of refusal was last logged, per sender: refusals repeat with every
     /// heartbeat, the log should say it once in a while.
@@ -70,10 +73,11 @@ fn timeout_of(ms: u64) -> Duration {
 }
 
 impl PeerService {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
+    pub fn new(cluster: Arc<Cluster>, distro: Arc<Distro>) -> Self {
         PeerService {
             node: cluster.node.clone(),
             cluster,
+            distro,
             refusal_log: Mutex::default(),
         }
     }
@@ -365,6 +369,42 @@ impl RaftPeer for PeerService {
         Ok(Response::new(pb::AdminReply {
             result: codec::encode(&result),
         }))
+    }
+
+    async fn distro_sync(
+        &self,
+        req: Request<pb::DistroRequest>,
+    ) -> Result<Response<pb::DistroReply>, Status> {
+        let sender = self.admit(&req, "distro sync")?;
+        let req = req.into_inner();
+        Ok(Response::new(distro_wire::serve_sync(
+            &self.distro,
+            sender.node,
+            &req.payload,
+        )))
+    }
+
+    async fn distro_verify(
+        &self,
+        req: Request<pb::DistroRequest>,
+    ) -> Result<Response<pb::DistroReply>, Status> {
+        let sender = self.admit(&req, "distro verify")?;
+        let req = req.into_inner();
+        Ok(Response::new(distro_wire::serve_verify(
+            &self.distro,
+            sender.node,
+            &req.payload,
+        )))
+    }
+
+    type DistroSnapshotStream = distro_wire::SnapshotStream;
+
+    async fn distro_snapshot(
+        &self,
+        req: Request<pb::DistroRequest>,
+    ) -> Result<Response<Self::DistroSnapshotStream>, Status> {
+        self.admit(&req, "distro snapshot")?;
+        Ok(Response::new(distro_wire::serve_snapshot(&self.distro)))
     }
 }
 

@@ -68,6 +68,7 @@ async fn every_workload_runs_against_a_three_node_cluster() {
         (Workload::ConfigGet, Level::Stale),
         (Workload::NamingRegister, Level::Linearizable),
         (Workload::DbInsert, Level::Linearizable),
+        (Workload::NamingRegisterEphemeral, Level::Linearizable),
         (Workload::Mixed, Level::Linearizable),
     ];
     let mut reports = Vec::new();
@@ -88,6 +89,29 @@ async fn every_workload_runs_against_a_three_node_cluster() {
         reports.push(r);
     }
     eprintln!("{}", table(&reports));
+    // The ephemeral run opened a session per client, spread over the nodes, and every
+    // node ends up with the same ephemeral instances.
+    let clients = options(Workload::NamingRegisterEphemeral, &endpoints).clients;
+    let owned: Vec<usize> = cluster
+        .running()
+        .iter()
+        .map(|id| cluster.server(*id).distro.counts().0)
+        .collect();
+    assert!(owned.iter().all(|n| *n > 0), "sessions per node: {owned:?}");
+    assert_eq!(
+        owned.iter().sum::<usize>(),
+        clients,
+        "sessions per node: {owned:?}"
+    );
+    wait_until("every node holds the same ephemeral instances", || {
+        let counts: Vec<usize> = cluster
+            .running()
+            .iter()
+            .map(|id| cluster.server(*id).distro.counts().2)
+            .collect();
+        counts[0] > 0 && counts.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
     assert_eq!(reports[1].level.as_deref(), Some("linearizable"));
     assert_eq!(reports[2].level.as_deref(), Some("lease"));
     assert_eq!(reports[0].level, None, "a write workload has no read level");

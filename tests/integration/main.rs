@@ -10,6 +10,7 @@
 //! | `cluster` | in-process clusters: elections, replication, failover, restart, snapshot catch-up |
 //! | `consistency` | forwarding, exactly-once across leader changes, read levels, lagging followers, apply I/O errors |
 //! | `config_api`, `naming_api`, `db_api` | the gRPC APIs on in-process clusters |
+//! | `ephemeral` | sessions and ephemeral instances (Distro): sync, close, expiry, health, merged syncs, startup snapshot, Subscribe |
 //! | `multiprocess` | real `nacosd` processes: kill -9 under load, `nacosctl` |
 //! | `readme_examples` | the README's grpcurl examples against a live node |
 //! | `safety` | cluster identity, wiped disks, vote hold after restart, power loss, large entries, quorum loss |
@@ -23,6 +24,7 @@ mod cluster;
 mod config_api;
 mod consistency;
 mod db_api;
+mod ephemeral;
 mod membership;
 mod multiprocess;
 mod naming_api;

@@ -1,5 +1,6 @@
 //! Real `nacosd` processes: a 3-node cluster that survives kill -9 of a leader while
-//! clients write through every node, and a standalone node driven with `nacosctl`.
+//! clients write through every node, and a standalone node driven with `nacosctl`
+//! (cluster status, members, snapshots, digests, leader transfer, sessions).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -283,6 +284,35 @@ async fn standalone_node_and_nacosctl_status() {
         "a single node has nobody to hand over to"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no other voter"));
+
+    // Sessions through nacosctl.
+    let out = nacosctl(&[
+        "--endpoint",
+        &endpoint,
+        "session",
+        "open",
+        "--id",
+        "ctl-demo",
+        "--ttl-ms",
+        "20000",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["value"], "ctl-demo", "{v}");
+    assert_eq!(v[1]["value"], "20000", "{v}");
+    let out = nacosctl(&["--endpoint", &endpoint, "session", "keep-alive", "ctl-demo"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("20000"));
+    let out = nacosctl(&["--endpoint", &endpoint, "session", "close", "ctl-demo"]);
+    assert!(out.status.success());
+    let out = nacosctl(&["--endpoint", &endpoint, "session", "keep-alive", "ctl-demo"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
 
     // A bad endpoint is a clear error, not a panic.
     let out = nacosctl(&[

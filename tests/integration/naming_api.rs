@@ -137,6 +137,7 @@ async fn every_operation_through_followers_and_leader() {
                 ip: ip.into(),
                 port: 80,
                 cluster_name: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -298,6 +299,7 @@ async fn every_operation_through_followers_and_leader() {
                 ip: format!("10.0.0.{i}"),
                 port: 8080,
                 cluster_name: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -310,6 +312,7 @@ async fn every_operation_through_followers_and_leader() {
             ip: "10.0.0.0".into(),
             port: 8080,
             cluster_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -505,6 +508,7 @@ async fn subscribe_sees_changes_in_order_resumes_without_gaps_and_survives_leade
             ip: "10.0.0.1".into(),
             port: 81,
             cluster_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

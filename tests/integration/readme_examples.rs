@@ -68,6 +68,7 @@ async fn readme_grpcurl_examples_work() {
     for svc in [
         "nacosd.v1.ConfigService",
         "nacosd.v1.NamingService",
+        "nacosd.v1.SessionService",
         "nacosd.v1.DbService",
         "nacosd.v1.ClusterService",
         "grpc.health.v1.Health",

@@ -14,10 +14,19 @@
 //! not exist): a change applied after the view always has a higher index and arrives
 //! through the feed. After a snapshot restore or when the stream lagged behind the feed,
 //! a fresh full state is sent if anything moved.
+//!
+//! Ephemeral instances (the AP side, [`crate::distro`]) come from this node's memory and
+//! its own change feed, subscribed to before the first read as well. They have no log
+//! index: their events repeat the last index sent, and because nothing records which
+//! ephemeral changes a client has seen, a subscription that resumes on a node where
+//! the service has (or had) ephemeral instances always starts with a full state.
+
+use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
 use crate::consistency::ReadLevel;
+use crate::distro::{Distro, EphemeralChange, EphemeralInstance};
 use crate::error::Result;
 use crate::groups::client::GroupClient;
 use crate::groups::feed::FeedEvent;
@@ -42,8 +51,10 @@ pub struct ServiceEvent {
     pub index: u64,
     /// The service's settings after the change (`None`: it does not exist).
     pub service: Option<ServiceRecord>,
-    /// A full state: every instance; a change: the instances it touched.
+    /// A full state: every persistent instance; a change: the instances it touched.
     pub instances: Vec<InstanceRecord>,
+    /// The same for ephemeral instances.
+    pub ephemeral: Vec<EphemeralInstance>,
 }
 
 fn change_event(c: NamingChange) -> ServiceEvent {
@@ -58,13 +69,35 @@ fn change_event(c: NamingChange) -> ServiceEvent {
         index: c.index,
         service: c.record,
         instances,
+        ephemeral: vec![],
     }
+}
+
+/// The events of one ephemeral change (upserts, then removals), at index `seen`.
+fn ephemeral_events(c: EphemeralChange, seen: u64) -> Vec<ServiceEvent> {
+    let mut out = Vec::new();
+    for (kind, list) in [
+        (EventKind::InstancesUpserted, c.upserted),
+        (EventKind::InstancesRemoved, c.removed),
+    ] {
+        if !list.is_empty() {
+            out.push(ServiceEvent {
+                kind,
+                index: seen,
+                service: None,
+                instances: vec![],
+                ephemeral: list,
+            });
+        }
+    }
+    out
 }
 
 /// The full current state, if the client (who has seen everything up to `seen`)
 /// missed anything.
 async fn full_state_if_missed(
     client: &GroupClient,
+    distro: &Distro,
     service: &ServiceKey,
     seen: u64,
     level: ReadLevel,
@@ -81,33 +114,75 @@ async fn full_state_if_missed(
         // stale view and nothing applied after the view is skipped.
         None => detail.as_of,
     };
-    if seen != 0 && index <= seen {
+    if seen != 0 && index <= seen && !distro.touched(service) {
         return Ok(None);
     }
     Ok(Some(ServiceEvent {
         kind: EventKind::FullState,
-        index,
+        index: index.max(seen),
         service: detail.record,
         instances: detail.instances,
+        ephemeral: distro.instances_of(service),
     }))
 }
 
 /// Serve one subscription until the client goes away.
+/// The streams a subscription listens to, subscribed before the first read.
+pub struct Feeds {
+    pub naming: broadcast::Receiver<FeedEvent<NamingChange>>,
+    pub ephemeral: broadcast::Receiver<FeedEvent<EphemeralChange>>,
+}
+
 pub async fn serve(
     client: GroupClient,
+    distro: Arc<Distro>,
     service: ServiceKey,
     last_index: u64,
-    mut feed: broadcast::Receiver<FeedEvent<NamingChange>>,
+    feeds: Feeds,
     tx: mpsc::Sender<Result<ServiceEvent>>,
 ) {
+    let Feeds {
+        naming: mut feed,
+        ephemeral: mut eph,
+    } = feeds;
     // Everything up to `seen` has reached the client.
     let mut seen = last_index;
     // Linearizable: the first answer reflects every change acknowledged before the call.
-    if !send_full_state(&client, &service, &mut seen, ReadLevel::Linearizable, &tx).await {
+    if !send_full_state(
+        &client,
+        &distro,
+        &service,
+        &mut seen,
+        ReadLevel::Linearizable,
+        &tx,
+    )
+    .await
+    {
         return;
     }
     loop {
         tokio::select! {
+            ev = eph.recv() => {
+                match ev {
+                    Ok(FeedEvent::Changed(c)) => {
+                        if c.service == service {
+                            for e in ephemeral_events(c, seen) {
+                                if tx.send(Ok(e)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed ephemeral changes: a full state (sent even though the
+                        // persistent index did not move, as the service is touched).
+                        if !send_full_state(&client, &distro, &service, &mut seen, ReadLevel::Stale, &tx).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
             ev = feed.recv() => {
                 let resync = match ev {
                     Ok(FeedEvent::Changed(c)) => {
@@ -123,7 +198,7 @@ pub async fn serve(
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 if resync
-                    && !send_full_state(&client, &service, &mut seen, ReadLevel::Stale, &tx).await
+                    && !send_full_state(&client, &distro, &service, &mut seen, ReadLevel::Stale, &tx).await
                 {
                     return;
                 }
@@ -136,12 +211,13 @@ pub async fn serve(
 /// Send a full state if the client missed anything. False when the stream ends.
 async fn send_full_state(
     client: &GroupClient,
+    distro: &Distro,
     service: &ServiceKey,
     seen: &mut u64,
     level: ReadLevel,
     tx: &mpsc::Sender<Result<ServiceEvent>>,
 ) -> bool {
-    match full_state_if_missed(client, service, *seen, level).await {
+    match full_state_if_missed(client, distro, service, *seen, level).await {
         Ok(Some(ev)) => {
             *seen = (*seen).max(ev.index);
             tx.send(Ok(ev)).await.is_ok()

@@ -31,6 +31,8 @@ pub struct Proc {
     pub http: String,
     pub data_dir: PathBuf,
     pub members: String,
+    /// More flags for `nacosd`.
+    pub extra: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -43,6 +45,7 @@ impl Proc {
             http: format!("127.0.0.1:{}", free_port()),
             data_dir: base.join(format!("node{id}")),
             members: String::new(),
+            extra: Vec::new(),
             child: None,
         }
     }
@@ -69,6 +72,7 @@ impl Proc {
             .args(["--heartbeat-ms", "100"])
             .args(["--election-timeout-min-ms", "800"])
             .args(["--election-timeout-max-ms", "1600"])
+            .args(&self.extra)
             .env("NACOSD_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -154,6 +158,11 @@ impl Drop for Proc {
 
 /// Start `n` nodes that form one cluster.
 pub fn cluster(n: u64, base: &Path) -> Vec<Proc> {
+    cluster_with(n, base, &[])
+}
+
+/// Start `n` nodes that form one cluster, each with the flags `extra`.
+pub fn cluster_with(n: u64, base: &Path, extra: &[&str]) -> Vec<Proc> {
     let mut procs: Vec<Proc> = (1..=n).map(|id| Proc::new(id, base)).collect();
     let members = procs
         .iter()
@@ -162,6 +171,7 @@ pub fn cluster(n: u64, base: &Path) -> Vec<Proc> {
         .join(",");
     for p in &mut procs {
         p.members = members.clone();
+        p.extra = extra.iter().map(|s| s.to_string()).collect();
         p.start();
     }
     procs

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Ephemeral registrations (issue 15): a 3-node nacosd cluster on loopback, the
+# naming-register-ephemeral workload (a session per client, spread over the nodes),
+# then each node's ephemeral instance count (converged when equal), sync counters and
+# RSS. Everything started is stopped on exit.
+#
+#   bench/ephemeral.sh                      # 10 s after a 2 s warm-up, 64 clients
+#   BIN=target/debug DURATION=3 bench/ephemeral.sh
+#
+# Environment: BIN (directory of nacosd and nacosctl; default target/release, built if
+# missing), DURATION, WARMUP (seconds), CLIENTS (64), CONNECTIONS (3), KEYS (100000),
+# SERVICES (100), BASE_PORT (19840).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="${BIN:-$root/target/release}"
+duration="${DURATION:-10}"
+warmup="${WARMUP:-2}"
+clients="${CLIENTS:-64}"
+connections="${CONNECTIONS:-3}"
+keys="${KEYS:-100000}"
+services="${SERVICES:-100}"
+base="${BASE_PORT:-19840}"
+
+if [ ! -x "$bin/nacosd" ] || [ ! -x "$bin/nacosctl" ]; then
+    (cd "$root" && cargo build --release --bins)
+fi
+dir="$(mktemp -d)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+members=""
+for i in 1 2 3; do members="${members:+$members,}$i=127.0.0.1:$((base + 10 + i))"; done
+endpoints=""
+for i in 1 2 3; do
+    "$bin/nacosd" --node-id "$i" --data-dir "$dir/n$i" \
+        --client-addr "127.0.0.1:$((base + i))" --peer-addr "127.0.0.1:$((base + 10 + i))" \
+        --http-addr "127.0.0.1:$((base + 20 + i))" --initial-members "$members" \
+        >"$dir/n$i.log" 2>&1 &
+    pids+=("$!")
+    endpoints="${endpoints:+$endpoints,}127.0.0.1:$((base + i))"
+done
+for _ in $(seq 1 240); do
+    ready=0
+    for i in 1 2 3; do
+        curl -sf "127.0.0.1:$((base + 20 + i))/readyz" >/dev/null && ready=$((ready + 1))
+    done
+    [ "$ready" = 3 ] && break
+    sleep 0.5
+done
+[ "$ready" = 3 ] || { echo "ephemeral.sh: the cluster did not become ready" >&2; exit 1; }
+
+"$bin/nacosctl" bench --workload naming-register-ephemeral --endpoints "$endpoints" \
+    --clients "$clients" --connections "$connections" --duration-secs "$duration" \
+    --warmup-secs "$warmup" --keys "$keys" --services "$services" --quiet
+end=$(date +%s.%N)
+# Convergence: poll until every node reports the same instance count.
+while :; do
+    counts=()
+    for i in 1 2 3; do
+        counts+=("$(curl -s "127.0.0.1:$((base + 20 + i))/metrics" |
+            awk '/^nacosd_distro_ephemeral_instances /{print $2}')")
+    done
+    if [ "${counts[0]}" = "${counts[1]}" ] && [ "${counts[1]}" = "${counts[2]}" ]; then
+        break
+    fi
+    sleep 0.1
+done
+echo "converged: ${counts[0]} instances on every node $(echo "$(date +%s.%N) - $end" | bc) s after the run"
+for i in 1 2 3; do
+    echo "node $i: RSS $(($(ps -o rss= -p "${pids[$((i - 1))]}") / 1024)) MiB;" \
+        "$(curl -s "127.0.0.1:$((base + 20 + i))/metrics" |
+            grep -E '^nacosd_distro_(sessions_owned|sync_calls_total|syncs_failed_total)' |
+            tr '\n' ' ')"
+done
