@@ -542,6 +542,22 @@ async fn a_slow_query_does_not_delay_heartbeats() {
     for g in ["config", "naming_persistent"] {
         cluster.wait_for_leader(g).await;
     }
+    // Every node must know every group's leader and term before the snapshot below: a
+    // node still learning of the first election would look like an election later.
+    wait_until("every node agrees on every group's leader and term", || {
+        cluster.node(leader).groups().all(|g| {
+            let views: Vec<_> = cluster
+                .running()
+                .into_iter()
+                .map(|id| {
+                    let m = cluster.metrics(id, &g.name);
+                    (m.current_term, m.current_leader)
+                })
+                .collect();
+            views[0].1.is_some() && views.iter().all(|v| *v == views[0])
+        })
+    })
+    .await;
     let terms = |c: &TestCluster| -> Vec<(u64, String, u64)> {
         let mut out = Vec::new();
         for id in c.running() {
