@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::tls::CertFiles;
 
 /// A node's stable identity within the cluster.
 pub type NodeId = u64;
@@ -118,6 +119,41 @@ pub struct Config {
     pub config_history_limit: u32,
     /// Embedded DB request limits.
     pub db_limits: DbLimits,
+    /// TLS on the client and HTTP ports (certificate and key; no CA: clients need no
+    /// certificate). `None`: plaintext.
+    pub client_tls: Option<CertFiles>,
+    /// Mutual TLS on the peer port: this node's certificate (used both to serve and to
+    /// call peers, so it must allow server and client authentication) and the cluster
+    /// CA that must have signed every peer's. `None`: plaintext.
+    pub peer_tls: Option<CertFiles>,
+    /// Allow a multi-node cluster with a plaintext peer port (anyone who can reach it
+    /// can then take part in Raft). Refused without it.
+    pub insecure_peer: bool,
+    /// Client authentication and authorization.
+    pub auth: AuthConfig,
+}
+
+/// Client authentication (see `auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Require a token on every client call but health and reflection.
+    pub enabled: bool,
+    /// How long a token from `Login` is valid.
+    pub token_ttl: Duration,
+    /// Password of the `admin` user, created if the cluster has no users yet. Read from
+    /// a file (`--initial-admin-password-file`), never a flag, so it shows in no
+    /// process list. There is no default password.
+    pub initial_admin_password: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            token_ttl: Duration::from_secs(30 * 60),
+            initial_admin_password: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -147,6 +183,10 @@ impl Default for Config {
             max_config_bytes: 100 * 1024,
             config_history_limit: 30,
             db_limits: DbLimits::default(),
+            client_tls: None,
+            peer_tls: None,
+            insecure_peer: false,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -255,6 +295,35 @@ pub struct ConfigArgs {
     /// Embedded DB: rows one query statement returns [default: 10000].
     #[arg(long, env = "NACOSD_DB_MAX_ROWS")]
     pub db_max_rows: Option<u32>,
+    /// TLS certificate (PEM chain) of the client and HTTP ports; with --tls-key.
+    #[arg(long, env = "NACOSD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the client and HTTP ports.
+    #[arg(long, env = "NACOSD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Peer-port certificate (PEM chain, server and client authentication); with
+    /// --peer-key and --peer-ca it turns on mutual TLS between nodes.
+    #[arg(long, env = "NACOSD_PEER_CERT")]
+    pub peer_cert: Option<PathBuf>,
+    /// Peer-port private key (PEM).
+    #[arg(long, env = "NACOSD_PEER_KEY")]
+    pub peer_key: Option<PathBuf>,
+    /// Cluster CA (PEM): every peer's certificate must be signed by it.
+    #[arg(long, env = "NACOSD_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+    /// Allow a multi-node cluster with a plaintext peer port (development only).
+    #[arg(long, env = "NACOSD_INSECURE_PEER", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_peer: Option<bool>,
+    /// Require authentication (a token from Login) for client calls.
+    #[arg(long, env = "NACOSD_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub auth: Option<bool>,
+    /// Lifetime of a login token in seconds [default: 1800].
+    #[arg(long, env = "NACOSD_AUTH_TOKEN_TTL_SECS")]
+    pub auth_token_ttl_secs: Option<u64>,
+    /// File holding the password of the first `admin` user, created when the cluster
+    /// has no users (no default password exists).
+    #[arg(long, env = "NACOSD_INITIAL_ADMIN_PASSWORD_FILE")]
+    pub initial_admin_password_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -290,6 +359,17 @@ impl ConfigArgs {
             db_max_statements: self.db_max_statements.or(other.db_max_statements),
             db_max_sql_bytes: self.db_max_sql_bytes.or(other.db_max_sql_bytes),
             db_max_rows: self.db_max_rows.or(other.db_max_rows),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            peer_cert: self.peer_cert.or(other.peer_cert),
+            peer_key: self.peer_key.or(other.peer_key),
+            peer_ca: self.peer_ca.or(other.peer_ca),
+            insecure_peer: self.insecure_peer.or(other.insecure_peer),
+            auth: self.auth.or(other.auth),
+            auth_token_ttl_secs: self.auth_token_ttl_secs.or(other.auth_token_ttl_secs),
+            initial_admin_password_file: self
+                .initial_admin_password_file
+                .or(other.initial_admin_password_file),
         }
     }
 
@@ -346,6 +426,40 @@ impl ConfigArgs {
                 max_statements: args.db_max_statements.unwrap_or(d.db_limits.max_statements),
                 max_sql_bytes: args.db_max_sql_bytes.unwrap_or(d.db_limits.max_sql_bytes),
                 max_rows: args.db_max_rows.unwrap_or(d.db_limits.max_rows),
+            },
+            client_tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some(CertFiles {
+                    cert,
+                    key,
+                    ca: None,
+                }),
+                (None, None) => None,
+                _ => return Err(Error::invalid("tls-cert and tls-key go together")),
+            },
+            peer_tls: match (args.peer_cert, args.peer_key, args.peer_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(CertFiles {
+                    cert,
+                    key,
+                    ca: Some(ca),
+                }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(Error::invalid(
+                        "mutual TLS between peers needs all of peer-cert, peer-key and peer-ca",
+                    ))
+                }
+            },
+            insecure_peer: args.insecure_peer.unwrap_or(false),
+            auth: AuthConfig {
+                enabled: args.auth.unwrap_or(false),
+                token_ttl: args
+                    .auth_token_ttl_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(d.auth.token_ttl),
+                initial_admin_password: match &args.initial_admin_password_file {
+                    Some(path) => Some(read_password_file(path)?),
+                    None => None,
+                },
             },
         };
         c.fill_advertise_peer();
@@ -436,7 +550,25 @@ impl Config {
         if db.max_rows == 0 || db.max_rows > 1_000_000 {
             return Err(Error::invalid("db-max-rows must be between 1 and 1000000"));
         }
+        if self.is_multi_node() && self.peer_tls.is_none() && !self.insecure_peer {
+            return Err(Error::invalid(
+                "a multi-node cluster needs mutual TLS on the peer port (peer-cert, peer-key, peer-ca; see docs/SECURITY.md); \
+                 to run one in plaintext anyway pass --insecure-peer (anyone who can reach the peer port can then vote, append and forward writes)",
+            ));
+        }
+        if self.auth.token_ttl < Duration::from_secs(10)
+            || self.auth.token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return Err(Error::invalid(
+                "auth-token-ttl-secs must be between 10 and 86400",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether this node is (or joins) a cluster of more than one node.
+    pub fn is_multi_node(&self) -> bool {
+        self.initial_members.len() > 1 || self.join.is_some()
     }
 
     /// Largest peer message: an append-entries batch holds up to
@@ -449,6 +581,20 @@ impl Config {
     pub fn is_standalone(&self) -> bool {
         self.initial_members.len() <= 1
     }
+}
+
+/// A password file's first line, which must not be empty.
+fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("password file {}: {e}", path.display())))?;
+    let password = text.lines().next().unwrap_or_default().to_string();
+    if password.is_empty() {
+        return Err(Error::invalid(format!(
+            "password file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(password)
 }
 
 /// `host:port` with a non-empty host and a port in 1..=65535.
@@ -524,6 +670,7 @@ mod tests {
             config: Some(file),
             snapshot_logs: Some(7),
             initial_members: Some("1=a:1,2=b:2".into()),
+            insecure_peer: Some(true),
             ..Default::default()
         };
         let c = args.resolve().unwrap();
@@ -558,6 +705,7 @@ mod tests {
         let err = ConfigArgs {
             node_id: Some(4),
             initial_members: Some("1=a:1,2=b:2".into()),
+            insecure_peer: Some(true),
             ..Default::default()
         }
         .resolve()

@@ -10,7 +10,8 @@
 //! - [`raft`]: one openraft node per processor group over RocksDB.
 //! - [`groups`]: the state machines of the processor groups.
 //!
-//! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut);
+//! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut; [`tls`]:
+//! TLS on every port);
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
@@ -29,5 +30,6 @@ pub mod pb;
 pub mod peer;
 pub mod raft;
 pub mod server;
+pub mod tls;
 
 pub use error::{Error, Result};

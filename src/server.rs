@@ -27,12 +27,14 @@ use crate::api::cluster::ClusterApi;
 use crate::api::config::{ConfigApi, ConfigLimits};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::conns::{self, Cutter, TrackedStream};
+use crate::conns::{self, Cutter};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::peer::server::PeerService;
 use crate::raft::group::GroupRegistry;
 use crate::raft::node::MultiRaft;
+use crate::tls::{self, ServerConn};
+use tokio_rustls::rustls::ServerConfig;
 
 /// Services served on the client port, as advertised by reflection.
 pub const CLIENT_SERVICES: &[&str] = &[
@@ -183,6 +185,7 @@ pub async fn start(
     let client_addr = listeners.client.local_addr()?;
     let peer_addr = listeners.peer.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let (client_tls, peer_tls) = server_tls(config)?;
     let shared = crate::groups::Shared::default();
     let registry = extend(crate::groups::builtin_registry(&shared));
     let node = MultiRaft::start(config, registry).await?;
@@ -193,6 +196,8 @@ pub async fn start(
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
     let (client_conns, client_cutter) = conns::tracked(incoming(listeners.client));
+    let peer_conns = tls::tls_incoming(peer_conns, peer_tls, "peer");
+    let client_conns = tls::tls_incoming(client_conns, client_tls.clone(), "client");
     let servers = vec![
         serve_peer(&cluster, config, peer_conns, &stop_tx),
         serve_client(
@@ -220,6 +225,8 @@ pub async fn start(
         %client_addr, %peer_addr, %http_addr,
         advertise_peer = %config.advertise_peer,
         cluster_id = ?node.identity().cluster_id(),
+        client_tls = config.client_tls.is_some(),
+        peer_mtls = config.peer_tls.is_some(),
         "nacosd started"
     );
     Ok(RunningServer {
@@ -236,6 +243,31 @@ pub async fn start(
     })
 }
 
+/// The TLS configurations of the client (and HTTP) port and of the peer port, loaded
+/// now so that a node with unusable certificates does not start.
+#[allow(clippy::type_complexity)]
+fn server_tls(
+    config: &Config,
+) -> Result<(
+    Option<Arc<tls::Reloading<ServerConfig>>>,
+    Option<Arc<tls::Reloading<ServerConfig>>>,
+)> {
+    let client = config
+        .client_tls
+        .clone()
+        .map(tls::Reloading::server)
+        .transpose()?;
+    let peer = config
+        .peer_tls
+        .clone()
+        .map(tls::Reloading::server)
+        .transpose()?;
+    if peer.is_none() && config.is_multi_node() {
+        tracing::warn!("--insecure-peer: the peer port is plaintext and unauthenticated; anyone who can reach it can vote, append entries, install snapshots and forward writes");
+    }
+    Ok((client, peer))
+}
+
 /// Resolves once `stop` says so.
 fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut rx = stop.subscribe();
@@ -248,7 +280,7 @@ fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'sta
 fn serve_peer(
     cluster: &Arc<Cluster>,
     config: &Config,
-    connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
+    connections: impl Stream<Item = std::io::Result<ServerConn>> + Send + 'static,
     stop: &watch::Sender<bool>,
 ) -> JoinHandle<()> {
     let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(cluster.clone()))
@@ -275,7 +307,7 @@ fn serve_client(
     cluster: &Arc<Cluster>,
     shared: &crate::groups::Shared,
     config: &Config,
-    connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
+    connections: impl Stream<Item = std::io::Result<ServerConn>> + Send + 'static,
     health_svc: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,

@@ -48,9 +48,14 @@ fn refused_before_handling(code: tonic::Code) -> bool {
 }
 
 impl PeerClient {
-    pub fn new(node_id: NodeId, identity: IdentityCell, max_message: usize) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        identity: IdentityCell,
+        max_message: usize,
+        channels: PeerChannels,
+    ) -> Self {
         PeerClient {
-            channels: PeerChannels::default(),
+            channels,
             node_id,
             identity,
             max_message,

@@ -447,6 +447,13 @@ impl MultiRaft {
         let force = force_new_cluster(&db, config, stored.as_ref())?;
         let syncer = WalSyncer::start(db.clone())?;
         let identity = IdentityCell::new(stored.clone());
+        let peer_tls = match &config.peer_tls {
+            Some(files) => Some(
+                crate::tls::Reloading::client(files.clone())
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
         let builder = GroupBuilder {
             config,
             db: db.clone(),
@@ -454,6 +461,7 @@ impl MultiRaft {
                 config.node_id,
                 identity.clone(),
                 config.peer_message_limit(),
+                crate::peer::channels::PeerChannels::new(peer_tls),
             ),
             timing: Timing {
                 heartbeat: config.heartbeat,
