@@ -74,7 +74,10 @@ impl Proc {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if !self.members.is_empty() {
-            cmd.arg("--initial-members").arg(&self.members);
+            // Test clusters on loopback speak plaintext between nodes.
+            cmd.arg("--initial-members")
+                .arg(&self.members)
+                .arg("--insecure-peer");
         }
         self.child = Some(cmd.spawn().expect("spawn nacosd"));
     }
