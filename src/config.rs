@@ -556,11 +556,11 @@ impl Config {
                  to run one in plaintext anyway pass --insecure-peer (anyone who can reach the peer port can then vote, append and forward writes)",
             ));
         }
-        if self.auth.token_ttl < Duration::from_secs(10)
+        if self.auth.token_ttl < Duration::from_secs(1)
             || self.auth.token_ttl > Duration::from_secs(24 * 3600)
         {
             return Err(Error::invalid(
-                "auth-token-ttl-secs must be between 10 and 86400",
+                "auth-token-ttl-secs must be between 1 and 86400",
             ));
         }
         Ok(())

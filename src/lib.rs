@@ -16,6 +16,7 @@
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
 pub(crate) mod api;
+pub mod auth;
 pub mod bench;
 pub mod chaos;
 pub mod cluster;

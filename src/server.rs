@@ -23,8 +23,10 @@ use tokio::task::JoinHandle;
 use tonic::codegen::http;
 use tonic::transport::Server;
 
+use crate::api::auth::AuthApi;
 use crate::api::cluster::ClusterApi;
 use crate::api::config::{ConfigApi, ConfigLimits};
+use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::conns::{self, Cutter};
@@ -42,6 +44,7 @@ pub const CLIENT_SERVICES: &[&str] = &[
     "nacosd.v1.NamingService",
     "nacosd.v1.DbService",
     "nacosd.v1.ClusterService",
+    "nacosd.v1.AuthService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -192,6 +195,7 @@ pub async fn start(
     let (failure_tx, failure) = watch::channel(None);
     let cluster = Cluster::new(node.clone(), config, failure_tx.clone())?;
     let (stop_tx, _) = watch::channel(false);
+    let auth = Auth::new(node.clone(), config.auth.enabled, config.auth.token_ttl);
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
@@ -203,6 +207,7 @@ pub async fn start(
         serve_client(
             &cluster,
             &shared,
+            &auth,
             config,
             client_conns,
             health_svc,
@@ -219,6 +224,14 @@ pub async fn start(
         )),
     ];
     background.extend(watch_groups(&node, failure_tx, &stop_tx));
+    if config.auth.enabled {
+        let auth = auth.clone();
+        let admin_password = config.auth.initial_admin_password.clone();
+        let stop = stop_tx.subscribe();
+        background.push(tokio::spawn(async move {
+            auth.bootstrap(admin_password, stop).await
+        }));
+    }
 
     tracing::info!(
         node_id = config.node_id,
@@ -306,6 +319,7 @@ fn serve_peer(
 fn serve_client(
     cluster: &Arc<Cluster>,
     shared: &crate::groups::Shared,
+    auth: &Arc<Auth>,
     config: &Config,
     connections: impl Stream<Item = std::io::Result<ServerConn>> + Send + 'static,
     health_svc: tonic_health::pb::health_server::HealthServer<
@@ -334,11 +348,16 @@ fn serve_client(
     let reflection_v1 = reflection().build_v1().map_err(Error::internal)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::internal)?;
     let max = config.max_request_bytes;
-    let cluster_svc =
-        pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(cluster.clone()))
-            .max_decoding_message_size(max);
+    let cluster_svc = pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(
+        cluster.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(max);
+    let auth_svc = pb::auth_service_server::AuthServiceServer::new(AuthApi::new(auth.clone()))
+        .max_decoding_message_size(max);
     let config_svc = pb::config_service_server::ConfigServiceServer::new(ConfigApi::new(
         node.clone(),
+        auth.clone(),
         shared.config_feed.clone(),
         ConfigLimits {
             max_content_bytes: config.max_config_bytes,
@@ -347,11 +366,12 @@ fn serve_client(
     ))
     .max_decoding_message_size(max);
     let naming_svc = pb::naming_service_server::NamingServiceServer::new(
-        crate::api::naming::NamingApi::new(node.clone(), shared.naming_feed.clone()),
+        crate::api::naming::NamingApi::new(node.clone(), auth.clone(), shared.naming_feed.clone()),
     )
     .max_decoding_message_size(max);
     let db_svc = pb::db_service_server::DbServiceServer::new(crate::api::db::DbApi::new(
         node.clone(),
+        auth.clone(),
         shared.db.clone(),
         config.db_limits,
     ))
@@ -365,6 +385,7 @@ fn serve_client(
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(cluster_svc)
+            .add_service(auth_svc)
             .add_service(config_svc)
             .add_service(naming_svc)
             .add_service(db_svc)

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::{deadline, level};
+use crate::auth::{Access, Auth, Resource};
 use crate::error::{Error, Result};
 use crate::groups::client::GroupClient;
 use crate::groups::naming::subscribe::{self, EventKind, ServiceEvent};
@@ -22,13 +23,15 @@ use crate::raft::node::MultiRaft;
 
 pub struct NamingApi {
     client: GroupClient,
+    auth: Arc<Auth>,
     feed: Arc<NamingFeed>,
 }
 
 impl NamingApi {
-    pub fn new(node: Arc<MultiRaft>, feed: Arc<NamingFeed>) -> Self {
+    pub fn new(node: Arc<MultiRaft>, auth: Arc<Auth>, feed: Arc<NamingFeed>) -> Self {
         NamingApi {
             client: GroupClient::new(node),
+            auth,
             feed,
         }
     }
@@ -132,8 +135,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::RegisterInstanceRequest>,
     ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let inst = instance_of(r.instance)?;
         let instance_id = inst.instance_id(&service);
         let register = Register {
@@ -153,8 +158,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::DeregisterInstanceRequest>,
     ) -> std::result::Result<Response<pb::DeregisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let addr = validate::addr(&r.ip, r.port, &r.cluster_name)?;
         let done = self
             .client
@@ -171,8 +178,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::UpdateInstanceRequest>,
     ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let instance = instance_of(r.instance)?;
         let instance_id = instance.instance_id(&service);
         let done = self
@@ -191,8 +200,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::BatchRegisterInstancesRequest>,
     ) -> std::result::Result<Response<pb::BatchRegisterInstancesResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         if r.instances.is_empty() {
             return Err(Error::invalid("instances must not be empty").into());
         }
@@ -226,8 +237,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::CreateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
         let record = self
             .client
@@ -247,8 +260,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::UpdateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
         let record = self
             .client
@@ -268,8 +283,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::DeleteServiceRequest>,
     ) -> std::result::Result<Response<pb::DeleteServiceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let done = self
             .client
             .mutate(DeleteService { service }, timeout)
@@ -284,8 +301,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::GetServiceRequest>,
     ) -> std::result::Result<Response<pb::ServiceDetail>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Read, &service.namespace)?;
         let clusters = r
             .clusters
             .iter()
@@ -315,8 +334,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::ListServicesRequest>,
     ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let (namespace, group) = validate::namespace_and_group(&r.namespace, &r.group)?;
+        caller.require(Resource::Naming, Access::Read, &namespace)?;
         let (page_no, page_size) = crate::groups::config::validate::page(r.page_no, r.page_size)?;
         let q = ListServices {
             namespace,
@@ -347,8 +368,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> std::result::Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Read, &service.namespace)?;
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading the state so no change can fall in between.
         let feed = self.feed.subscribe();

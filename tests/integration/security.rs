@@ -247,3 +247,426 @@ fn a_plaintext_cluster_needs_insecure_peer() {
     joining.join = Some("a:1".into());
     assert!(joining.validate().is_err());
 }
+
+// ---- authentication and authorization ------------------------------------------
+
+use nacosd::pb::auth_service_client::AuthServiceClient;
+use nacosd::pb::cluster_service_client::ClusterServiceClient;
+use nacosd::pb::config_service_client::ConfigServiceClient;
+use nacosd::pb::db_service_client::DbServiceClient;
+use nacosd::pb::naming_service_client::NamingServiceClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const ADMIN_PASSWORD: &str = "first-admin-secret";
+
+fn with_auth(cfg: &mut Config) {
+    cfg.auth.enabled = true;
+    cfg.auth.initial_admin_password = Some(ADMIN_PASSWORD.into());
+}
+
+async fn channel(c: &TestCluster, id: u64) -> Channel {
+    Endpoint::from_shared(format!("http://{}", c.server(id).client_addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+async fn login(ch: &Channel, user: &str, password: &str) -> Result<String, tonic::Status> {
+    AuthServiceClient::new(ch.clone())
+        .login(pb::LoginRequest {
+            username: user.into(),
+            password: password.into(),
+        })
+        .await
+        .map(|r| r.into_inner().token)
+}
+
+/// The admin's token, once the bootstrap (signing key, first admin) is applied.
+async fn admin_token(ch: &Channel) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match login(ch, "admin", ADMIN_PASSWORD).await {
+            Ok(t) => return t,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "admin login not possible yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the first admin never could log in: {e:?}"),
+        }
+    }
+}
+
+fn publish(ns: &str, data_id: &str) -> pb::PublishConfigRequest {
+    pb::PublishConfigRequest {
+        key: Some(pb::ConfigKey {
+            namespace: ns.into(),
+            group: "DEFAULT_GROUP".into(),
+            data_id: data_id.into(),
+        }),
+        content: "x=1".into(),
+        ..Default::default()
+    }
+}
+
+fn get(ns: &str, data_id: &str) -> pb::GetConfigRequest {
+    pb::GetConfigRequest {
+        key: Some(pb::ConfigKey {
+            namespace: ns.into(),
+            group: "DEFAULT_GROUP".into(),
+            data_id: data_id.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn role(name: &str, perms: &[(&str, pb::ResourceKind, pb::Access)]) -> pb::PutRoleRequest {
+    pb::PutRoleRequest {
+        role: Some(pb::AuthRole {
+            name: name.into(),
+            permissions: perms
+                .iter()
+                .map(|(ns, kind, access)| pb::Permission {
+                    namespace: ns.to_string(),
+                    kind: *kind as i32,
+                    access: *access as i32,
+                })
+                .collect(),
+        }),
+    }
+}
+
+async fn create_user(ch: &Channel, admin: &str, user: &str, password: &str, roles: &[&str]) {
+    AuthServiceClient::new(ch.clone())
+        .create_user(authed(
+            pb::CreateUserRequest {
+                username: user.into(),
+                password: password.into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+            },
+            admin,
+        ))
+        .await
+        .expect("admin creates a user");
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("the call must fail");
+    (s.code(), s.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_refuses_calls_without_a_valid_token() {
+    let c = TestCluster::start(1, with_kv, with_auth).await;
+    let ch = channel(&c, 1).await;
+    let admin = admin_token(&ch).await;
+    let mut config = ConfigServiceClient::new(ch.clone());
+
+    let (code_, msg) = code(config.publish_config(publish("public", "a")).await);
+    assert_eq!(code_, Code::Unauthenticated);
+    assert!(msg.contains("authorization: Bearer"), "{msg}");
+    let (code_, msg) = code(
+        config
+            .publish_config(authed(publish("public", "a"), "nacosd1.e30.AAAA"))
+            .await,
+    );
+    assert_eq!(code_, Code::Unauthenticated);
+    assert!(msg.contains("not valid"), "{msg}");
+    let mut bad = tonic::Request::new(publish("public", "a"));
+    bad.metadata_mut()
+        .insert("authorization", "Basic YWRtaW46eA==".parse().unwrap());
+    assert_eq!(
+        code(config.publish_config(bad).await).0,
+        Code::Unauthenticated
+    );
+
+    // A wrong password and an unknown user get the same answer.
+    let (code_, wrong_password) = code(login(&ch, "admin", "not-the-password").await);
+    assert_eq!(code_, Code::Unauthenticated);
+    let (code_, unknown_user) = code(login(&ch, "nobody", "not-the-password").await);
+    assert_eq!(code_, Code::Unauthenticated);
+    assert_eq!(wrong_password, unknown_user);
+
+    config
+        .publish_config(authed(publish("public", "a"), &admin))
+        .await
+        .expect("the admin may publish");
+    // Health stays open for probes.
+    tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health needs no token");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn roles_grant_access_per_namespace_and_kind() {
+    let c = TestCluster::start(1, with_kv, with_auth).await;
+    let ch = channel(&c, 1).await;
+    let admin = admin_token(&ch).await;
+    let mut auth = AuthServiceClient::new(ch.clone());
+    use pb::{Access as A, ResourceKind as K};
+    for r in [
+        role("dev-config-writer", &[("dev", K::Config, A::Write)]),
+        role("prod-reader", &[("prod", K::Any, A::Read)]),
+    ] {
+        auth.put_role(authed(r, &admin)).await.expect("put role");
+    }
+    create_user(
+        &ch,
+        &admin,
+        "alice",
+        "alice-password",
+        &["dev-config-writer"],
+    )
+    .await;
+    create_user(&ch, &admin, "bob", "bob-password", &["prod-reader"]).await;
+    let alice = login(&ch, "alice", "alice-password").await.unwrap();
+    let bob = login(&ch, "bob", "bob-password").await.unwrap();
+    let mut config = ConfigServiceClient::new(ch.clone());
+    let mut naming = NamingServiceClient::new(ch.clone());
+    let mut db = DbServiceClient::new(ch.clone());
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+
+    config
+        .publish_config(authed(publish("dev", "app"), &alice))
+        .await
+        .expect("alice writes config in dev");
+    config
+        .get_config(authed(get("dev", "app"), &alice))
+        .await
+        .expect("write includes read");
+    config
+        .publish_config(authed(publish("prod", "app"), &admin))
+        .await
+        .unwrap();
+    let (code_, msg) = code(
+        config
+            .publish_config(authed(publish("prod", "app"), &alice))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied);
+    assert!(
+        msg.contains("alice") && msg.contains("write config") && msg.contains("prod"),
+        "{msg}"
+    );
+    let register = pb::RegisterInstanceRequest {
+        service: Some(pb::ServiceKey {
+            namespace: "dev".into(),
+            group: "DEFAULT_GROUP".into(),
+            service_name: "svc".into(),
+        }),
+        instance: Some(pb::Instance {
+            ip: "10.0.0.1".into(),
+            port: 8080,
+            ..Default::default()
+        }),
+    };
+    let (code_, msg) = code(
+        naming
+            .register_instance(authed(register.clone(), &alice))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied, "another kind: {msg}");
+    let query = pb::QueryRequest {
+        statements: vec![pb::Statement {
+            sql: "SELECT 1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        code(db.query(authed(query.clone(), &alice)).await).0,
+        Code::PermissionDenied
+    );
+
+    // bob reads every kind in prod, writes nothing.
+    config
+        .get_config(authed(get("prod", "app"), &bob))
+        .await
+        .expect("bob reads prod");
+    assert_eq!(
+        code(config.get_config(authed(get("dev", "app"), &bob)).await).0,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            config
+                .publish_config(authed(publish("prod", "app"), &bob))
+                .await
+        )
+        .0,
+        Code::PermissionDenied
+    );
+
+    // Admin-only operations.
+    let (code_, msg) = code(
+        cluster
+            .snapshot(authed(pb::SnapshotRequest::default(), &alice))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied);
+    assert!(msg.contains("admin role"), "{msg}");
+    assert_eq!(
+        code(auth.list_users(authed(pb::ListUsersRequest {}, &bob)).await).0,
+        Code::PermissionDenied
+    );
+    cluster
+        .status(authed(pb::StatusRequest::default(), &bob))
+        .await
+        .expect("any user may look at the status");
+    naming
+        .register_instance(authed(register, &admin))
+        .await
+        .expect("the admin may do anything");
+    db.query(authed(query, &admin)).await.expect("admin db");
+
+    // Bad input is INVALID_ARGUMENT with a clear message.
+    let (code_, msg) = code(
+        auth.create_user(authed(
+            pb::CreateUserRequest {
+                username: "carol".into(),
+                password: "short".into(),
+                roles: vec![],
+            },
+            &admin,
+        ))
+        .await,
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("password"), "{msg}");
+    let (code_, msg) = code(
+        auth.create_user(authed(
+            pb::CreateUserRequest {
+                username: "carol".into(),
+                password: "carol-password".into(),
+                roles: vec!["no-such-role".into()],
+            },
+            &admin,
+        ))
+        .await,
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("no-such-role"), "{msg}");
+    assert_eq!(
+        code(auth.put_role(authed(role("admin", &[]), &admin)).await).0,
+        Code::InvalidArgument
+    );
+
+    // A new password invalidates the tokens issued before it; so does deletion.
+    auth.change_password(authed(
+        pb::ChangePasswordRequest {
+            username: "alice".into(),
+            new_password: "alice-password-2".into(),
+        },
+        &alice,
+    ))
+    .await
+    .expect("alice changes her own password");
+    let (code_, msg) = code(config.get_config(authed(get("dev", "app"), &alice)).await);
+    assert_eq!(code_, Code::Unauthenticated);
+    assert!(msg.contains("log in again"), "{msg}");
+    assert_eq!(
+        code(login(&ch, "alice", "alice-password").await).0,
+        Code::Unauthenticated
+    );
+    let alice = login(&ch, "alice", "alice-password-2").await.unwrap();
+    config
+        .get_config(authed(get("dev", "app"), &alice))
+        .await
+        .expect("a fresh token works");
+    assert_eq!(
+        code(
+            auth.change_password(authed(
+                pb::ChangePasswordRequest {
+                    username: "bob".into(),
+                    new_password: "hijacked-password".into(),
+                },
+                &alice,
+            ))
+            .await
+        )
+        .0,
+        Code::PermissionDenied
+    );
+    auth.delete_user(authed(
+        pb::DeleteUserRequest {
+            username: "alice".into(),
+        },
+        &admin,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        code(config.get_config(authed(get("dev", "app"), &alice)).await).0,
+        Code::Unauthenticated
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_expire() {
+    let c = TestCluster::start(1, with_kv, |cfg| {
+        with_auth(cfg);
+        cfg.auth.token_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let ch = channel(&c, 1).await;
+    let admin = admin_token(&ch).await;
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    cluster
+        .status(authed(pb::StatusRequest::default(), &admin))
+        .await
+        .expect("a fresh token works");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cluster
+            .status(authed(pb::StatusRequest::default(), &admin))
+            .await
+        {
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the token never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unauthenticated);
+                assert!(s.message().contains("expired"), "{}", s.message());
+                break;
+            }
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_are_replicated_to_every_node() {
+    let c = TestCluster::start(3, with_kv, with_auth).await;
+    let ch1 = channel(&c, 1).await;
+    let ch3 = channel(&c, 3).await;
+    let admin = admin_token(&ch1).await;
+    create_user(&ch1, &admin, "dave", "dave-password", &[]).await;
+    // Created through node 1, logged in through node 3 (login reads linearizably).
+    let dave = login(&ch3, "dave", "dave-password")
+        .await
+        .expect("the user is known on another node");
+    // The token is signed with the cluster's one key: node 2 accepts it.
+    let ch2 = channel(&c, 2).await;
+    let who = AuthServiceClient::new(ch2)
+        .who_am_i(authed(pb::WhoAmIRequest {}, &dave))
+        .await
+        .expect("a token from node 3 is valid on node 2")
+        .into_inner();
+    assert_eq!(who.username, "dave");
+    c.shutdown().await;
+}
