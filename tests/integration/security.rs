@@ -670,3 +670,137 @@ async fn users_are_replicated_to_every_node() {
     assert_eq!(who.username, "dave");
     c.shutdown().await;
 }
+
+// ---- nacosctl against a real process with TLS and auth ----------------------------
+
+struct Ctl {
+    ca: PathBuf,
+    home: PathBuf,
+    endpoint: String,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nacosctl"))
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .arg("--ca")
+            .arg(&self.ca)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &self.home)
+            .env_remove("NACOSCTL_TOKEN")
+            .env_remove("NACOSCTL_USER")
+            .env_remove("NACOSCTL_PASSWORD")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run nacosctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let (ok, text) = self.run(args, env);
+        assert!(ok, "nacosctl {args:?} failed: {text}");
+        text
+    }
+
+    fn fails(&self, args: &[&str], env: &[(&str, &str)], want: &str) {
+        let (ok, text) = self.run(args, env);
+        assert!(
+            !ok && text.contains(want),
+            "nacosctl {args:?}: expected {want}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacosctl_logs_in_and_manages_users_over_tls() {
+    use crate::common::process::Proc;
+    let (td, dir) = certs_dir();
+    let password_file = td.path().join("admin-password");
+    std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let mut node = Proc::new(1, td.path());
+    node.extra_args = [
+        "--tls-cert",
+        dir.join("n1.pem").to_str().unwrap(),
+        "--tls-key",
+        dir.join("n1-key.pem").to_str().unwrap(),
+        "--auth",
+        "--initial-admin-password-file",
+        password_file.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    node.start();
+    let ctl = Ctl {
+        ca: dir.join("ca.pem"),
+        home: td.path().join("home"),
+        endpoint: node.client.clone(),
+    };
+    let admin_env = [("NACOSCTL_PASSWORD", ADMIN_PASSWORD)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, text) = ctl.run(&["login", "--user", "admin"], &admin_env);
+        if ok {
+            assert!(text.contains("logged in as admin"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "admin login: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The cached token serves the next commands.
+    ctl.ok(&["cluster", "status"], &[]);
+    ctl.ok(
+        &["role", "put", "dev-writer", "--grant", "dev:config:write"],
+        &[],
+    );
+    ctl.ok(
+        &["user", "add", "alice", "--role", "dev-writer"],
+        &[("NACOSCTL_NEW_PASSWORD", "alice-password")],
+    );
+    let users = ctl.ok(&["user", "list", "-o", "json"], &[]);
+    assert!(
+        users.contains("alice") && users.contains("dev-writer"),
+        "{users}"
+    );
+    let roles = ctl.ok(&["role", "list"], &[]);
+    assert!(roles.contains("dev:config:write"), "{roles}");
+    ctl.fails(
+        &["role", "put", "x", "--grant", "dev:cfg:read"],
+        &[],
+        "kind",
+    );
+
+    // alice with --user/--password is not an admin.
+    ctl.fails(
+        &["--user", "alice", "snapshot"],
+        &[("NACOSCTL_PASSWORD", "alice-password")],
+        "PermissionDenied",
+    );
+    ctl.fails(
+        &["--token", "forged", "cluster", "status"],
+        &[],
+        "nauthenticated",
+    );
+    ctl.ok(&["logout"], &[]);
+    ctl.fails(&["cluster", "status"], &[], "nauthenticated");
+    // Plaintext against the TLS port fails.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nacosctl"))
+        .args([
+            "--endpoint",
+            &node.client,
+            "--timeout-ms",
+            "2000",
+            "cluster",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    node.kill9();
+}

@@ -31,6 +31,8 @@ pub struct Proc {
     pub http: String,
     pub data_dir: PathBuf,
     pub members: String,
+    /// More flags for every start (TLS, auth).
+    pub extra_args: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -43,6 +45,7 @@ impl Proc {
             http: format!("127.0.0.1:{}", free_port()),
             data_dir: base.join(format!("node{id}")),
             members: String::new(),
+            extra_args: Vec::new(),
             child: None,
         }
     }
@@ -79,6 +82,7 @@ impl Proc {
                 .arg(&self.members)
                 .arg("--insecure-peer");
         }
+        cmd.args(&self.extra_args);
         self.child = Some(cmd.spawn().expect("spawn nacosd"));
     }
 
