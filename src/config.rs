@@ -131,6 +131,11 @@ pub struct Config {
     pub insecure_peer: bool,
     /// Client authentication and authorization.
     pub auth: AuthConfig,
+    /// Serve the HTTP port over TLS too, with the client port's certificate.
+    pub http_tls: bool,
+    /// Bearer token `/metrics` requires (read from `--metrics-token-file`); the probes
+    /// stay open. `None`: open.
+    pub metrics_token: Option<String>,
 }
 
 /// Client authentication (see `auth`).
@@ -187,6 +192,8 @@ impl Default for Config {
             peer_tls: None,
             insecure_peer: false,
             auth: AuthConfig::default(),
+            http_tls: false,
+            metrics_token: None,
         }
     }
 }
@@ -324,6 +331,13 @@ pub struct ConfigArgs {
     /// has no users (no default password exists).
     #[arg(long, env = "NACOSD_INITIAL_ADMIN_PASSWORD_FILE")]
     pub initial_admin_password_file: Option<PathBuf>,
+    /// Serve the HTTP port (metrics, probes) over TLS with --tls-cert/--tls-key
+    /// (Kubernetes probes then use scheme HTTPS).
+    #[arg(long, env = "NACOSD_HTTP_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub http_tls: Option<bool>,
+    /// File holding a bearer token that /metrics requires (the probes stay open).
+    #[arg(long, env = "NACOSD_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -370,6 +384,8 @@ impl ConfigArgs {
             initial_admin_password_file: self
                 .initial_admin_password_file
                 .or(other.initial_admin_password_file),
+            http_tls: self.http_tls.or(other.http_tls),
+            metrics_token_file: self.metrics_token_file.or(other.metrics_token_file),
         }
     }
 
@@ -457,9 +473,14 @@ impl ConfigArgs {
                     .map(Duration::from_secs)
                     .unwrap_or(d.auth.token_ttl),
                 initial_admin_password: match &args.initial_admin_password_file {
-                    Some(path) => Some(read_password_file(path)?),
+                    Some(path) => Some(read_secret_file(path)?),
                     None => None,
                 },
+            },
+            http_tls: args.http_tls.unwrap_or(false),
+            metrics_token: match &args.metrics_token_file {
+                Some(path) => Some(read_secret_file(path)?),
+                None => None,
             },
         };
         c.fill_advertise_peer();
@@ -550,6 +571,9 @@ impl Config {
         if db.max_rows == 0 || db.max_rows > 1_000_000 {
             return Err(Error::invalid("db-max-rows must be between 1 and 1000000"));
         }
+        if self.http_tls && self.client_tls.is_none() {
+            return Err(Error::invalid("http-tls needs tls-cert and tls-key"));
+        }
         if self.is_multi_node() && self.peer_tls.is_none() && !self.insecure_peer {
             return Err(Error::invalid(
                 "a multi-node cluster needs mutual TLS on the peer port (peer-cert, peer-key, peer-ca; see docs/SECURITY.md); \
@@ -583,14 +607,14 @@ impl Config {
     }
 }
 
-/// A password file's first line, which must not be empty.
-fn read_password_file(path: &std::path::Path) -> Result<String> {
+/// A secret file's first line (a password, a token), which must not be empty.
+fn read_secret_file(path: &std::path::Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::invalid(format!("password file {}: {e}", path.display())))?;
+        .map_err(|e| Error::invalid(format!("secret file {}: {e}", path.display())))?;
     let password = text.lines().next().unwrap_or_default().to_string();
     if password.is_empty() {
         return Err(Error::invalid(format!(
-            "password file {} is empty",
+            "secret file {} is empty",
             path.display()
         )));
     }

@@ -213,7 +213,7 @@ pub async fn start(
             health_svc,
             &stop_tx,
         )?,
-        serve_http(&node, listeners.http, &stop_tx),
+        serve_http(&node, config, listeners.http, client_tls, &stop_tx)?,
     ];
     let cutters = vec![peer_cutter, client_cutter];
     let mut background = vec![
@@ -397,22 +397,53 @@ fn serve_client(
     }))
 }
 
-/// The HTTP port: /healthz, /readyz, /metrics.
+/// The HTTP port: /healthz, /readyz, /metrics; with `--http-tls`, over TLS with the
+/// client port's certificate.
 fn serve_http(
     node: &Arc<MultiRaft>,
+    config: &Config,
     listener: TcpListener,
+    client_tls: Option<Arc<tls::Reloading<ServerConfig>>>,
     stop: &watch::Sender<bool>,
-) -> JoinHandle<()> {
-    let app = crate::http::router(node.clone());
+) -> Result<JoinHandle<()>> {
+    let app = crate::http::router(node.clone(), config.metrics_token.as_deref());
     let stop = stopped(stop);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+    let tls = match (config.http_tls, client_tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls),
+        (true, None) => return Err(Error::invalid("http-tls needs tls-cert and tls-key")),
+    };
+    Ok(tokio::spawn(async move {
+        let res = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            Some(tls) => {
+                let local = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, "http listener has no address");
+                        return;
+                    }
+                };
+                // Not cut at shutdown like the gRPC ports' connections: axum's
+                // graceful shutdown closes idle HTTP/1 connections itself.
+                let (conns, _cutter) = conns::tracked(incoming(listener));
+                let listener = crate::http::TlsListener {
+                    conns: Box::pin(tls::tls_incoming(conns, Some(tls), "http")),
+                    local,
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        if let Err(e) = res {
             tracing::error!(error = %e, "http server failed");
         }
-    })
+    }))
 }
 
 /// gRPC health: SERVING while the node is ready (`MultiRaft::ready`), NOT_SERVING

@@ -804,3 +804,70 @@ async fn nacosctl_logs_in_and_manages_users_over_tls() {
     assert!(!out.status.success());
     node.kill9();
 }
+
+/// `GET path` over TLS (trusting `ca`) with an optional bearer token: status line and
+/// body.
+async fn https_get(addr: SocketAddr, ca: &Path, path: &str, token: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the HTTP port");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_port_serves_tls_and_metrics_can_need_a_token() {
+    let (_td, dir) = certs_dir();
+    let c = TestCluster::start(1, with_kv, |cfg| {
+        cfg.client_tls = Some(node_files(&dir, "n1", false));
+        cfg.http_tls = true;
+        cfg.metrics_token = Some("scrape-token".into());
+    })
+    .await;
+    let addr = c.server(1).http_addr;
+    let ca = dir.join("ca.pem");
+    let health = https_get(addr, &ca, "/healthz", None).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let denied = https_get(addr, &ca, "/metrics", None).await;
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let wrong = https_get(addr, &ca, "/metrics", Some("guess")).await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let metrics = https_get(addr, &ca, "/metrics", Some("scrape-token")).await;
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("nacosd_raft_term"),
+        "{metrics}"
+    );
+    // Plain HTTP gets no answer from a TLS port.
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).to_string()
+    };
+    assert!(!plain.contains("200 OK"), "{plain}");
+    c.shutdown().await;
+}
