@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nacosd/v1/naming.proto",
         "proto/nacosd/v1/session.proto",
         "proto/nacosd/v1/db.proto",
+        "proto/nacosd/v1/auth.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -133,7 +133,7 @@ for i in 1 2 3; do
         --client-addr "127.0.0.1:$((base + i - 1))" \
         --peer-addr "127.0.0.1:$((base + i + 2))" \
         --http-addr "127.0.0.1:$((base + i + 5))" \
-        --initial-members "$members" >"$work/nacosd$i.log" 2>&1 &
+        --initial-members "$members" --insecure-peer >"$work/nacosd$i.log" 2>&1 &
     pids+=($!)
 done
 nacosd_pids=("${pids[@]}")

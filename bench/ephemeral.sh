@@ -40,7 +40,7 @@ endpoints=""
 for i in 1 2 3; do
     "$bin/nacosd" --node-id "$i" --data-dir "$dir/n$i" \
         --client-addr "127.0.0.1:$((base + i))" --peer-addr "127.0.0.1:$((base + 10 + i))" \
-        --http-addr "127.0.0.1:$((base + 20 + i))" --initial-members "$members" \
+        --http-addr "127.0.0.1:$((base + 20 + i))" --initial-members "$members" --insecure-peer \
         >"$dir/n$i.log" 2>&1 &
     pids+=("$!")
     endpoints="${endpoints:+$endpoints,}127.0.0.1:$((base + i))"

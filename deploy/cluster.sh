@@ -113,7 +113,7 @@ start_node() {
         --client-addr "127.0.0.1:$(client_port "$i")" \
         --peer-addr "127.0.0.1:$(peer_port "$i")" \
         --http-addr "127.0.0.1:$(http_port "$i")" \
-        --initial-members "$members" \
+        --initial-members "$members" --insecure-peer \
         >>"$dir/nacosd.log" 2>&1 </dev/null &
     echo $! >"$dir/nacosd.pid"
     echo "node $i started (pid $!, client 127.0.0.1:$(client_port "$i"), log $dir/nacosd.log)"

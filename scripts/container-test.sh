@@ -541,6 +541,7 @@ start_extra() {
         -e NACOSD_PEER_ADDR=0.0.0.0:7848 -e NACOSD_HTTP_ADDR=0.0.0.0:8848 \
         -e NACOSD_LOG="${NACOSD_LOG:-info,openraft=warn}" \
         -e NACOSD_NODE_ID="${n#n}" -e NACOSD_ADVERTISE_PEER="$n:7848" -e NACOSD_JOIN=n1:7848 \
+        -e NACOSD_INSECURE_PEER=true \
         "$NACOSD_IMAGE" >/dev/null
     cids[$n]="$project-$n"
 }

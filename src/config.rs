@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::tls::CertFiles;
 
 /// A node's stable identity within the cluster.
 pub type NodeId = u64;
@@ -171,6 +172,46 @@ pub struct Config {
     pub db_limits: DbLimits,
     /// Sessions and ephemeral instances (the AP side).
     pub distro: DistroSettings,
+    /// TLS on the client and HTTP ports (certificate and key; no CA: clients need no
+    /// certificate). `None`: plaintext.
+    pub client_tls: Option<CertFiles>,
+    /// Mutual TLS on the peer port: this node's certificate (used both to serve and to
+    /// call peers, so it must allow server and client authentication) and the cluster
+    /// CA that must have signed every peer's. `None`: plaintext.
+    pub peer_tls: Option<CertFiles>,
+    /// Allow a multi-node cluster with a plaintext peer port (anyone who can reach it
+    /// can then take part in Raft). Refused without it.
+    pub insecure_peer: bool,
+    /// Client authentication and authorization.
+    pub auth: AuthConfig,
+    /// Serve the HTTP port over TLS too, with the client port's certificate.
+    pub http_tls: bool,
+    /// Bearer token `/metrics` requires (read from `--metrics-token-file`); the probes
+    /// stay open. `None`: open.
+    pub metrics_token: Option<String>,
+}
+
+/// Client authentication (see `auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Require a token on every client call but health and reflection.
+    pub enabled: bool,
+    /// How long a token from `Login` is valid.
+    pub token_ttl: Duration,
+    /// Password of the `admin` user, created if the cluster has no users yet. Read from
+    /// a file (`--initial-admin-password-file`), never a flag, so it shows in no
+    /// process list. There is no default password.
+    pub initial_admin_password: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            token_ttl: Duration::from_secs(30 * 60),
+            initial_admin_password: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -201,6 +242,12 @@ impl Default for Config {
             config_history_limit: 30,
             db_limits: DbLimits::default(),
             distro: DistroSettings::default(),
+            client_tls: None,
+            peer_tls: None,
+            insecure_peer: false,
+            auth: AuthConfig::default(),
+            http_tls: false,
+            metrics_token: None,
         }
     }
 }
@@ -338,6 +385,42 @@ pub struct ConfigArgs {
     /// Distro: retry delay of the startup snapshot load, in ms [default: 30000].
     #[arg(long, env = "NACOSD_DISTRO_LOAD_RETRY_MS")]
     pub distro_load_retry_ms: Option<u64>,
+    /// TLS certificate (PEM chain) of the client and HTTP ports; with --tls-key.
+    #[arg(long, env = "NACOSD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the client and HTTP ports.
+    #[arg(long, env = "NACOSD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Peer-port certificate (PEM chain, server and client authentication); with
+    /// --peer-key and --peer-ca it turns on mutual TLS between nodes.
+    #[arg(long, env = "NACOSD_PEER_CERT")]
+    pub peer_cert: Option<PathBuf>,
+    /// Peer-port private key (PEM).
+    #[arg(long, env = "NACOSD_PEER_KEY")]
+    pub peer_key: Option<PathBuf>,
+    /// Cluster CA (PEM): every peer's certificate must be signed by it.
+    #[arg(long, env = "NACOSD_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+    /// Allow a multi-node cluster with a plaintext peer port (development only).
+    #[arg(long, env = "NACOSD_INSECURE_PEER", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_peer: Option<bool>,
+    /// Require authentication (a token from Login) for client calls.
+    #[arg(long, env = "NACOSD_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub auth: Option<bool>,
+    /// Lifetime of a login token in seconds [default: 1800].
+    #[arg(long, env = "NACOSD_AUTH_TOKEN_TTL_SECS")]
+    pub auth_token_ttl_secs: Option<u64>,
+    /// File holding the password of the first `admin` user, created when the cluster
+    /// has no users (no default password exists).
+    #[arg(long, env = "NACOSD_INITIAL_ADMIN_PASSWORD_FILE")]
+    pub initial_admin_password_file: Option<PathBuf>,
+    /// Serve the HTTP port (metrics, probes) over TLS with --tls-cert/--tls-key
+    /// (Kubernetes probes then use scheme HTTPS).
+    #[arg(long, env = "NACOSD_HTTP_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub http_tls: Option<bool>,
+    /// File holding a bearer token that /metrics requires (the probes stay open).
+    #[arg(long, env = "NACOSD_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -388,6 +471,19 @@ impl ConfigArgs {
                 .distro_replica_expiry_ms
                 .or(other.distro_replica_expiry_ms),
             distro_load_retry_ms: self.distro_load_retry_ms.or(other.distro_load_retry_ms),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            peer_cert: self.peer_cert.or(other.peer_cert),
+            peer_key: self.peer_key.or(other.peer_key),
+            peer_ca: self.peer_ca.or(other.peer_ca),
+            insecure_peer: self.insecure_peer.or(other.insecure_peer),
+            auth: self.auth.or(other.auth),
+            auth_token_ttl_secs: self.auth_token_ttl_secs.or(other.auth_token_ttl_secs),
+            initial_admin_password_file: self
+                .initial_admin_password_file
+                .or(other.initial_admin_password_file),
+            http_tls: self.http_tls.or(other.http_tls),
+            metrics_token_file: self.metrics_token_file.or(other.metrics_token_file),
         }
     }
 
@@ -472,6 +568,45 @@ impl ConfigArgs {
                         .unwrap_or(dd.replica_expiry),
                     load_retry: args.distro_load_retry_ms.map(ms).unwrap_or(dd.load_retry),
                 }
+            },
+            client_tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some(CertFiles {
+                    cert,
+                    key,
+                    ca: None,
+                }),
+                (None, None) => None,
+                _ => return Err(Error::invalid("tls-cert and tls-key go together")),
+            },
+            peer_tls: match (args.peer_cert, args.peer_key, args.peer_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(CertFiles {
+                    cert,
+                    key,
+                    ca: Some(ca),
+                }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(Error::invalid(
+                        "mutual TLS between peers needs all of peer-cert, peer-key and peer-ca",
+                    ))
+                }
+            },
+            insecure_peer: args.insecure_peer.unwrap_or(false),
+            auth: AuthConfig {
+                enabled: args.auth.unwrap_or(false),
+                token_ttl: args
+                    .auth_token_ttl_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(d.auth.token_ttl),
+                initial_admin_password: match &args.initial_admin_password_file {
+                    Some(path) => Some(read_secret_file(path)?),
+                    None => None,
+                },
+            },
+            http_tls: args.http_tls.unwrap_or(false),
+            metrics_token: match &args.metrics_token_file {
+                Some(path) => Some(read_secret_file(path)?),
+                None => None,
             },
         };
         c.fill_advertise_peer();
@@ -562,6 +697,22 @@ impl Config {
         if db.max_rows == 0 || db.max_rows > 1_000_000 {
             return Err(Error::invalid("db-max-rows must be between 1 and 1000000"));
         }
+        if self.http_tls && self.client_tls.is_none() {
+            return Err(Error::invalid("http-tls needs tls-cert and tls-key"));
+        }
+        if self.is_multi_node() && self.peer_tls.is_none() && !self.insecure_peer {
+            return Err(Error::invalid(
+                "a multi-node cluster needs mutual TLS on the peer port (peer-cert, peer-key, peer-ca; see docs/SECURITY.md); \
+                 to run one in plaintext anyway pass --insecure-peer (anyone who can reach the peer port can then vote, append and forward writes)",
+            ));
+        }
+        if self.auth.token_ttl < Duration::from_secs(1)
+            || self.auth.token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return Err(Error::invalid(
+                "auth-token-ttl-secs must be between 1 and 86400",
+            ));
+        }
         self.validate_distro()?;
         Ok(())
     }
@@ -605,6 +756,11 @@ impl Config {
         Ok(())
     }
 
+    /// Whether this node is (or joins) a cluster of more than one node.
+    pub fn is_multi_node(&self) -> bool {
+        self.initial_members.len() > 1 || self.join.is_some()
+    }
+
     /// Largest peer message: an append-entries batch holds up to
     /// [`MAX_ENTRIES_PER_APPEND`] entries, each at most one client request.
     pub fn peer_message_limit(&self) -> usize {
@@ -615,6 +771,20 @@ impl Config {
     pub fn is_standalone(&self) -> bool {
         self.initial_members.len() <= 1
     }
+}
+
+/// A secret file's first line (a password, a token), which must not be empty.
+fn read_secret_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("secret file {}: {e}", path.display())))?;
+    let password = text.lines().next().unwrap_or_default().to_string();
+    if password.is_empty() {
+        return Err(Error::invalid(format!(
+            "secret file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(password)
 }
 
 /// `host:port` with a non-empty host and a port in 1..=65535.
@@ -690,6 +860,7 @@ mod tests {
             config: Some(file),
             snapshot_logs: Some(7),
             initial_members: Some("1=a:1,2=b:2".into()),
+            insecure_peer: Some(true),
             ..Default::default()
         };
         let c = args.resolve().unwrap();
@@ -724,6 +895,7 @@ mod tests {
         let err = ConfigArgs {
             node_id: Some(4),
             initial_members: Some("1=a:1,2=b:2".into()),
+            insecure_peer: Some(true),
             ..Default::default()
         }
         .resolve()

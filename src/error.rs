@@ -54,6 +54,13 @@ pub enum Error {
     /// A bug or an unexpected local failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The call carries no valid credentials (auth is on): no token, or one that is
+    /// malformed, forged, expired or whose user is gone.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but its roles do not allow this call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl Error {
@@ -86,6 +93,8 @@ impl Error {
             Error::UnknownOutcome(_) => tonic::Code::Unknown,
             Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Error::Internal(_) => tonic::Code::Internal,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
         }
     }
 }

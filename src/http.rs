@@ -1,6 +1,11 @@
 //! The HTTP port (8848): `/healthz` (the process is up), `/readyz` (the node has a
 //! cluster identity, every group has a leader it is in contact with, and the ephemeral
-//! data is loaded) and `/metrics` (Prometheus text format, Distro's included).
+//! data is loaded) and `/metrics` (OpenMetrics text, Distro's included).
+//!
+//! Nothing on this port changes data. The probes are always open (Kubernetes calls
+//! them without credentials); `/metrics` can require `Authorization: Bearer <token>`
+//! (`--metrics-token-file`). With `--http-tls` the port speaks TLS with the client
+//! port's certificate ([`TlsListener`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -27,20 +32,67 @@ use crate::pb;
 use crate::raft::node::{GroupCounters, MultiRaft, NodeCounters};
 
 #[derive(Clone)]
-struct Node {
-    raft: Arc<MultiRaft>,
+struct HttpState {
+    node: Arc<MultiRaft>,
     distro: Arc<Distro>,
+    /// SHA-256 of the bearer token `/metrics` requires, if any: comparing digests
+    /// does not leak how much of a guessed token is right.
+    metrics_token: Option<[u8; 32]>,
 }
 
-pub fn router(node: Arc<MultiRaft>, distro: Arc<Distro>) -> Router {
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+pub fn router(node: Arc<MultiRaft>, distro: Arc<Distro>, metrics_token: Option<&str>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Node { raft: node, distro })
+        .with_state(HttpState {
+            node,
+            distro,
+            metrics_token: metrics_token.map(digest),
+        })
 }
 
-async fn readyz(State(Node { raft: node, distro }): State<Node>) -> impl IntoResponse {
+/// The HTTP port's connections after a TLS handshake (see `tls::tls_incoming`).
+pub struct TlsListener<S> {
+    pub conns: std::pin::Pin<Box<S>>,
+    pub local: std::net::SocketAddr,
+}
+
+impl<S> axum::serve::Listener for TlsListener<S>
+where
+    S: futures::Stream<Item = std::io::Result<crate::tls::ServerConn>> + Send + 'static,
+{
+    type Io = crate::tls::ServerConn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use futures::StreamExt;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(conn)) => {
+                    let addr = conn.remote_addr().unwrap_or(self.local);
+                    return (conn, addr);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "http accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn readyz(State(HttpState { node, distro, .. }): State<HttpState>) -> impl IntoResponse {
     let mut body = String::new();
     match node.identity().cluster_id() {
         Some(c) => {
@@ -320,12 +372,27 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-async fn metrics(State(node): State<Node>) -> impl IntoResponse {
+async fn metrics(State(state): State<HttpState>, headers: header::HeaderMap) -> impl IntoResponse {
+    if let Some(want) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.map(digest).as_ref() != Some(want) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "/metrics needs Authorization: Bearer <the token of --metrics-token-file>\n"
+                    .to_string(),
+            );
+        }
+    }
     (
+        StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        render_all_metrics(&node.raft, &node.distro),
+        render_all_metrics(&state.node, &state.distro),
     )
 }

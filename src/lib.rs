@@ -12,11 +12,13 @@
 //! - [`distro`]: the AP side: client sessions and their ephemeral instances, kept in
 //!   memory and replicated between nodes without Raft.
 //!
-//! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut);
+//! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut; [`tls`]:
+//! TLS on every port);
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
 pub(crate) mod api;
+pub mod auth;
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
@@ -33,5 +35,6 @@ pub mod pb;
 pub mod peer;
 pub mod raft;
 pub mod server;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -23,11 +23,13 @@ use tokio::task::JoinHandle;
 use tonic::codegen::http;
 use tonic::transport::Server;
 
+use crate::api::auth::AuthApi;
 use crate::api::cluster::ClusterApi;
 use crate::api::config::{ConfigApi, ConfigLimits};
+use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::conns::{self, Cutter, TrackedStream};
+use crate::conns::{self, Cutter};
 use crate::distro::Distro;
 use crate::error::{Error, Result};
 use crate::metrics::GrpcMetricsLayer;
@@ -35,6 +37,8 @@ use crate::pb;
 use crate::peer::server::PeerService;
 use crate::raft::group::GroupRegistry;
 use crate::raft::node::MultiRaft;
+use crate::tls::{self, ServerConn};
+use tokio_rustls::rustls::ServerConfig;
 
 /// Services served on the client port, as advertised by reflection.
 pub const CLIENT_SERVICES: &[&str] = &[
@@ -43,6 +47,7 @@ pub const CLIENT_SERVICES: &[&str] = &[
     "nacosd.v1.SessionService",
     "nacosd.v1.DbService",
     "nacosd.v1.ClusterService",
+    "nacosd.v1.AuthService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -190,6 +195,7 @@ pub async fn start(
     let client_addr = listeners.client.local_addr()?;
     let peer_addr = listeners.peer.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let (client_tls, peer_tls) = server_tls(config)?;
     let shared = crate::groups::Shared::default();
     let registry = extend(crate::groups::builtin_registry(&shared));
     let node = MultiRaft::start(config, registry).await?;
@@ -197,22 +203,28 @@ pub async fn start(
     let cluster = Cluster::new(node.clone(), config, failure_tx.clone())?;
     let (stop_tx, _) = watch::channel(false);
     let distro = Distro::new(node.clone(), config.distro);
+    let auth = Auth::new(node.clone(), config.auth.enabled, config.auth.token_ttl);
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
     let (client_conns, client_cutter) = conns::tracked(incoming(listeners.client));
+    let peer_conns = tls::tls_incoming(peer_conns, peer_tls, "peer");
+    let client_conns = tls::tls_incoming(client_conns, client_tls.clone(), "client");
     let servers = vec![
         serve_peer(&cluster, &distro, config, peer_conns, &stop_tx),
         serve_client(
-            &cluster,
-            &distro,
-            &shared,
+            ClientDeps {
+                cluster: &cluster,
+                distro: &distro,
+                shared: &shared,
+                auth: &auth,
+            },
             config,
             client_conns,
             health_svc,
             &stop_tx,
         )?,
-        serve_http(&node, &distro, listeners.http, &stop_tx),
+        serve_http(&node, &distro, config, listeners.http, client_tls, &stop_tx)?,
     ];
     let cutters = vec![peer_cutter, client_cutter];
     let mut background = vec![
@@ -224,12 +236,22 @@ pub async fn start(
     ];
     background.extend(watch_groups(&node, failure_tx, &stop_tx));
     background.extend(distro.start(&stop_tx));
+    if config.auth.enabled {
+        let auth = auth.clone();
+        let admin_password = config.auth.initial_admin_password.clone();
+        let stop = stop_tx.subscribe();
+        background.push(tokio::spawn(async move {
+            auth.bootstrap(admin_password, stop).await
+        }));
+    }
 
     tracing::info!(
         node_id = config.node_id,
         %client_addr, %peer_addr, %http_addr,
         advertise_peer = %config.advertise_peer,
         cluster_id = ?node.identity().cluster_id(),
+        client_tls = config.client_tls.is_some(),
+        peer_mtls = config.peer_tls.is_some(),
         "nacosd started"
     );
     Ok(RunningServer {
@@ -247,6 +269,31 @@ pub async fn start(
     })
 }
 
+/// The TLS configurations of the client (and HTTP) port and of the peer port, loaded
+/// now so that a node with unusable certificates does not start.
+#[allow(clippy::type_complexity)]
+fn server_tls(
+    config: &Config,
+) -> Result<(
+    Option<Arc<tls::Reloading<ServerConfig>>>,
+    Option<Arc<tls::Reloading<ServerConfig>>>,
+)> {
+    let client = config
+        .client_tls
+        .clone()
+        .map(tls::Reloading::server)
+        .transpose()?;
+    let peer = config
+        .peer_tls
+        .clone()
+        .map(tls::Reloading::server)
+        .transpose()?;
+    if peer.is_none() && config.is_multi_node() {
+        tracing::warn!("--insecure-peer: the peer port is plaintext and unauthenticated; anyone who can reach it can vote, append entries, install snapshots and forward writes");
+    }
+    Ok((client, peer))
+}
+
 /// Resolves once `stop` says so.
 fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut rx = stop.subscribe();
@@ -260,7 +307,7 @@ fn serve_peer(
     cluster: &Arc<Cluster>,
     distro: &Arc<Distro>,
     config: &Config,
-    connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
+    connections: impl Stream<Item = std::io::Result<ServerConn>> + Send + 'static,
     stop: &watch::Sender<bool>,
 ) -> JoinHandle<()> {
     let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(
@@ -285,18 +332,30 @@ fn serve_peer(
     })
 }
 
+/// What the client port's services are built on, beside the configuration.
+struct ClientDeps<'a> {
+    cluster: &'a Arc<Cluster>,
+    distro: &'a Arc<Distro>,
+    shared: &'a crate::groups::Shared,
+    auth: &'a Arc<Auth>,
+}
+
 /// The client port: API services, health, reflection.
 fn serve_client(
-    cluster: &Arc<Cluster>,
-    distro: &Arc<Distro>,
-    shared: &crate::groups::Shared,
+    deps: ClientDeps<'_>,
     config: &Config,
-    connections: impl Stream<Item = std::io::Result<TrackedStream>> + Send + 'static,
+    connections: impl Stream<Item = std::io::Result<ServerConn>> + Send + 'static,
     health_svc: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     stop: &watch::Sender<bool>,
 ) -> Result<JoinHandle<()>> {
+    let ClientDeps {
+        cluster,
+        distro,
+        shared,
+        auth,
+    } = deps;
     let node = &cluster.node;
     // Reflection advertises the client services only (the peer service's types share
     // the descriptor set but it is not served here), and can resolve every one of them:
@@ -318,11 +377,16 @@ fn serve_client(
     let reflection_v1 = reflection().build_v1().map_err(Error::internal)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::internal)?;
     let max = config.max_request_bytes;
-    let cluster_svc =
-        pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(cluster.clone()))
-            .max_decoding_message_size(max);
+    let cluster_svc = pb::cluster_service_server::ClusterServiceServer::new(ClusterApi::new(
+        cluster.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(max);
+    let auth_svc = pb::auth_service_server::AuthServiceServer::new(AuthApi::new(auth.clone()))
+        .max_decoding_message_size(max);
     let config_svc = pb::config_service_server::ConfigServiceServer::new(ConfigApi::new(
         node.clone(),
+        auth.clone(),
         shared.config_feed.clone(),
         ConfigLimits {
             max_content_bytes: config.max_config_bytes,
@@ -333,16 +397,18 @@ fn serve_client(
     let naming_svc =
         pb::naming_service_server::NamingServiceServer::new(crate::api::naming::NamingApi::new(
             node.clone(),
+            auth.clone(),
             shared.naming_feed.clone(),
             distro.clone(),
         ))
         .max_decoding_message_size(max);
     let session_svc = pb::session_service_server::SessionServiceServer::new(
-        crate::api::session::SessionApi::new(distro.clone()),
+        crate::api::session::SessionApi::new(distro.clone(), auth.clone()),
     )
     .max_decoding_message_size(max);
     let db_svc = pb::db_service_server::DbServiceServer::new(crate::api::db::DbApi::new(
         node.clone(),
+        auth.clone(),
         shared.db.clone(),
         config.db_limits,
     ))
@@ -358,6 +424,7 @@ fn serve_client(
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(cluster_svc)
+            .add_service(auth_svc)
             .add_service(config_svc)
             .add_service(naming_svc)
             .add_service(session_svc)
@@ -370,23 +437,58 @@ fn serve_client(
     }))
 }
 
-/// The HTTP port: /healthz, /readyz, /metrics.
+/// The HTTP port: /healthz, /readyz, /metrics; with `--http-tls`, over TLS with the
+/// client port's certificate.
 fn serve_http(
     node: &Arc<MultiRaft>,
     distro: &Arc<Distro>,
+    config: &Config,
     listener: TcpListener,
+    client_tls: Option<Arc<tls::Reloading<ServerConfig>>>,
     stop: &watch::Sender<bool>,
-) -> JoinHandle<()> {
-    let app = crate::http::router(node.clone(), distro.clone());
+) -> Result<JoinHandle<()>> {
+    let app = crate::http::router(
+        node.clone(),
+        distro.clone(),
+        config.metrics_token.as_deref(),
+    );
     let stop = stopped(stop);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+    let tls = match (config.http_tls, client_tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls),
+        (true, None) => return Err(Error::invalid("http-tls needs tls-cert and tls-key")),
+    };
+    Ok(tokio::spawn(async move {
+        let res = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            Some(tls) => {
+                let local = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, "http listener has no address");
+                        return;
+                    }
+                };
+                // Not cut at shutdown like the gRPC ports' connections: axum's
+                // graceful shutdown closes idle HTTP/1 connections itself.
+                let (conns, _cutter) = conns::tracked(incoming(listener));
+                let listener = crate::http::TlsListener {
+                    conns: Box::pin(tls::tls_incoming(conns, Some(tls), "http")),
+                    local,
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        if let Err(e) = res {
             tracing::error!(error = %e, "http server failed");
         }
-    })
+    }))
 }
 
 /// gRPC health: SERVING while the node is ready (`MultiRaft::ready`, and the ephemeral

@@ -9,6 +9,7 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
 use crate::api::deadline;
+use crate::auth::Auth;
 use crate::cluster::operations::{self, Role};
 use crate::cluster::Cluster;
 use crate::pb;
@@ -20,11 +21,12 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ClusterApi {
     cluster: Arc<Cluster>,
+    auth: Arc<Auth>,
 }
 
 impl ClusterApi {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        ClusterApi { cluster }
+    pub fn new(cluster: Arc<Cluster>, auth: Arc<Auth>) -> Self {
+        ClusterApi { cluster, auth }
     }
 
     fn timeout<T>(req: &Request<T>) -> Duration {
@@ -124,8 +126,9 @@ pub fn group_status(g: &Group) -> pb::GroupStatus {
 impl pb::cluster_service_server::ClusterService for ClusterApi {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.auth.authenticate(req.metadata()).await?;
         Ok(Response::new(pb::StatusResponse {
             node_id: self.cluster.node.node_id,
             advertise_peer: self.cluster.node.advertise_peer.clone(),
@@ -141,8 +144,9 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
 
     async fn list_members(
         &self,
-        _req: Request<pb::ListMembersRequest>,
+        req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        self.auth.authenticate(req.metadata()).await?;
         Ok(Response::new(self.members()))
     }
 
@@ -150,6 +154,10 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.auth
+            .authenticate(req.metadata())
+            .await?
+            .require_admin("adding a member")?;
         let timeout = Self::timeout(&req);
         let r = req.into_inner();
         operations::add_member(&self.cluster, r.node_id, &r.addr, timeout).await?;
@@ -160,6 +168,10 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::PromoteMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.auth
+            .authenticate(req.metadata())
+            .await?
+            .require_admin("promoting a member")?;
         let timeout = Self::timeout(&req);
         operations::promote_member(&self.cluster, req.into_inner().node_id, timeout).await?;
         Ok(self.changed())
@@ -169,6 +181,10 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.auth
+            .authenticate(req.metadata())
+            .await?
+            .require_admin("removing a member")?;
         let timeout = Self::timeout(&req);
         operations::remove_member(&self.cluster, req.into_inner().node_id, timeout).await?;
         Ok(self.changed())
@@ -178,6 +194,10 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.auth
+            .authenticate(req.metadata())
+            .await?
+            .require_admin("transferring leadership")?;
         let timeout = Self::timeout(&req);
         let r = req.into_inner();
         let to = (r.to != 0).then_some(r.to);
@@ -198,6 +218,10 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.auth
+            .authenticate(req.metadata())
+            .await?
+            .require_admin("building a snapshot")?;
         let timeout = Self::timeout(&req);
         let r = req.into_inner();
         let built = operations::snapshot(&self.cluster.node, group_of(&r.group), timeout).await?;
@@ -214,8 +238,9 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
 
     async fn digest(
         &self,
-        _req: Request<pb::DigestRequest>,
+        req: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
+        self.auth.authenticate(req.metadata()).await?;
         let digests = operations::digests(&self.cluster.node).await?;
         Ok(Response::new(pb::DigestResponse {
             node_id: self.cluster.node.node_id,

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{deadline, level};
+use crate::auth::{Access, Auth, Principal, Resource};
 use crate::error::{Error, Result};
 use crate::groups::client::GroupClient;
 use crate::groups::config::watch::{self, WatchEvent, WatchInput, WatchRequest};
@@ -40,14 +41,21 @@ impl Default for ConfigLimits {
 
 pub struct ConfigApi {
     client: GroupClient,
+    auth: Arc<Auth>,
     feed: Arc<ConfigFeed>,
     limits: ConfigLimits,
 }
 
 impl ConfigApi {
-    pub fn new(node: Arc<MultiRaft>, feed: Arc<ConfigFeed>, limits: ConfigLimits) -> Self {
+    pub fn new(
+        node: Arc<MultiRaft>,
+        auth: Arc<Auth>,
+        feed: Arc<ConfigFeed>,
+        limits: ConfigLimits,
+    ) -> Self {
         ConfigApi {
             client: GroupClient::new(node),
+            auth,
             feed,
             limits,
         }
@@ -132,6 +140,19 @@ fn watch_input(msg: std::result::Result<pb::WatchRequest, Status>) -> WatchInput
     }
 }
 
+/// A Watch stream may only add keys of namespaces the caller may read; one that is not
+/// ends the stream with PERMISSION_DENIED.
+fn authorize_watch(caller: &Principal, input: WatchInput) -> WatchInput {
+    if let WatchInput::Request(r) = &input {
+        for (key, _) in &r.add {
+            if let Err(e) = caller.require(Resource::Config, Access::Read, &key.namespace) {
+                return WatchInput::Invalid(e);
+            }
+        }
+    }
+    input
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -141,8 +162,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::PublishConfigRequest>,
     ) -> std::result::Result<Response<pb::PublishConfigResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
+        caller.require(Resource::Config, Access::Write, &key.namespace)?;
         let r#type = validate::publish_fields(
             &r.content,
             self.limits.max_content_bytes,
@@ -178,8 +201,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::GetConfigRequest>,
     ) -> std::result::Result<Response<pb::ConfigItem>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
+        caller.require(Resource::Config, Access::Read, &key.namespace)?;
         let level = level(r.consistency)?;
         match self
             .client
@@ -196,8 +221,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::RemoveConfigRequest>,
     ) -> std::result::Result<Response<pb::RemoveConfigResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
+        caller.require(Resource::Config, Access::Write, &key.namespace)?;
         if let Some(cas) = &r.cas_md5 {
             validate::md5("cas_md5", cas)?;
         }
@@ -218,8 +245,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::ListConfigsRequest>,
     ) -> std::result::Result<Response<pb::ListConfigsResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let namespace = validate::namespace(&r.namespace)?;
+        caller.require(Resource::Config, Access::Read, &namespace)?;
         validate::pattern("group_pattern", &r.group_pattern)?;
         validate::pattern("data_id_pattern", &r.data_id_pattern)?;
         let (page_no, page_size) = validate::page(r.page_no, r.page_size)?;
@@ -251,8 +280,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::ListConfigHistoryRequest>,
     ) -> std::result::Result<Response<pb::ListConfigHistoryResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
+        caller.require(Resource::Config, Access::Read, &key.namespace)?;
         let (page_no, page_size) = validate::page(r.page_no, r.page_size)?;
         let history = History {
             key: key.clone(),
@@ -278,8 +309,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::GetConfigHistoryRequest>,
     ) -> std::result::Result<Response<pb::ConfigHistoryEntry>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
+        caller.require(Resource::Config, Access::Read, &key.namespace)?;
         let at = HistoryAt {
             key: key.clone(),
             revision: r.revision,
@@ -304,7 +337,10 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> std::result::Result<Response<Self::WatchStream>, Status> {
-        let input = req.into_inner().map(watch_input);
+        let caller = self.auth.authenticate(req.metadata()).await?;
+        let input = req
+            .into_inner()
+            .map(move |msg| authorize_watch(&caller, watch_input(msg)));
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before the first state read so no change can fall in between.
         let feed = self.feed.subscribe();

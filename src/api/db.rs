@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
 use crate::api::{deadline, level};
+use crate::auth::{Access, Auth, Resource};
 use crate::error::{Error, Result};
 use crate::groups::client::GroupClient;
 use crate::groups::db::rules::{self, DbLimits};
@@ -14,6 +15,7 @@ use crate::raft::node::MultiRaft;
 
 pub struct DbApi {
     client: GroupClient,
+    auth: Arc<Auth>,
     db: Arc<OnceLock<Arc<SqliteStateMachine>>>,
     limits: DbLimits,
 }
@@ -21,11 +23,13 @@ pub struct DbApi {
 impl DbApi {
     pub fn new(
         node: Arc<MultiRaft>,
+        auth: Arc<Auth>,
         db: Arc<OnceLock<Arc<SqliteStateMachine>>>,
         limits: DbLimits,
     ) -> Self {
         DbApi {
             client: GroupClient::new(node),
+            auth,
             db,
             limits,
         }
@@ -114,6 +118,8 @@ impl pb::db_service_server::DbService for DbApi {
         req: Request<pb::ExecuteRequest>,
     ) -> std::result::Result<Response<pb::ExecuteResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
+        caller.require(Resource::Db, Access::Write, "")?;
         let stmts = statements(req.into_inner().statements)?;
         let statements = check(self.db.get().cloned(), stmts, self.limits).await?;
         let done = self
@@ -138,6 +144,8 @@ impl pb::db_service_server::DbService for DbApi {
         req: Request<pb::QueryRequest>,
     ) -> std::result::Result<Response<pb::QueryResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
+        caller.require(Resource::Db, Access::Read, "")?;
         let r = req.into_inner();
         let stmts = statements(r.statements)?;
         rules::check_limits(&stmts, &self.limits)?;

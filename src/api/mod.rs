@@ -1,6 +1,7 @@
 //! Client-facing gRPC services (port 9848). Handlers are thin: decode and validate,
 //! route to a group through the consistency layer, map the error to a status.
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod db;

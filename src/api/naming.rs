@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::{deadline, level};
+use crate::auth::{Access, Auth, Resource};
 use crate::distro::{Distro, EphemeralInstance};
 use crate::error::{Error, Result};
 use crate::groups::client::GroupClient;
@@ -25,14 +26,21 @@ use crate::raft::node::MultiRaft;
 
 pub struct NamingApi {
     client: GroupClient,
+    auth: Arc<Auth>,
     feed: Arc<NamingFeed>,
     distro: Arc<Distro>,
 }
 
 impl NamingApi {
-    pub fn new(node: Arc<MultiRaft>, feed: Arc<NamingFeed>, distro: Arc<Distro>) -> Self {
+    pub fn new(
+        node: Arc<MultiRaft>,
+        auth: Arc<Auth>,
+        feed: Arc<NamingFeed>,
+        distro: Arc<Distro>,
+    ) -> Self {
         NamingApi {
             client: GroupClient::new(node),
+            auth,
             feed,
             distro,
         }
@@ -175,8 +183,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::RegisterInstanceRequest>,
     ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let (inst, session) = instance_of(r.instance)?;
         let instance_id = inst.instance_id(&service);
         if let Some(session) = session {
@@ -206,8 +216,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::DeregisterInstanceRequest>,
     ) -> std::result::Result<Response<pb::DeregisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let addr = validate::addr(&r.ip, r.port, &r.cluster_name)?;
         if !r.session_id.is_empty() {
             let existed = self.distro.deregister(&r.session_id, &service, &addr)?;
@@ -231,8 +243,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::UpdateInstanceRequest>,
     ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let (instance, session) = instance_of(r.instance)?;
         let instance_id = instance.instance_id(&service);
         if let Some(session) = session {
@@ -260,8 +274,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::BatchRegisterInstancesRequest>,
     ) -> std::result::Result<Response<pb::BatchRegisterInstancesResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         if r.instances.is_empty() {
             return Err(Error::invalid("instances must not be empty").into());
         }
@@ -312,8 +328,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::CreateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
         let record = self
             .client
@@ -333,8 +351,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::UpdateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let settings = settings_of(r.protect_threshold, &r.metadata, &r.selector)?;
         let record = self
             .client
@@ -354,8 +374,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::DeleteServiceRequest>,
     ) -> std::result::Result<Response<pb::DeleteServiceResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Write, &service.namespace)?;
         let done = self
             .client
             .mutate(DeleteService { service }, timeout)
@@ -370,8 +392,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::GetServiceRequest>,
     ) -> std::result::Result<Response<pb::ServiceDetail>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
+        caller.require(Resource::Naming, Access::Read, &service.namespace)?;
         let clusters = r
             .clusters
             .iter()
@@ -412,8 +436,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::ListServicesRequest>,
     ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
         let timeout = deadline(&req);
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let (namespace, group) = validate::namespace_and_group(&r.namespace, &r.group)?;
+        caller.require(Resource::Naming, Access::Read, &namespace)?;
         let (page_no, page_size) = crate::groups::config::validate::page(r.page_no, r.page_size)?;
         let offset = (page_no as u64 - 1) * page_size as u64;
         let ephemeral = self.distro.services_in(&namespace, &group);
@@ -481,8 +507,10 @@ impl pb::naming_service_server::NamingService for NamingApi {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> std::result::Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
+        caller.require(Resource::Naming, Access::Read, &service.namespace)?;
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading the state so no change can fall in between.
         let feeds = Feeds {

@@ -15,16 +15,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Auth;
 use crate::distro::Distro;
 use crate::pb;
 
 pub struct SessionApi {
     distro: Arc<Distro>,
+    auth: Arc<Auth>,
 }
 
 impl SessionApi {
-    pub fn new(distro: Arc<Distro>) -> Self {
-        SessionApi { distro }
+    pub fn new(distro: Arc<Distro>, auth: Arc<Auth>) -> Self {
+        SessionApi { distro, auth }
     }
 }
 
@@ -37,6 +39,9 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<pb::OpenSessionRequest>,
     ) -> std::result::Result<Response<pb::OpenSessionResponse>, Status> {
+        // A session changes nothing by itself (registering needs naming write), but
+        // with --auth on only a known caller may hold one.
+        self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let (id, ttl) = self
             .distro
@@ -52,6 +57,9 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<pb::KeepAliveRequest>,
     ) -> std::result::Result<Response<pb::KeepAliveResponse>, Status> {
+        // A session changes nothing by itself (registering needs naming write), but
+        // with --auth on only a known caller may hold one.
+        self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let ttl = self.distro.keep_alive(&r.id)?;
         Ok(Response::new(pb::KeepAliveResponse {
@@ -66,6 +74,7 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> std::result::Result<Response<Self::KeepAliveStreamStream>, Status> {
+        self.auth.authenticate(req.metadata()).await?;
         let mut incoming = req.into_inner();
         let distro = self.distro.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -95,6 +104,9 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<pb::CloseSessionRequest>,
     ) -> std::result::Result<Response<pb::CloseSessionResponse>, Status> {
+        // A session changes nothing by itself (registering needs naming write), but
+        // with --auth on only a known caller may hold one.
+        self.auth.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let n = self.distro.close_session(&r.id)?;
         Ok(Response::new(pb::CloseSessionResponse {

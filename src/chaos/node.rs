@@ -121,6 +121,9 @@ impl NodeSpec {
                 format!("{ip}:{HTTP_PORT}"),
                 "--initial-members".into(),
                 self.members.clone(),
+                // The fault suite's nodes talk plaintext on a private network; TLS
+                // would only add handshakes to every reconnect after a partition.
+                "--insecure-peer".into(),
             ],
             // etcd's defaults otherwise (heartbeat 100 ms, election timeout 1000 ms);
             // the initial-cluster flags are ignored once the data directory exists.

@@ -15,12 +15,19 @@
 //! Addresses are `host:port` and may be DNS names, resolved on each (re)connect, so a
 //! peer that comes back with a new IP under the same name is reached without any
 //! membership change (Nacos issues #10514, #12504).
+//!
+//! With mutual TLS configured (`Config::peer_tls`) every new connection presents this
+//! node's certificate and checks the peer's against the cluster CA, with the
+//! certificate files as they are at that moment (`tls::Reloading`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_rustls::rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{self, Reloading};
 
 /// Append batches larger than this (encoded) travel on the bulk lane.
 pub const BULK_APPEND_BYTES: usize = 256 << 10;
@@ -36,9 +43,19 @@ pub enum Lane {
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
+    /// Mutual TLS to peers; `None`: plaintext.
+    tls: Option<Arc<Reloading<ClientConfig>>>,
 }
 
 impl PeerChannels {
+    /// Channels that speak mutual TLS with `tls`, or plaintext without it.
+    pub fn new(tls: Option<Arc<Reloading<ClientConfig>>>) -> Self {
+        PeerChannels {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// The channel to `addr` (`host:port`) on `lane`, created on first use.
     pub fn channel(&self, addr: &str, lane: Lane) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -50,15 +67,18 @@ impl PeerChannels {
             Lane::Control => (2 << 20, 1 << 20),
             Lane::Bulk => (16 << 20, 8 << 20),
         };
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .initial_connection_window_size(Some(conn_window))
-            .initial_stream_window_size(Some(stream_window))
-            .connect_lazy();
+            .initial_stream_window_size(Some(stream_window));
+        let ch = match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls::connector(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         map.insert((addr.to_string(), lane), ch.clone());
         Ok(ch)
     }

@@ -52,9 +52,14 @@ pub(crate) fn refused_before_handling(code: tonic::Code) -> bool {
 }
 
 impl PeerClient {
-    pub fn new(node_id: NodeId, identity: IdentityCell, max_message: usize) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        identity: IdentityCell,
+        max_message: usize,
+        channels: PeerChannels,
+    ) -> Self {
         PeerClient {
-            channels: PeerChannels::default(),
+            channels,
             node_id,
             identity,
             max_message,

@@ -451,6 +451,13 @@ impl MultiRaft {
         let metrics = Arc::new(Metrics::default());
         let syncer = WalSyncer::start_observed(db.clone(), metrics.clone())?;
         let identity = IdentityCell::new(stored.clone());
+        let peer_tls = match &config.peer_tls {
+            Some(files) => Some(
+                crate::tls::Reloading::client(files.clone())
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
         let builder = GroupBuilder {
             config,
             db: db.clone(),
@@ -458,6 +465,7 @@ impl MultiRaft {
                 config.node_id,
                 identity.clone(),
                 config.peer_message_limit(),
+                crate::peer::channels::PeerChannels::new(peer_tls),
             ),
             timing: Timing {
                 heartbeat: config.heartbeat,

@@ -14,6 +14,7 @@
 //! | `multiprocess` | real `nacosd` processes: kill -9 under load, `nacosctl` |
 //! | `readme_examples` | the README's grpcurl examples against a live node |
 //! | `safety` | cluster identity, wiped disks, vote hold after restart, power loss, large entries, quorum loss |
+//! | `security` | TLS on the client port, mutual TLS between peers, certificate rotation, auth and permissions |
 //! | `membership` | join, remove, replace, address change, leader transfer, force-new-cluster, refusals |
 //! | `bench` | the load generator against nacosd and etcd |
 
@@ -30,4 +31,5 @@ mod multiprocess;
 mod naming_api;
 mod readme_examples;
 mod safety;
+mod security;
 mod storage_suite;

@@ -202,6 +202,7 @@ async fn a_restarted_node_grants_no_vote_for_a_lease() {
             node_id: leader,
         })),
         64 << 20,
+        nacosd::peer::channels::PeerChannels::default(),
     );
     let addr = c.nodes[&follower].config.advertise_peer.clone();
     let ask = |term: u64| {

@@ -155,6 +155,8 @@ pub struct Remove {
 pub enum ConfigCommand {
     Publish(Publish),
     Remove(Remove),
+    /// Users, roles and the signing key (`auth`): replicated with the configuration.
+    Auth(crate::auth::model::AuthCommand),
 }
 
 /// What a publish answers.
@@ -232,6 +234,7 @@ pub enum ConfigQuery {
     History(History),
     HistoryAt(HistoryAt),
     States(States),
+    Auth(crate::auth::model::AuthQuery),
 }
 
 #[cfg(test)]

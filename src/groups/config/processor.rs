@@ -261,6 +261,7 @@ impl Processor for ConfigProcessor {
         match decode_message(&cmd.payload, "config command")? {
             ConfigCommand::Publish(p) => encode_reply(self.publish(txn, at, p)),
             ConfigCommand::Remove(r) => encode_reply(self.remove(txn, at, r)),
+            ConfigCommand::Auth(a) => crate::auth::apply::apply(txn, index, a),
         }
     }
 
@@ -271,6 +272,7 @@ impl Processor for ConfigProcessor {
             ConfigQuery::History(q) => encode_reply(self.history(view, q)),
             ConfigQuery::HistoryAt(q) => encode_reply(self.history_at(view, q)),
             ConfigQuery::States(q) => encode_reply(self.states(view, q)),
+            ConfigQuery::Auth(q) => crate::auth::apply::query(view, q),
         }
     }
 

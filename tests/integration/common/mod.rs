@@ -89,6 +89,9 @@ pub fn test_config(id: u64, dir: PathBuf) -> Config {
         heartbeat: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
         default_timeout: Duration::from_secs(10),
+        // In-process clusters speak plaintext between nodes unless a test sets
+        // `peer_tls` (tests/integration/security.rs).
+        insecure_peer: true,
         ..Config::default()
     }
 }

@@ -31,8 +31,8 @@ pub struct Proc {
     pub http: String,
     pub data_dir: PathBuf,
     pub members: String,
-    /// More flags for `nacosd`.
-    pub extra: Vec<String>,
+    /// More flags for every start (TLS, auth).
+    pub extra_args: Vec<String>,
     pub child: Option<Child>,
 }
 
@@ -45,7 +45,7 @@ impl Proc {
             http: format!("127.0.0.1:{}", free_port()),
             data_dir: base.join(format!("node{id}")),
             members: String::new(),
-            extra: Vec::new(),
+            extra_args: Vec::new(),
             child: None,
         }
     }
@@ -72,14 +72,17 @@ impl Proc {
             .args(["--heartbeat-ms", "100"])
             .args(["--election-timeout-min-ms", "800"])
             .args(["--election-timeout-max-ms", "1600"])
-            .args(&self.extra)
             .env("NACOSD_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if !self.members.is_empty() {
-            cmd.arg("--initial-members").arg(&self.members);
+            // Test clusters on loopback speak plaintext between nodes.
+            cmd.arg("--initial-members")
+                .arg(&self.members)
+                .arg("--insecure-peer");
         }
+        cmd.args(&self.extra_args);
         self.child = Some(cmd.spawn().expect("spawn nacosd"));
     }
 
@@ -171,7 +174,7 @@ pub fn cluster_with(n: u64, base: &Path, extra: &[&str]) -> Vec<Proc> {
         .join(",");
     for p in &mut procs {
         p.members = members.clone();
-        p.extra = extra.iter().map(|s| s.to_string()).collect();
+        p.extra_args = extra.iter().map(|s| s.to_string()).collect();
         p.start();
     }
     procs

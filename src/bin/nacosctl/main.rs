@@ -1,10 +1,16 @@
 //! nacosctl: the operator's command-line client.
+//!
+//! `auth`: credentials and TLS for every command, and the login, user and role
+//! commands.
+
+mod auth;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nacosd::pb;
+use nacosd::pb::auth_service_client::AuthServiceClient;
 use nacosd::pb::cluster_service_client::ClusterServiceClient;
 
 #[derive(Parser)]
@@ -24,6 +30,8 @@ struct Cli {
     /// Request timeout in milliseconds.
     #[arg(long, global = true, default_value_t = 5000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    creds: auth::Credentials,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +72,21 @@ enum Command {
     Session {
         #[command(subcommand)]
         command: SessionCommand,
+    },
+    /// Log in (--user, password from --password, NACOSCTL_PASSWORD or stdin) and keep
+    /// the token for later commands in the user's config directory.
+    Login,
+    /// Forget the kept token.
+    Logout,
+    /// Users (admin).
+    User {
+        #[command(subcommand)]
+        command: auth::UserCommand,
+    },
+    /// Roles: read/write per namespace and kind (admin).
+    Role {
+        #[command(subcommand)]
+        command: auth::RoleCommand,
     },
     /// Load generator: closed-loop clients against nacosd (or etcd), then a table of
     /// throughput, latency percentiles and errors by code.
@@ -268,6 +291,29 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .collect();
             print_pairs(&cli, ("group", "digest"), &rows)
         }
+        Command::Login => {
+            let channel = open(&cli, cli.timeout_ms).await?;
+            auth::login_command(&channel, &cli.endpoint, &cli.creds).await
+        }
+        Command::Logout => auth::logout_command(),
+        Command::User { ref command } => {
+            let c = authed(&cli, cli.timeout_ms).await?;
+            auth::user_command(
+                AuthServiceClient::with_interceptor(c.0, c.1),
+                command,
+                cli.output == Output::Json,
+            )
+            .await
+        }
+        Command::Role { ref command } => {
+            let c = authed(&cli, cli.timeout_ms).await?;
+            auth::role_command(
+                AuthServiceClient::with_interceptor(c.0, c.1),
+                command,
+                cli.output == Output::Json,
+            )
+            .await
+        }
     }
 }
 
@@ -275,20 +321,41 @@ fn status_text(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// A channel to the contacted node with a deadline of at least `min_timeout_ms`.
+async fn open(cli: &Cli, min_timeout_ms: u64) -> Result<tonic::transport::Channel, String> {
+    let timeout = Duration::from_millis(cli.timeout_ms.max(min_timeout_ms));
+    auth::channel(
+        &cli.endpoint,
+        &cli.creds,
+        Duration::from_millis(cli.timeout_ms),
+        timeout,
+    )
+    .await
+}
+
+/// A channel and the credentials its calls carry.
+async fn authed(
+    cli: &Cli,
+    min_timeout_ms: u64,
+) -> Result<(tonic::transport::Channel, auth::Bearer), String> {
+    let channel = open(cli, min_timeout_ms).await?;
+    let bearer = auth::bearer(auth::token(&channel, &cli.creds).await?)?;
+    Ok((channel, bearer))
+}
+
 /// A client of the contacted node's ClusterService with a deadline of at least
 /// `min_timeout_ms`.
 async fn connect(
     cli: &Cli,
     min_timeout_ms: u64,
-) -> Result<ClusterServiceClient<tonic::transport::Channel>, String> {
-    Ok(ClusterServiceClient::new(
-        channel(cli, min_timeout_ms).await?,
-    ))
+) -> Result<ClusterServiceClient<auth::Authed>, String> {
+    let (channel, bearer) = authed(cli, min_timeout_ms).await?;
+    Ok(ClusterServiceClient::with_interceptor(channel, bearer))
 }
 
 async fn session(cli: &Cli, command: &SessionCommand) -> Result<(), String> {
-    let mut c =
-        pb::session_service_client::SessionServiceClient::new(channel(cli, cli.timeout_ms).await?);
+    let (channel, bearer) = authed(cli, cli.timeout_ms).await?;
+    let mut c = pb::session_service_client::SessionServiceClient::with_interceptor(channel, bearer);
     let rows = match command {
         SessionCommand::Open { ttl_ms, id } => {
             let r = c
@@ -332,24 +399,6 @@ async fn session(cli: &Cli, command: &SessionCommand) -> Result<(), String> {
         }
     };
     print_pairs(cli, ("field", "value"), &rows)
-}
-
-/// A channel to the contacted node with a deadline of at least `min_timeout_ms`.
-async fn channel(cli: &Cli, min_timeout_ms: u64) -> Result<tonic::transport::Channel, String> {
-    let timeout = Duration::from_millis(cli.timeout_ms.max(min_timeout_ms));
-    let endpoint = if cli.endpoint.contains("://") {
-        cli.endpoint.clone()
-    } else {
-        format!("http://{}", cli.endpoint)
-    };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)
-        .map_err(|e| format!("bad endpoint {}: {e}", cli.endpoint))?
-        .connect_timeout(Duration::from_millis(cli.timeout_ms))
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", cli.endpoint))?;
-    Ok(channel)
 }
 
 /// Two-column output (or a JSON array of objects).

@@ -1,0 +1,142 @@
+//! The server side: a TLS handshake on every accepted connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::conns::TrackedStream;
+use crate::tls::Reloading;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once per port: one slow client cannot hold up the others.
+const CONCURRENT_HANDSHAKES: usize = 256;
+
+/// An accepted connection, with TLS or without (a port without certificates).
+pub enum ServerConn {
+    Plain(TrackedStream),
+    Tls(Box<TlsStream<TrackedStream>>),
+}
+
+impl ServerConn {
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.connect_info().remote_addr()
+    }
+}
+
+/// The port's connections after a TLS handshake; with `tls` = `None`, as they are.
+/// Failed handshakes are logged (`port` names the port) and dropped here: tonic and
+/// axum only ever see connections that completed one.
+pub fn tls_incoming(
+    accepted: impl Stream<Item = io::Result<TrackedStream>> + Send + 'static,
+    tls: Option<Arc<Reloading<ServerConfig>>>,
+    port: &'static str,
+) -> impl Stream<Item = io::Result<ServerConn>> + Send + 'static {
+    accepted
+        .map(move |conn| {
+            let tls = tls.clone();
+            async move {
+                let conn = match conn {
+                    Ok(conn) => conn,
+                    Err(e) => return Some(Err(e)),
+                };
+                let Some(tls) = tls else {
+                    return Some(Ok(ServerConn::Plain(conn)));
+                };
+                let remote = conn.connect_info().remote_addr();
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                    Ok(Ok(stream)) => Some(Ok(ServerConn::Tls(Box::new(stream)))),
+                    Ok(Err(e)) => {
+                        tracing::warn!(port, remote = ?remote, error = %e, "TLS handshake refused");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(port, remote = ?remote, "TLS handshake timed out");
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENT_HANDSHAKES)
+        .filter_map(futures::future::ready)
+}
+
+impl Connected for ServerConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            ServerConn::Plain(s) => s.connect_info(),
+            ServerConn::Tls(s) => s.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for ServerConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerConn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerConn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerConn::Plain(s) => s.is_write_vectored(),
+            ServerConn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerConn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
