@@ -938,6 +938,49 @@ mod tests {
     }
 
     #[test]
+    fn security_flags_go_together() {
+        let err = ConfigArgs {
+            peer_cert: Some("n1.pem".into()),
+            peer_key: Some("n1-key.pem".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("peer-ca"), "{err}");
+        let err = ConfigArgs {
+            tls_cert: Some("n1.pem".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("tls-key"), "{err}");
+        let err = ConfigArgs {
+            http_tls: Some(true),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("http-tls"), "{err}");
+        let err = ConfigArgs {
+            join: Some("a:1".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("--insecure-peer"), "{err}");
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("pw");
+        std::fs::write(&file, "\n").unwrap();
+        let err = ConfigArgs {
+            initial_admin_password_file: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
     fn db_limits_layer_and_are_validated() {
         let td = tempfile::tempdir().unwrap();
         let file = td.path().join("n.toml");

@@ -1,11 +1,11 @@
 //! The server side: a TLS handshake on every accepted connection.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -42,9 +42,11 @@ pub fn tls_incoming(
     tls: Option<Arc<Reloading<ServerConfig>>>,
     port: &'static str,
 ) -> impl Stream<Item = io::Result<ServerConn>> + Send + 'static {
+    let refusals = Arc::new(RefusalLog::default());
     accepted
         .map(move |conn| {
             let tls = tls.clone();
+            let refusals = refusals.clone();
             async move {
                 let conn = match conn {
                     Ok(conn) => conn,
@@ -58,7 +60,11 @@ pub fn tls_incoming(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
                     Ok(Ok(stream)) => Some(Ok(ServerConn::Tls(Box::new(stream)))),
                     Ok(Err(e)) => {
-                        tracing::warn!(port, remote = ?remote, error = %e, "TLS handshake refused");
+                        if refusals.due(remote.map(|a| a.ip())) {
+                            tracing::warn!(port, remote = ?remote, error = %e, "TLS handshake refused (repeats from this address are logged at debug level for 30 s)");
+                        } else {
+                            tracing::debug!(port, remote = ?remote, error = %e, "TLS handshake refused");
+                        }
                         None
                     }
                     Err(_) => {
@@ -70,6 +76,30 @@ pub fn tls_incoming(
         })
         .buffer_unordered(CONCURRENT_HANDSHAKES)
         .filter_map(futures::future::ready)
+}
+
+/// When a refused handshake was last logged at warn level, per remote address: a
+/// peer with a bad certificate retries every second, the log should say it once in a
+/// while.
+#[derive(Default)]
+struct RefusalLog(std::sync::Mutex<std::collections::HashMap<Option<IpAddr>, Instant>>);
+
+impl RefusalLog {
+    fn due(&self, from: Option<IpAddr>) -> bool {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Bounded: forget everything rather than grow without limit under a scan.
+        if log.len() > 1024 {
+            log.clear();
+        }
+        let due = log
+            .get(&from)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(30));
+        if due {
+            log.insert(from, now);
+        }
+        due
+    }
 }
 
 impl Connected for ServerConn {

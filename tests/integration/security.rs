@@ -216,7 +216,32 @@ async fn peers_need_a_certificate_signed_by_the_cluster_ca() {
             res.is_err(),
             "{what}: the vote request reached the node: {res:?}"
         );
+        // Hello is what a joining node says first, and the one call a node answers
+        // without a cluster identity check: over an open transport it succeeds.
+        let hello = caller
+            .hello(&addr, "127.0.0.1:1", Duration::from_secs(3))
+            .await;
+        assert!(
+            hello.is_err(),
+            "{what}: a joining impostor was answered: {hello:?}"
+        );
     }
+    // The same Hello with the cluster's own certificate is answered.
+    let member = PeerClient::new(
+        leader,
+        IdentityCell::new(Some(Identity {
+            cluster_id,
+            node_id: leader,
+        })),
+        64 << 20,
+        PeerChannels::new(Some(
+            Reloading::client(node_files(&dir, &format!("n{leader}"), true)).unwrap(),
+        )),
+    );
+    member
+        .hello(&addr, "127.0.0.1:1", Duration::from_secs(3))
+        .await
+        .expect("a member's Hello is answered");
     assert!(
         c.metrics(follower, KV).current_term < term + 100,
         "the refused vote requests changed nothing"
