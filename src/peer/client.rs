@@ -43,7 +43,7 @@ pub struct PeerClient {
 /// Status codes with which the peer server refuses a call before its handler runs
 /// (unknown group, another cluster, no identity yet, undecodable, too large, unknown
 /// method): nothing was applied.
-pub(crate) fn refused_before_handling(code: tonic::Code) -> bool {
+fn refused_before_handling(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
@@ -136,17 +136,7 @@ impl PeerClient {
         );
         match self.client(addr)?.forward_write(req).await {
             Ok(reply) => decode_result(&reply.into_inner().result, "forwarded write reply"),
-            Err(status) if wire::never_sent(&status) || refused_before_handling(status.code()) => {
-                Err(Error::unavailable(format!(
-                    "leader {addr} of group {group} did not take the write: {}",
-                    status.message()
-                )))
-            }
-            Err(status) => Err(Error::UnknownOutcome(format!(
-                "lost contact with leader {addr} of group {group} during the write ({}: {}); it may or may not have been applied",
-                status.code(),
-                status.message()
-            ))),
+            Err(status) => Err(write_failed(addr, group, &status)),
         }
     }
 
@@ -247,6 +237,24 @@ impl PeerClient {
                 status.message()
             ))),
         }
+    }
+}
+
+/// What a failed forwarding call means for its writes: `Unavailable` (not applied, safe
+/// to retry) when the call never reached the leader at `addr` or was refused before it
+/// ran, otherwise an unknown outcome.
+pub(crate) fn write_failed(addr: &str, group: &str, status: &tonic::Status) -> Error {
+    if wire::never_sent(status) || refused_before_handling(status.code()) {
+        Error::unavailable(format!(
+            "leader {addr} of group {group} did not take the write: {}",
+            status.message()
+        ))
+    } else {
+        Error::UnknownOutcome(format!(
+            "lost contact with leader {addr} of group {group} during the write ({}: {}); it may or may not have been applied",
+            status.code(),
+            status.message()
+        ))
     }
 }
 

@@ -28,8 +28,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::client::{decode_result, refused_before_handling, PeerClient, FORWARD_HEADROOM};
-use super::wire;
+use super::client::{decode_result, write_failed, PeerClient, FORWARD_HEADROOM};
 use crate::error::{Error, Result};
 use crate::pb;
 
@@ -227,7 +226,7 @@ async fn send(
         Ok(mut c) => c.forward_writes(req).await,
         Err(e) => {
             let error = Error::unavailable(format!("bad peer address {addr}: {e}"));
-            return answer_all(live, |_| error.clone());
+            return answer_all(live, error);
         }
     };
     match call {
@@ -239,7 +238,7 @@ async fn send(
                     results.len(),
                     live.len()
                 );
-                return answer_all(live, |_| Error::UnknownOutcome(message.clone()));
+                return answer_all(live, Error::UnknownOutcome(message));
             }
             for (p, result) in live.into_iter().zip(results) {
                 let _ = p
@@ -255,27 +254,13 @@ async fn send(
                 let _ = p.reply.send(result);
             }
         }
-        Err(status) if wire::never_sent(&status) || refused_before_handling(status.code()) => {
-            answer_all(live, |_| {
-                Error::unavailable(format!(
-                    "leader {addr} of group {group} did not take the write: {}",
-                    status.message()
-                ))
-            })
-        }
-        Err(status) => answer_all(live, |_| {
-            Error::UnknownOutcome(format!(
-                "lost contact with leader {addr} of group {group} during the write ({}: {}); it may or may not have been applied",
-                status.code(),
-                status.message()
-            ))
-        }),
+        Err(status) => answer_all(live, write_failed(addr, group, &status)),
     }
 }
 
-fn answer_all(batch: Vec<Pending>, error: impl Fn(&Pending) -> Error) {
+/// Every write of `batch` fails with `error`.
+fn answer_all(batch: Vec<Pending>, error: Error) {
     for p in batch {
-        let e = error(&p);
-        let _ = p.reply.send(Err(e));
+        let _ = p.reply.send(Err(error.clone()));
     }
 }
