@@ -128,34 +128,12 @@ impl Client {
                     .map(drop),
                 Op::Register(k) => c
                     .naming
-                    .register_instance(pb::RegisterInstanceRequest {
-                        service: Some(pb::ServiceKey {
-                            service_name: format!("bench-svc-{}", k % opts.services.max(1)),
-                            ..Default::default()
-                        }),
-                        instance: Some(pb::Instance {
-                            ip: format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255),
-                            port: 8080,
-                            ..Default::default()
-                        }),
-                    })
+                    .register_instance(register_request(k, opts, None))
                     .await
                     .map(drop),
                 Op::RegisterEphemeral(k) => c
                     .naming
-                    .register_instance(pb::RegisterInstanceRequest {
-                        service: Some(pb::ServiceKey {
-                            service_name: format!("bench-svc-{}", k % opts.services.max(1)),
-                            ..Default::default()
-                        }),
-                        instance: Some(pb::Instance {
-                            ip: format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255),
-                            port: 8080,
-                            ephemeral: true,
-                            session_id: c.session_id.clone(),
-                            ..Default::default()
-                        }),
-                    })
+                    .register_instance(register_request(k, opts, Some(&c.session_id)))
                     .await
                     .map(drop),
                 Op::Insert(k) => {
@@ -249,5 +227,23 @@ fn config_key(k: u64) -> pb::ConfigKey {
         namespace: String::new(),
         group: CONFIG_GROUP.into(),
         data_id: key_name(k),
+    }
+}
+
+/// Registration of instance `k` of the naming workloads: persistent, or ephemeral in
+/// `session`.
+fn register_request(k: u64, opts: &Options, session: Option<&str>) -> pb::RegisterInstanceRequest {
+    pb::RegisterInstanceRequest {
+        service: Some(pb::ServiceKey {
+            service_name: format!("bench-svc-{}", k % opts.services.max(1)),
+            ..Default::default()
+        }),
+        instance: Some(pb::Instance {
+            ip: format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255),
+            port: 8080,
+            ephemeral: session.is_some(),
+            session_id: session.unwrap_or_default().to_string(),
+            ..Default::default()
+        }),
     }
 }
