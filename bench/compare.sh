@@ -14,6 +14,8 @@
 # CONNECTIONS (per run, spread over the 3 endpoints; 6), CLIENTS ("1 64": the client
 # counts of the put/get runs), OUT (results directory; target/bench/<time>),
 # NACOSD_BIN/NACOSCTL_BIN (default: target/release, built if missing), ETCD_BIN.
+# nacosd's write runs also print where the time went, per node (bench/stages.py, which
+# needs python3), and keep it in $OUT/stages/.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -87,11 +89,37 @@ bench() {
         --keys "$keys" --value-size "$value_size" --json "$@" >>"$results"
 }
 
+# Every nacosd node's /metrics into directory $1 (n1.txt, n2.txt, n3.txt).
+scrape_nacosd() {
+    mkdir -p "$1"
+    for i in 1 2 3; do
+        curl -sf "http://127.0.0.1:$((base + i + 5))/metrics" >"$1/n$i.txt" || true
+    done
+}
+
+# write_run TARGET ENDPOINTS WORKLOAD CLIENTS GROUP [flags...]: a write run; for nacosd
+# with the per-stage breakdown of the group's writes (bench/stages.py) from /metrics
+# scraped before and after, in $out/stages/.
+write_run() {
+    local target=$1 endpoints=$2 workload=$3 n=$4 group=$5
+    shift 5
+    if [ "$target" != nacosd ]; then
+        bench "$target" "$endpoints" "$workload" "$n" "$@"
+        return
+    fi
+    local dir="$out/stages/$workload-$n"
+    scrape_nacosd "$dir/before"
+    bench "$target" "$endpoints" "$workload" "$n" "$@"
+    scrape_nacosd "$dir/after"
+    python3 "$root/bench/stages.py" "$dir/before" "$dir/after" "$group" \
+        | tee "$dir/stages.txt" >&2 || true
+}
+
 # The put/get workloads both systems run.
 common_runs() {
     local target=$1 endpoints=$2
     for n in $clients; do
-        bench "$target" "$endpoints" config-publish "$n"
+        write_run "$target" "$endpoints" config-publish "$n" config
         bench "$target" "$endpoints" config-get "$n" --level linearizable
     done
     bench "$target" "$endpoints" config-get 64 --level stale
@@ -143,8 +171,8 @@ for i in 1 2 3; do
 done
 common_runs nacosd "$endpoints"
 bench nacosd "$endpoints" config-get 64 --level lease
-bench nacosd "$endpoints" naming-register 64
-bench nacosd "$endpoints" db-insert 64
+write_run nacosd "$endpoints" naming-register 64 naming_persistent
+write_run nacosd "$endpoints" db-insert 64 embedded_db
 record_rss nacosd "${nacosd_pids[@]}"
 stop_all
 

@@ -44,6 +44,10 @@ fn latency_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
+fn count_histogram() -> Histogram {
+    Histogram::new(count_buckets())
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
@@ -78,6 +82,9 @@ pub struct Metrics {
     wal_sync_appends: Histogram,
     write_seconds: HistogramFamily<WriteLabels>,
     read_index_seconds: HistogramFamily<GroupLabels>,
+    commit_seconds: HistogramFamily<GroupLabels>,
+    apply_seconds: HistogramFamily<GroupLabels>,
+    apply_entries: HistogramFamily<GroupLabels>,
 }
 
 impl Default for Metrics {
@@ -89,6 +96,9 @@ impl Default for Metrics {
             wal_sync_appends: Histogram::new(count_buckets()),
             write_seconds: Family::new_with_constructor(latency_histogram),
             read_index_seconds: Family::new_with_constructor(latency_histogram),
+            commit_seconds: Family::new_with_constructor(latency_histogram),
+            apply_seconds: Family::new_with_constructor(latency_histogram),
+            apply_entries: Family::new_with_constructor(count_histogram),
         }
     }
 }
@@ -126,6 +136,21 @@ impl Metrics {
             "Latency of obtaining a read index (LINEARIZABLE and LEASE reads), by group",
             self.read_index_seconds.clone(),
         );
+        registry.register(
+            "nacosd_raft_commit_seconds",
+            "Per entry, by group: from its append to this node's log to its hand-off to the state machine (on the leader: log fsync, replication to a quorum, commit; on a follower: until the leader's commit index reached it)",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "nacosd_raft_apply_seconds",
+            "Time to apply one batch of committed entries to the state machine, by group",
+            self.apply_seconds.clone(),
+        );
+        registry.register(
+            "nacosd_raft_apply_entries",
+            "Entries in one applied batch, by group",
+            self.apply_entries.clone(),
+        );
     }
 
     pub fn observe_wal_sync(&self, took: Duration, appends: usize) {
@@ -141,6 +166,44 @@ impl Metrics {
         self.write_seconds
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// `entries` entries waited `waited` between their append and their commit.
+    pub fn observe_commit(&self, group: &str, entries: u64, waited: Duration) {
+        let h = self.commit_seconds.get_or_create(&GroupLabels {
+            group: group.to_string(),
+        });
+        for _ in 0..entries {
+            h.observe(waited.as_secs_f64());
+        }
+    }
+
+    pub fn observe_apply(&self, group: &str, entries: usize, took: Duration) {
+        let labels = GroupLabels {
+            group: group.to_string(),
+        };
+        self.apply_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.apply_entries
+            .get_or_create(&labels)
+            .observe(entries as f64);
+    }
+
+    /// How many entries' commit waits were recorded for `group` (for tests).
+    #[cfg(test)]
+    pub fn commit_entries_observed(&self, group: &str) -> u64 {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            return 0;
+        }
+        let prefix = format!("nacosd_raft_commit_seconds_count{{group=\"{group}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn observe_read_index(&self, group: &str, took: Duration) {

@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::raft::keys;
 use crate::raft::rocks::{cf, Db, WalSyncer};
+use crate::raft::stages::StageClock;
 use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
 
 #[derive(Clone)]
@@ -36,10 +37,11 @@ pub struct RocksLogStore {
     log_cf: Arc<str>,
     db: Arc<Db>,
     syncer: WalSyncer,
+    clock: StageClock,
 }
 
 impl RocksLogStore {
-    pub fn new(group: &str, db: Arc<Db>, syncer: WalSyncer) -> io::Result<Self> {
+    pub fn new(group: &str, db: Arc<Db>, syncer: WalSyncer, clock: StageClock) -> io::Result<Self> {
         let log_cf = keys::log_cf(group);
         cf(&db, &log_cf)?;
         cf(&db, keys::RAFT_META_CF)?;
@@ -48,6 +50,7 @@ impl RocksLogStore {
             log_cf: log_cf.into(),
             db,
             syncer,
+            clock,
         })
     }
 
@@ -259,13 +262,19 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     {
         let log = cf(&self.db, &self.log_cf)?;
         let mut batch = WriteBatch::default();
+        let mut indexes = None;
         for entry in entries {
-            batch.put_cf(log, keys::log_key(entry.log_id.index), encode(&entry)?);
+            let index = entry.log_id.index;
+            indexes = Some(indexes.map_or((index, index), |(first, _)| (first, index)));
+            batch.put_cf(log, keys::log_key(index), encode(&entry)?);
         }
         // Written (readable) when this returns; durable once the syncer has fsync'd the
         // WAL, which is when openraft is told.
         self.blocking(move |s| s.db.write(batch).map_err(io::Error::other))
             .await?;
+        if let Some((first, last)) = indexes {
+            self.clock.appended(first, last);
+        }
         self.syncer
             .after_sync(move |res| callback.io_completed(res));
         Ok(())
@@ -325,7 +334,13 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let db = crate::raft::rocks::open(td.path(), &["g"]).unwrap();
         let syncer = WalSyncer::start(db.clone()).unwrap();
-        let mut store = RocksLogStore::new("g", db.clone(), syncer).unwrap();
+        let mut store = RocksLogStore::new(
+            "g",
+            db.clone(),
+            syncer,
+            StageClock::new("g", Arc::default()),
+        )
+        .unwrap();
         let log = cf(&db, &keys::log_cf("g")).unwrap();
         for i in 1..=50 {
             db.put_cf(log, keys::log_key(i), encode(&entry(i)).unwrap())
@@ -362,7 +377,13 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let db = crate::raft::rocks::open(td.path(), &["g"]).unwrap();
         let syncer = WalSyncer::start(db.clone()).unwrap();
-        let mut store = RocksLogStore::new("g", db.clone(), syncer).unwrap();
+        let mut store = RocksLogStore::new(
+            "g",
+            db.clone(),
+            syncer,
+            StageClock::new("g", Arc::default()),
+        )
+        .unwrap();
         let log = cf(&db, &keys::log_cf("g")).unwrap();
         for i in 1..=10 {
             db.put_cf(log, keys::log_key(i), encode(&entry(i)).unwrap())

@@ -15,6 +15,7 @@
 //!   implementation.
 //! - `state_machine`: the adapter from a group's state machine to openraft.
 //! - `snapshot`: atomic, checksummed snapshot files.
+//! - `stages`: per-group commit and apply timing (where a write's time goes).
 //! - `node`: building, initializing and shutting down a node's groups.
 //!
 //! The peer protocol (both sides, and openraft's network) is in [`crate::peer`];
@@ -28,5 +29,6 @@ pub mod node;
 pub mod rocks;
 pub mod rocks_sm;
 pub mod snapshot;
+pub mod stages;
 pub mod state_machine;
 pub mod types;

@@ -43,6 +43,7 @@ use crate::raft::identity::{self, Identity, IdentityCell};
 use crate::raft::log_store::RocksLogStore;
 use crate::raft::rocks::{self, Db, WalSyncer};
 use crate::raft::snapshot::SnapshotDir;
+use crate::raft::stages::StageClock;
 use crate::raft::state_machine::GroupStateMachine;
 use crate::raft::types::{NodeId, Raft};
 
@@ -371,7 +372,12 @@ struct GroupBuilder<'a> {
 impl GroupBuilder<'_> {
     /// One group's state machine, snapshot directory and openraft node over `log`,
     /// with its address book and snapshot timer running.
-    async fn build(&self, spec: &GroupSpec, log: RocksLogStore) -> io::Result<Arc<Group>> {
+    async fn build(
+        &self,
+        spec: &GroupSpec,
+        log: RocksLogStore,
+        clock: StageClock,
+    ) -> io::Result<Arc<Group>> {
         let config = self.config;
         let name = spec.name.as_str();
         let ctx = GroupContext {
@@ -382,7 +388,7 @@ impl GroupBuilder<'_> {
         std::fs::create_dir_all(&ctx.dir)?;
         let sm = (spec.build)(&ctx)?;
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
-        let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone());
+        let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone(), clock);
         let book = AddressBook::default();
         let raft = Raft::new(
             config.node_id,
@@ -480,13 +486,14 @@ impl MultiRaft {
         let mut groups = BTreeMap::new();
         for spec in registry.specs() {
             let name = spec.name.as_str();
-            let log = RocksLogStore::new(name, db.clone(), syncer.clone())?;
+            let clock = StageClock::new(name, metrics.clone());
+            let log = RocksLogStore::new(name, db.clone(), syncer.clone(), clock.clone())?;
             if force {
                 let index = log.force_single_member(config.node_id, &config.advertise_peer)?;
                 tracing::warn!(group = name, index, "--force-new-cluster: this node is now the only member of the group, with all of its data");
                 forced.entries.insert(name.to_string(), index);
             }
-            groups.insert(name.to_string(), builder.build(spec, log).await?);
+            groups.insert(name.to_string(), builder.build(spec, log, clock).await?);
         }
         if force {
             identity::store_forced(&db, Some(&forced))?;

@@ -28,6 +28,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::raft::group::{ApplyItem, StateMachine};
 use crate::raft::snapshot::{self, SnapshotDir, SnapshotFile};
+use crate::raft::stages::StageClock;
 use crate::raft::types::{
     AppliedState, CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -50,17 +51,43 @@ pub struct GroupStateMachine {
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     /// When the last build failed.
     last_build_failure: Arc<Mutex<Option<Instant>>>,
+    /// The state machine's applied state as of its last batch or restore, so that a
+    /// batch need not read it back from storage (known after the first read).
+    applied: Arc<Mutex<Option<AppliedState>>>,
+    clock: StageClock,
 }
 
 impl GroupStateMachine {
-    pub fn new(group: &str, sm: Arc<dyn StateMachine>, snapshots: SnapshotDir) -> Self {
+    pub fn new(
+        group: &str,
+        sm: Arc<dyn StateMachine>,
+        snapshots: SnapshotDir,
+        clock: StageClock,
+    ) -> Self {
         GroupStateMachine {
             group: group.into(),
             sm,
             snapshots,
             snapshot_lock: Arc::default(),
             last_build_failure: Arc::default(),
+            applied: Arc::default(),
+            clock,
         }
+    }
+
+    fn cached_applied(&self) -> std::sync::MutexGuard<'_, Option<AppliedState>> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The applied state, from the cache or (the first time) from storage.
+    async fn applied(&self) -> io::Result<AppliedState> {
+        if let Some(state) = self.cached_applied().clone() {
+            return Ok(state);
+        }
+        let sm = self.sm.clone();
+        let state = blocking(move || sm.applied_state()).await?;
+        *self.cached_applied() = Some(state.clone());
+        Ok(state)
     }
 
     fn build_backing_off(&self) -> bool {
@@ -154,8 +181,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let sm = self.sm.clone();
-        let state = blocking(move || sm.applied_state()).await?;
+        let state = self.applied().await?;
         Ok((state.last_applied, state.membership))
     }
 
@@ -171,16 +197,19 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(());
         }
         let sm = self.sm.clone();
-        let mut applied = {
-            let sm = sm.clone();
-            blocking(move || sm.applied_state()).await?
-        };
+        let mut applied = self.applied().await?;
         for (entry, _) in &batch {
             applied.last_applied = Some(entry.log_id);
             if let EntryPayload::Membership(m) = &entry.payload {
                 applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
         }
+        let entries = batch.len();
+        if let Some(last) = &applied.last_applied {
+            self.clock.committed_through(last.index);
+        }
+        let started = Instant::now();
+        let after = applied.clone();
         let (batch, results) = blocking(move || {
             let items: Vec<ApplyItem<'_>> = batch
                 .iter()
@@ -198,8 +227,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         })
         .await
         .inspect_err(|e| {
+            *self.cached_applied() = None;
             tracing::error!(group = %self.group, error = %e, "applying committed entries failed; stopping the group");
         })?;
+        self.clock.applied(entries, started.elapsed());
+        *self.cached_applied() = Some(after);
 
         let mut results = results.into_iter();
         for (entry, responder) in batch {
@@ -237,6 +269,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let dir = self.snapshots.clone();
         let meta = meta.clone();
         let group = self.group.clone();
+        let installed = meta.last_log_id;
+        *self.cached_applied() = None;
         blocking(move || {
             let file_meta = snapshot::verify(&snapshot.path)?;
             if file_meta != meta {
@@ -261,7 +295,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             );
             Ok(())
         })
-        .await
+        .await?;
+        if let Some(last) = installed {
+            self.clock.skipped_through(last.index);
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

@@ -9,6 +9,7 @@ use nacosd::raft::log_store::RocksLogStore;
 use nacosd::raft::rocks::{self, WalSyncer};
 use nacosd::raft::rocks_sm::RocksStateMachine;
 use nacosd::raft::snapshot::SnapshotDir;
+use nacosd::raft::stages::StageClock;
 use nacosd::raft::state_machine::GroupStateMachine;
 use nacosd::raft::types::TypeConfig;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -30,16 +31,17 @@ impl StoreBuilder<TypeConfig, RocksLogStore, GroupStateMachine, tempfile::TempDi
         let td = tempfile::tempdir().map_err(to_err)?;
         let db = rocks::open(&td.path().join("raft"), &["g"]).map_err(to_err)?;
         let syncer = WalSyncer::start(db.clone()).map_err(to_err)?;
-        let log = RocksLogStore::new("g", db.clone(), syncer).map_err(to_err)?;
+        let clock = StageClock::new("g", Arc::default());
+        let log = RocksLogStore::new("g", db.clone(), syncer, clock.clone()).map_err(to_err)?;
         let snapshots = SnapshotDir::open(td.path().join("snapshots")).map_err(to_err)?;
         let gsm = match self {
             Builder::Rocks => {
                 let sm = RocksStateMachine::new("g", db, KvProcessor).map_err(to_err)?;
-                GroupStateMachine::new("g", Arc::new(sm), snapshots)
+                GroupStateMachine::new("g", Arc::new(sm), snapshots, clock)
             }
             Builder::Sqlite => {
                 let sm = SqliteStateMachine::open(&td.path().join("sqlite")).map_err(to_err)?;
-                GroupStateMachine::new("g", Arc::new(sm), snapshots)
+                GroupStateMachine::new("g", Arc::new(sm), snapshots, clock)
             }
         };
         Ok((td, log, gsm))
