@@ -9,6 +9,9 @@
 //!   safety net, so everything applied so far must be on disk first. The purge itself
 //!   (new purge point and deletion of the entries) is one synced batch: a power cut
 //!   leaves either both or neither.
+//! - `save_committed` writes nothing itself: the committed id rides along with the next
+//!   `append` (never synced on its own; it only saves re-applying entries at startup,
+//!   so a value that lags, or is lost, is harmless).
 //! - `get_log_state` never reports a last log id below the purge point: entries at or
 //!   below it (left by an older version that purged in two steps) are deleted there.
 
@@ -38,6 +41,9 @@ pub struct RocksLogStore {
     db: Arc<Db>,
     syncer: WalSyncer,
     clock: StageClock,
+    /// The latest committed id openraft reported, not yet written: it goes into the
+    /// next append's batch (module docs).
+    committed: Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 impl RocksLogStore {
@@ -51,6 +57,7 @@ impl RocksLogStore {
             db,
             syncer,
             clock,
+            committed: Arc::default(),
         })
     }
 
@@ -80,6 +87,12 @@ impl RocksLogStore {
                 decode(&v).map(Some)
             }
         }
+    }
+}
+
+impl RocksLogStore {
+    fn pending_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
+        self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -235,18 +248,20 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced: the committed id only speeds up recovery; losing it is harmless
-        // (leader restore is off, see `raft::node`).
-        match committed {
-            Some(c) => {
-                self.blocking(move |s| s.put_meta(&keys::committed_key(&s.group), &c, false))
-                    .await
-            }
-            None => Ok(()),
+        // Kept until the next append writes it (module docs): the committed id only
+        // speeds up recovery, so a stored value that lags is harmless (leader restore
+        // is off, see `raft::node`), and writing it on its own cost a WAL write and a
+        // hop to the blocking pool on every commit.
+        if committed.is_some() {
+            *self.pending_committed() = committed;
         }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(c) = *self.pending_committed() {
+            return Ok(Some(c));
+        }
         self.blocking(|s| s.get_meta(&keys::committed_key(&s.group)))
             .await
     }
@@ -262,6 +277,13 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     {
         let log = cf(&self.db, &self.log_cf)?;
         let mut batch = WriteBatch::default();
+        if let Some(c) = self.pending_committed().take() {
+            batch.put_cf(
+                cf(&self.db, keys::RAFT_META_CF)?,
+                keys::committed_key(&self.group),
+                encode(&c)?,
+            );
+        }
         let mut indexes = None;
         for entry in entries {
             let index = entry.log_id.index;
