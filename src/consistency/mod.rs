@@ -38,15 +38,16 @@ mod write;
 pub use read::{read, read_index_on_leader, read_on_leader, ReadLevel};
 pub use write::{write, write_on_leader};
 
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::Future;
-
 use openraft::rt::watch::WatchReceiver;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::raft::node::{Group, MultiRaft};
+use crate::raft::node::{Group, GroupCounters, MultiRaft};
 use crate::raft::types::NodeId;
 
 /// The group, if this node leads it; otherwise `Unavailable` (not proposed, safe to
@@ -135,4 +136,77 @@ async fn wait_for_leader_change(group: &Group, wait: Duration) {
         }
     })
     .await;
+}
+
+/// Where a request goes: the group's leader as this node sees it now.
+enum Route {
+    /// This node leads the group.
+    Here,
+    /// Another node does (id, peer address).
+    Leader(NodeId, String),
+}
+
+/// Runs `attempt` against the group's leader, again after every `Unavailable` (the
+/// request reached no leader, or the leader moved on before answering: safe to
+/// repeat), waiting a growing while for news of a leader in between, until it answers
+/// anything else or `deadline` passes, or this node is cut off from the group's
+/// quorum (then `Unavailable` at once). Each retry counts in `retries`, when given.
+/// `purpose` completes the final error ("group config has no reachable leader
+/// {purpose}before the deadline").
+async fn until_a_leader_answers<T, F, Fut>(
+    node: &MultiRaft,
+    group: &Group,
+    deadline: Instant,
+    purpose: &str,
+    retries: Option<&AtomicU64>,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut(Route, Duration) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = Duration::from_millis(5);
+    let mut last_error: Option<Error> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            let detail = last_error
+                .map(|e| format!(" (last attempt: {e})"))
+                .unwrap_or_default();
+            return Err(Error::Unavailable {
+                message: format!(
+                    "group {} has no reachable leader {purpose}before the deadline{detail}",
+                    group.name
+                ),
+                leader: group.leader(),
+            });
+        }
+        if let Some(cut_off) = group.cut_off_for() {
+            return Err(self::cut_off(node, group, cut_off));
+        }
+        let result = if group.raft.is_leader() {
+            attempt(Route::Here, remaining).await
+        } else {
+            match group.leader() {
+                // Metrics say we lead but the state says otherwise: in transition.
+                Some((id, _)) if id == node.node_id => {
+                    Err(Error::unavailable("leadership in transition"))
+                }
+                Some((id, addr)) => attempt(Route::Leader(id, addr), remaining).await,
+                None => Err(Error::unavailable("no leader known")),
+            }
+        };
+        match result {
+            Err(e @ Error::Unavailable { .. }) => {
+                if let Some(counter) = retries {
+                    GroupCounters::inc(counter);
+                }
+                last_error = Some(e);
+                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                wait_for_leader_change(group, wait).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }

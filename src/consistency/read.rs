@@ -8,6 +8,7 @@ use openraft::ReadPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::Route;
 use crate::error::{Error, Result};
 use crate::raft::node::{Group, GroupCounters, MultiRaft};
 use crate::raft::types::LogId;
@@ -182,31 +183,22 @@ async fn read_via_leader(
     query: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>> {
-    let mut backoff = Duration::from_millis(5);
-    let mut last_error: Option<Error> = None;
-    loop {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        if timeout.is_zero() {
-            let detail = last_error
-                .map(|e| format!(" (last attempt: {e})"))
-                .unwrap_or_default();
-            return Err(Error::Unavailable {
-                message: format!(
-                    "group {} has no reachable leader to read from before the deadline{detail}",
-                    group.name
-                ),
-                leader: group.leader(),
-            });
-        }
-        if group.raft.is_leader() {
-            return read_on_leader(node, &group.name, query, timeout).await;
-        }
-        let attempt = match group.leader() {
-            Some((leader_id, _)) if leader_id == node.node_id => {
-                Err(Error::unavailable("leadership in transition"))
-            }
-            Some((leader_id, addr)) => {
-                let call = node.peers.forward_read(&addr, &group.name, &query, timeout);
+    super::until_a_leader_answers(
+        node,
+        group,
+        deadline,
+        "to read from ",
+        None,
+        |route, timeout| {
+            let query = &query;
+            async move {
+                let (leader_id, addr) = match route {
+                    Route::Here => {
+                        return read_on_leader(node, &group.name, query.clone(), timeout).await
+                    }
+                    Route::Leader(id, addr) => (id, addr),
+                };
+                let call = node.peers.forward_read(&addr, &group.name, query, timeout);
                 match super::while_leader_is(group, leader_id, call).await {
                     Ok(result) => result,
                     Err(now) => {
@@ -218,16 +210,7 @@ async fn read_via_leader(
                     }
                 }
             }
-            None => Err(Error::unavailable("no leader known")),
-        };
-        match attempt {
-            Err(e @ Error::Unavailable { .. }) => {
-                last_error = Some(e);
-                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                super::wait_for_leader_change(group, wait).await;
-                backoff = (backoff * 2).min(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
+        },
+    )
+    .await
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::time::Instant;
 
+use super::Route;
 use crate::error::{Error, Result};
 use crate::raft::node::{Group, GroupCounters, MultiRaft};
 use crate::raft::types::{Command, NodeId};
@@ -20,61 +21,29 @@ pub async fn write(
     let group = node.group(group_name)?;
     let started = Instant::now();
     let deadline = started + timeout.unwrap_or(node.default_timeout);
-    let mut backoff = Duration::from_millis(5);
-    let mut last_error: Option<Error> = None;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(no_leader(group, last_error));
-        }
-        if let Some(cut_off) = group.cut_off_for() {
-            return Err(super::cut_off(node, group, cut_off));
-        }
-        let mut forwarded = false;
-        let attempt = if group.raft.is_leader() {
-            GroupCounters::inc(&group.counters.writes_local);
-            propose(group, cmd.clone(), remaining).await
-        } else if let Some((leader_id, addr)) = group.leader() {
-            if leader_id == node.node_id {
-                // Metrics say we lead but the state says otherwise: in transition.
-                Err(Error::unavailable("leadership in transition"))
-            } else {
-                GroupCounters::inc(&group.counters.writes_forwarded);
-                forwarded = true;
-                forward(node, group, leader_id, &addr, &cmd, remaining).await
+    let retries = Some(&group.counters.write_retries);
+    super::until_a_leader_answers(node, group, deadline, "", retries, |route, remaining| {
+        let cmd = &cmd;
+        async move {
+            let (forwarded, result) = match route {
+                Route::Here => {
+                    GroupCounters::inc(&group.counters.writes_local);
+                    (false, propose(group, cmd.clone(), remaining).await)
+                }
+                Route::Leader(leader_id, addr) => {
+                    GroupCounters::inc(&group.counters.writes_forwarded);
+                    let result = forward(node, group, leader_id, &addr, cmd, remaining).await;
+                    (true, result)
+                }
+            };
+            if result.is_ok() {
+                node.metrics
+                    .observe_write(&group.name, forwarded, started.elapsed());
             }
-        } else {
-            Err(Error::unavailable("no leader known"))
-        };
-        if attempt.is_ok() {
-            node.metrics
-                .observe_write(&group.name, forwarded, started.elapsed());
+            result
         }
-        match attempt {
-            // Unavailable means "not proposed": safe to try again.
-            Err(e @ Error::Unavailable { .. }) => {
-                GroupCounters::inc(&group.counters.write_retries);
-                last_error = Some(e);
-                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                super::wait_for_leader_change(group, wait).await;
-                backoff = (backoff * 2).min(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn no_leader(group: &Group, last: Option<Error>) -> Error {
-    let detail = last
-        .map(|e| format!(" (last attempt: {e})"))
-        .unwrap_or_default();
-    Error::Unavailable {
-        message: format!(
-            "group {} has no reachable leader before the deadline{detail}",
-            group.name
-        ),
-        leader: group.leader(),
-    }
+    })
+    .await
 }
 
 /// Propose on this node, which must lead the group. Used for local writes and for
