@@ -54,6 +54,9 @@ for _ in $(seq 1 240); do
     sleep 0.5
 done
 [ "$ready" = 3 ] || { echo "ephemeral.sh: the cluster did not become ready" >&2; exit 1; }
+rss_mib() { echo $(($(ps -o rss= -p "$1") / 1024)); }
+rss_before=()
+for i in 1 2 3; do rss_before+=("$(rss_mib "${pids[$((i - 1))]}")"); done
 
 "$bin/nacosctl" bench --workload naming-register-ephemeral --endpoints "$endpoints" \
     --clients "$clients" --connections "$connections" --duration-secs "$duration" \
@@ -72,8 +75,13 @@ while :; do
     sleep 0.1
 done
 echo "converged: ${counts[0]} instances on every node $(echo "$(date +%s.%N) - $end" | bc) s after the run"
+# Memory: each node's RSS growth over the run, for the instances it holds (its own
+# sessions' and every other node's replicas), scaled to 100,000 instances.
 for i in 1 2 3; do
-    echo "node $i: RSS $(($(ps -o rss= -p "${pids[$((i - 1))]}") / 1024)) MiB;" \
+    after=$(rss_mib "${pids[$((i - 1))]}")
+    grown=$((after - rss_before[i - 1]))
+    per=$(echo "scale=1; $grown * 100000 / ${counts[0]:-1}" | bc)
+    echo "node $i: RSS $after MiB (${rss_before[$((i - 1))]} MiB before the run: +$grown MiB, about $per MiB per 100,000 instances);" \
         "$(curl -s "127.0.0.1:$((base + 20 + i))/metrics" |
             grep -E '^nacosd_distro_(sessions_owned|sync_calls_total|syncs_failed_total)' |
             tr '\n' ' ')"

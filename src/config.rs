@@ -164,6 +164,9 @@ pub struct Config {
     pub default_timeout: Duration,
     /// Largest client request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Memory for RocksDB, in MiB: three quarters for memtables (all column families
+    /// together), one quarter for the shared block cache.
+    pub storage_memory_mib: usize,
     /// Largest configuration content accepted, in bytes (Nacos default: 100 KiB).
     pub max_config_bytes: usize,
     /// Revisions of history kept per configuration item.
@@ -238,6 +241,7 @@ impl Default for Config {
             snapshot_keep_logs: 1_000,
             default_timeout: Duration::from_secs(10),
             max_request_bytes: 4 << 20,
+            storage_memory_mib: 32,
             max_config_bytes: 100 * 1024,
             config_history_limit: 30,
             db_limits: DbLimits::default(),
@@ -341,6 +345,9 @@ pub struct ConfigArgs {
     /// Largest client request in bytes [default: 4194304].
     #[arg(long, env = "NACOSD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// RocksDB memory in MiB, memtables and block cache together [default: 32].
+    #[arg(long, env = "NACOSD_STORAGE_MEMORY_MIB")]
+    pub storage_memory_mib: Option<usize>,
     /// Largest configuration content in bytes [default: 102400].
     #[arg(long, env = "NACOSD_MAX_CONFIG_BYTES")]
     pub max_config_bytes: Option<usize>,
@@ -451,6 +458,7 @@ impl ConfigArgs {
             snapshot_keep_logs: self.snapshot_keep_logs.or(other.snapshot_keep_logs),
             default_timeout_ms: self.default_timeout_ms.or(other.default_timeout_ms),
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+            storage_memory_mib: self.storage_memory_mib.or(other.storage_memory_mib),
             max_config_bytes: self.max_config_bytes.or(other.max_config_bytes),
             config_history_limit: self.config_history_limit.or(other.config_history_limit),
             db_max_statements: self.db_max_statements.or(other.db_max_statements),
@@ -534,6 +542,7 @@ impl ConfigArgs {
             snapshot_keep_logs: args.snapshot_keep_logs.unwrap_or(d.snapshot_keep_logs),
             default_timeout: args.default_timeout_ms.map(ms).unwrap_or(d.default_timeout),
             max_request_bytes: args.max_request_bytes.unwrap_or(d.max_request_bytes),
+            storage_memory_mib: args.storage_memory_mib.unwrap_or(d.storage_memory_mib),
             max_config_bytes: args.max_config_bytes.unwrap_or(d.max_config_bytes),
             config_history_limit: args.config_history_limit.unwrap_or(d.config_history_limit),
             db_limits: DbLimits {
@@ -666,6 +675,12 @@ impl Config {
         }
         if self.snapshot_logs == 0 {
             return Err(Error::invalid("snapshot-logs must be at least 1"));
+        }
+        if !(8..=65536).contains(&self.storage_memory_mib) {
+            return Err(Error::invalid(format!(
+                "storage-memory-mib {} is outside 8..=65536",
+                self.storage_memory_mib
+            )));
         }
         if self.max_request_bytes < 1024 || self.max_request_bytes > 64 << 20 {
             return Err(Error::invalid(
@@ -901,6 +916,28 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("does not include"), "{err}");
+    }
+
+    #[test]
+    fn storage_memory_is_split_and_bounded() {
+        let c = ConfigArgs {
+            storage_memory_mib: Some(16),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let budget = crate::raft::rocks::StorageBudget::from_mib(c.storage_memory_mib);
+        assert_eq!(budget.memtables, 12 << 20);
+        assert_eq!(budget.block_cache, 4 << 20);
+        for bad in [4, 100_000] {
+            let err = ConfigArgs {
+                storage_memory_mib: Some(bad),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains("storage-memory-mib"), "{err}");
+        }
     }
 
     #[test]

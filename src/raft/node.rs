@@ -451,7 +451,11 @@ impl MultiRaft {
     /// with no identity yet are left uninitialized: `cluster::bootstrap` decides.
     pub async fn start(config: &Config, registry: GroupRegistry) -> io::Result<Arc<Self>> {
         let names = registry.names();
-        let db = rocks::open(&config.data_dir.join("raft"), &names)?;
+        let db = rocks::open_with(
+            &config.data_dir.join("raft"),
+            &names,
+            rocks::StorageBudget::from_mib(config.storage_memory_mib),
+        )?;
         let stored = check_data_dir(&db, config)?;
         let force = force_new_cluster(&db, config, stored.as_ref())?;
         let metrics = Arc::new(Metrics::default());

@@ -13,16 +13,38 @@
 //! defaults every column family (two per group) gets 64 MiB memtables and its own
 //! 32 MiB block cache, and a node measured 190 MiB RSS after a short benchmark. One
 //! block cache is shared by all of them, and the memtables of all column families
-//! together are capped ([`MEMTABLE_BUDGET`]); reaching the cap flushes the largest.
+//! together are capped ([`StorageBudget`], `--storage-memory-mib`); reaching the cap
+//! flushes the largest.
 //! The working set of a registry (configuration items, instances) is small, and the
 //! Raft log is read back only by lagging followers.
 
-/// All memtables of all column families together.
-pub const MEMTABLE_BUDGET: usize = 24 << 20;
-/// One column family's memtable before it is flushed.
+/// One column family's memtable before it is flushed, at most.
 const MEMTABLE_SIZE: usize = 4 << 20;
-/// The block cache, shared by every column family.
-pub const BLOCK_CACHE: usize = 8 << 20;
+
+/// How RocksDB's memory is split: memtables of all column families together, and the
+/// block cache they share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageBudget {
+    pub memtables: usize,
+    pub block_cache: usize,
+}
+
+impl StorageBudget {
+    /// Three quarters of `mib` for memtables, one quarter for the block cache.
+    pub fn from_mib(mib: usize) -> Self {
+        let total = mib << 20;
+        StorageBudget {
+            memtables: total / 4 * 3,
+            block_cache: total / 4,
+        }
+    }
+}
+
+impl Default for StorageBudget {
+    fn default() -> Self {
+        StorageBudget::from_mib(32)
+    }
+}
 
 use std::io;
 use std::ops::Deref;
@@ -69,8 +91,14 @@ impl Drop for Db {
     }
 }
 
-/// Open (creating if needed) the node's database with the column families of `groups`.
+/// Open (creating if needed) the node's database with the column families of `groups`,
+/// with the default memory budget.
 pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<Db>> {
+    open_with(path, groups, StorageBudget::default())
+}
+
+/// [`open`] within `budget`.
+pub fn open_with(path: &Path, groups: &[&str], budget: StorageBudget) -> io::Result<Arc<Db>> {
     std::fs::create_dir_all(path)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -84,8 +112,10 @@ pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<Db>> {
     opts.set_max_total_wal_size(256 << 20);
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
-    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
-    let cache = Cache::new_lru_cache(BLOCK_CACHE);
+    opts.set_db_write_buffer_size(budget.memtables);
+    let cache = Cache::new_lru_cache(budget.block_cache);
+    // A small budget gets smaller memtables, so that it still holds several.
+    let memtable_size = MEMTABLE_SIZE.min(budget.memtables / 6);
 
     let mut names = vec![keys::RAFT_META_CF.to_string()];
     for g in groups {
@@ -104,10 +134,10 @@ pub fn open(path: &Path, groups: &[&str]) -> io::Result<Arc<Db>> {
     let cfs = names.iter().map(|n| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        cf_opts.set_write_buffer_size(MEMTABLE_SIZE);
+        cf_opts.set_write_buffer_size(memtable_size);
         // Room for a burst of large entries (an 8 MiB append batch fills a memtable on
         // its own) while earlier memtables flush, before RocksDB stalls writes. The
-        // node-wide budget (`MEMTABLE_BUDGET`) still bounds the total.
+        // node-wide budget still bounds the total.
         cf_opts.set_max_write_buffer_number(4);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
