@@ -131,6 +131,31 @@ fn without_nulls(v: Value) -> Value {
     }
 }
 
+/// A request as a client sends it (the benchmark's and the tests' side of the protocol).
+pub fn request_payload(kind: &str, body: impl Serialize) -> Payload {
+    Payload {
+        metadata: Some(Metadata {
+            r#type: kind.to_string(),
+            client_ip: String::new(),
+            headers: HashMap::new(),
+        }),
+        body: Some(prost_types::Any {
+            type_url: String::new(),
+            value: serde_json::to_vec(&body).unwrap_or_default(),
+        }),
+    }
+}
+
+/// The type and JSON body of a payload a server wrote (`{}` for an empty body).
+pub fn parse_reply(p: Payload) -> (String, Value) {
+    let kind = p.metadata.map(|m| m.r#type).unwrap_or_default();
+    let body = p
+        .body
+        .and_then(|b| serde_json::from_slice(&b.value).ok())
+        .unwrap_or(Value::Object(Map::new()));
+    (kind, body)
+}
+
 /// A message the server writes: a response (unary, or an ack the server never sends)
 /// or a server request pushed on the bi-stream. `kind` is its Java class name.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,7 @@ use tonic::Code;
 use crate::common::*;
 use nacosd::config::Config;
 use nacosd::nacos::wire::client::{BiRequestStreamClient, RequestClient};
-use nacosd::nacos::wire::{Metadata, Payload};
+use nacosd::nacos::wire::{parse_reply, request_payload, Payload};
 use nacosd::pb;
 use nacosd::pb::config_service_client::ConfigServiceClient;
 use nacosd::pb::naming_service_client::NamingServiceClient;
@@ -517,25 +517,11 @@ async fn python_sdk_publishes_reads_listens_and_removes_through_every_node() {
 }
 
 fn payload(kind: &str, body: Value) -> Payload {
-    Payload {
-        metadata: Some(Metadata {
-            r#type: kind.into(),
-            ..Default::default()
-        }),
-        body: Some(prost_types::Any {
-            type_url: String::new(),
-            value: serde_json::to_vec(&body).unwrap(),
-        }),
-    }
+    request_payload(kind, body)
 }
 
 async fn unary(c: &mut RequestClient<Channel>, kind: &str, body: Value) -> (String, Value) {
-    let p = c.request(payload(kind, body)).await.unwrap().into_inner();
-    let kind = p.metadata.unwrap().r#type;
-    (
-        kind,
-        serde_json::from_slice(&p.body.unwrap().value).unwrap(),
-    )
+    parse_reply(c.request(payload(kind, body)).await.unwrap().into_inner())
 }
 
 /// The protocol's edges, without an SDK: the handshake, what a client gets before its
@@ -620,5 +606,94 @@ async fn handshake_and_nacos_errors_on_the_raw_protocol() {
         cluster.server(1).nacos.connections() == 0
     })
     .await;
+    cluster.shutdown().await;
+}
+
+/// With `--auth`, the Nacos front end is no way around it: data requests need a nacosd
+/// token in the Nacos `accessToken` header, and without one (or with a bad one) are
+/// answered with errorCode 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_requests_need_a_nacosd_token_in_access_token() {
+    let cluster = TestCluster::start(
+        1,
+        |r| r,
+        |c| {
+            fast(c);
+            c.auth.enabled = true;
+            c.auth.initial_admin_password = Some("nacos-admin-secret".into());
+        },
+    )
+    .await;
+    wait_until("ready", || cluster.server(1).distro.ready()).await;
+    let channel = Channel::from_shared(format!("http://{}", cluster.server(1).client_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let token = loop {
+        let login = pb::auth_service_client::AuthServiceClient::new(channel.clone())
+            .login(pb::LoginRequest {
+                username: "admin".into(),
+                password: "nacos-admin-secret".into(),
+            })
+            .await;
+        match login {
+            Ok(r) => break r.into_inner().token,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "admin never could log in: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(payload(
+        "ConnectionSetupRequest",
+        json!({"clientVersion": "test", "labels": {"module": "config"}, "abilityTable": {}}),
+    ))
+    .await
+    .unwrap();
+    let mut pushed = BiRequestStreamClient::new(channel.clone())
+        .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    pushed.message().await.unwrap().unwrap();
+    let mut c = RequestClient::new(channel);
+    let publish = json!({"dataId": "d", "group": "g", "tenant": "", "content": "x",
+                         "casMd5": "", "additionMap": {}});
+    let with_token = |token: &str| {
+        let mut p = payload("ConfigPublishRequest", publish.clone());
+        p.metadata
+            .as_mut()
+            .unwrap()
+            .headers
+            .insert("accessToken".into(), token.into());
+        p
+    };
+    let answer = |p: Payload| {
+        let body = p.body.unwrap().value;
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
+    let (kind, body) = unary(&mut c, "ConfigPublishRequest", publish.clone()).await;
+    assert_eq!(kind, "ConfigPublishResponse");
+    assert_eq!(
+        (&body["resultCode"], &body["errorCode"]),
+        (&json!(500), &json!(403))
+    );
+    let bad = c
+        .request(with_token("not-a-token"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer(bad)["errorCode"], 403);
+    let ok = c.request(with_token(&token)).await.unwrap().into_inner();
+    let ok = answer(ok);
+    assert_eq!(
+        (&ok["resultCode"], &ok["success"]),
+        (&json!(200), &json!(true)),
+        "{ok}"
+    );
     cluster.shutdown().await;
 }
