@@ -1,6 +1,6 @@
 //! The Nacos 2.x front end (`src/nacos/`) against the real nacos-sdk-python from PyPI
-//! (pinned in `scripts/nacos-sdk-venv.sh`, installed into a venv under the target
-//! directory on first use), on in-process 3-node clusters. The SDK runs in a Python
+//! (pinned in `scripts/nacos-sdk-venv.sh`, installed into `target/nacos-sdk-venv` by
+//! `scripts/setup.sh` with `NACOSD_SETUP_NACOS_SDK=1`, or by the first test that needs it), on in-process 3-node clusters. The SDK runs in a Python
 //! process (`nacos_sdk_driver.py`) that takes one JSON command per line; each SDK client
 //! is pointed at one node with `server_addresses = "127.0.0.1:<client port - 1000>"`,
 //! since the SDK adds Nacos's gRPC offset of 1000 itself. Cross-checks go through
@@ -37,7 +37,11 @@ fn sdk_python() -> PathBuf {
     static PY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let py = PY.get_or_init(|| {
         let root = env!("CARGO_MANIFEST_DIR");
-        let dir = format!("{}/nacos-sdk-venv", env!("CARGO_TARGET_TMPDIR"));
+        // target/nacos-sdk-venv: where scripts/setup.sh (NACOSD_SETUP_NACOS_SDK=1) puts it.
+        let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("the target directory");
+        let dir = target.join("nacos-sdk-venv");
         let out = std::process::Command::new("bash")
             .arg(format!("{root}/scripts/nacos-sdk-venv.sh"))
             .arg(&dir)
