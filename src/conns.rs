@@ -10,6 +10,11 @@
 //! open down: each connection task sees the end of its stream, ends, and drops the
 //! services.
 //!
+//! Each accepted connection also carries a [`ConnInfo`] that tonic hands to every
+//! request on it (request extensions): an id unique in this process, the accept time,
+//! the peer address, and a signal that fires when the connection is gone. The Nacos
+//! front end (`nacos`) keys its connections, and so its Distro sessions, on it.
+//!
 //! The registry keeps a duplicate of each socket's descriptor (`try_clone`), not the
 //! raw number: shutting a socket down through the duplicate affects the connection,
 //! and a number that was closed and reused can never be hit by mistake.
@@ -25,7 +30,39 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// What every request on an accepted connection knows about the connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Unique among the connections this process accepted on any port.
+    pub id: u64,
+    /// When the connection was accepted (ms since the Unix epoch).
+    pub accepted_ms: u64,
+    pub tcp: TcpConnectInfo,
+    /// Changes (closes) when the connection is dropped.
+    closed: watch::Receiver<()>,
+}
+
+impl ConnInfo {
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
+
+    /// Resolves once the connection is gone (its socket dropped by the server).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.clone();
+        async move { while rx.changed().await.is_ok() {} }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.has_changed().is_err()
+    }
+}
+
+/// Connection ids, shared by every port so that an id names one connection.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
 struct Registry {
@@ -59,6 +96,9 @@ pub struct TrackedStream {
     inner: TcpStream,
     id: u64,
     registry: Arc<Registry>,
+    info: ConnInfo,
+    /// Dropped with the stream: that is the [`ConnInfo::closed`] signal.
+    _closed: watch::Sender<()>,
 }
 
 impl Drop for TrackedStream {
@@ -73,10 +113,22 @@ fn track(stream: TcpStream, registry: &Arc<Registry>) -> io::Result<TrackedStrea
     let inner = TcpStream::from_std(std_stream)?;
     let id = registry.next.fetch_add(1, Ordering::Relaxed);
     registry.lock().insert(id, duplicate);
+    let (closed_tx, closed) = watch::channel(());
+    let info = ConnInfo {
+        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        accepted_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        tcp: inner.connect_info(),
+        closed,
+    };
     Ok(TrackedStream {
         inner,
         id,
         registry: registry.clone(),
+        info,
+        _closed: closed_tx,
     })
 }
 
@@ -97,10 +149,10 @@ where
 }
 
 impl Connected for TrackedStream {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.info.clone()
     }
 }
 
@@ -166,7 +218,14 @@ mod tests {
         // The server's pending read ends (EOF), as does the client's.
         assert_eq!(server_side.read(&mut byte).await.unwrap(), 0);
         assert_eq!(client.read(&mut byte).await.unwrap(), 0);
+        let info = server_side.connect_info();
+        assert!(!info.is_closed());
         drop(server_side);
         assert_eq!(cutter.cut_all(), 0, "a dropped connection is forgotten");
+        assert!(
+            info.is_closed(),
+            "dropping the stream fires its closed signal"
+        );
+        info.closed().await;
     }
 }

@@ -11,6 +11,7 @@
 //! - [`groups`]: the state machines of the processor groups.
 //! - [`distro`]: the AP side: client sessions and their ephemeral instances, kept in
 //!   memory and replicated between nodes without Raft.
+//! - [`nacos`]: the Nacos 2.x client protocol beside `nacosd.v1` on the client port.
 //!
 //! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut; [`tls`]:
 //! TLS on every port);
@@ -31,6 +32,7 @@ pub mod error;
 pub mod groups;
 pub mod http;
 pub mod metrics;
+pub mod nacos;
 pub mod pb;
 pub mod peer;
 pub mod raft;

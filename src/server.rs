@@ -87,6 +87,8 @@ pub struct RunningServer {
     pub cluster: Arc<Cluster>,
     /// The AP side: sessions and ephemeral instances (memory only).
     pub distro: Arc<Distro>,
+    /// The Nacos 2.x front end on the client port (its connections).
+    pub nacos: Arc<crate::nacos::Front>,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -151,6 +153,7 @@ impl RunningServer {
         let node_id = self.node.node_id;
         let closing = self.node.shutdown().await;
         drop(self.cluster);
+        drop(self.nacos);
         drop(self.distro);
         drop(self.node);
         if !closing.wait(Duration::from_secs(10)).await {
@@ -204,6 +207,14 @@ pub async fn start(
     let (stop_tx, _) = watch::channel(false);
     let distro = Distro::new(node.clone(), config.distro);
     let auth = Auth::new(node.clone(), config.auth.enabled, config.auth.token_ttl);
+    let nacos = crate::nacos::Front::new(
+        node.clone(),
+        distro.clone(),
+        auth.clone(),
+        shared.naming_feed.clone(),
+        shared.config_feed.clone(),
+        config_limits(config),
+    );
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
@@ -218,6 +229,7 @@ pub async fn start(
                 distro: &distro,
                 shared: &shared,
                 auth: &auth,
+                nacos: &nacos,
             },
             config,
             client_conns,
@@ -236,6 +248,7 @@ pub async fn start(
     ];
     background.extend(watch_groups(&node, failure_tx, &stop_tx));
     background.extend(distro.start(&stop_tx));
+    background.push(crate::nacos::start_pushes(&nacos, &stop_tx));
     if config.auth.enabled {
         let auth = auth.clone();
         let admin_password = config.auth.initial_admin_password.clone();
@@ -258,6 +271,7 @@ pub async fn start(
         node,
         cluster,
         distro,
+        nacos,
         client_addr,
         peer_addr,
         http_addr,
@@ -338,9 +352,17 @@ struct ClientDeps<'a> {
     distro: &'a Arc<Distro>,
     shared: &'a crate::groups::Shared,
     auth: &'a Arc<Auth>,
+    nacos: &'a Arc<crate::nacos::Front>,
 }
 
-/// The client port: API services, health, reflection.
+fn config_limits(config: &Config) -> ConfigLimits {
+    ConfigLimits {
+        max_content_bytes: config.max_config_bytes,
+        history_limit: config.config_history_limit,
+    }
+}
+
+/// The client port: API services, the Nacos 2.x front end, health, reflection.
 fn serve_client(
     deps: ClientDeps<'_>,
     config: &Config,
@@ -355,6 +377,7 @@ fn serve_client(
         distro,
         shared,
         auth,
+        nacos,
     } = deps;
     let node = &cluster.node;
     // Reflection advertises the client services only (the peer service's types share
@@ -388,12 +411,16 @@ fn serve_client(
         node.clone(),
         auth.clone(),
         shared.config_feed.clone(),
-        ConfigLimits {
-            max_content_bytes: config.max_config_bytes,
-            history_limit: config.config_history_limit,
-        },
+        config_limits(config),
     ))
     .max_decoding_message_size(max);
+    // Nacos's package-less services: `/Request/request`, `/BiRequestStream/requestBiStream`.
+    let nacos_request =
+        crate::nacos::wire::RequestServer::new(crate::nacos::NacosGrpc(nacos.clone()))
+            .max_decoding_message_size(max);
+    let nacos_stream =
+        crate::nacos::wire::BiRequestStreamServer::new(crate::nacos::NacosGrpc(nacos.clone()))
+            .max_decoding_message_size(max);
     let naming_svc =
         pb::naming_service_server::NamingServiceServer::new(crate::api::naming::NamingApi::new(
             node.clone(),
@@ -429,6 +456,8 @@ fn serve_client(
             .add_service(naming_svc)
             .add_service(session_svc)
             .add_service(db_svc)
+            .add_service(nacos_request)
+            .add_service(nacos_stream)
             .serve_with_incoming_shutdown(connections, stop)
             .await;
         if let Err(e) = res {

@@ -173,6 +173,91 @@ fn pb_event(k: &ServiceKey, e: ServiceEvent) -> pb::ServiceEvent {
     }
 }
 
+/// A service as reads show it: its settings, its persistent instances read at
+/// `level`, and this node's ephemeral instances, both filtered by `clusters` (empty:
+/// all) and health; `None` when it has neither a record nor ephemeral instances.
+/// Shared by `GetService` and the Nacos front end.
+pub(crate) async fn read_service(
+    client: &GroupClient,
+    distro: &Distro,
+    service: &ServiceKey,
+    clusters: &[String],
+    healthy_only: bool,
+    level: crate::consistency::ReadLevel,
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<(ServiceRecord, Vec<InstanceRecord>, Vec<EphemeralInstance>)>> {
+    let q = GetService {
+        service: service.clone(),
+        clusters: clusters.to_vec(),
+        healthy_only,
+    };
+    let detail = client.query(q, level, timeout).await?;
+    let all_ephemeral = distro.instances_of(service);
+    let exists = detail.record.is_some() || !all_ephemeral.is_empty();
+    let ephemeral: Vec<EphemeralInstance> = all_ephemeral
+        .into_iter()
+        .filter(|e| {
+            (clusters.is_empty() || clusters.contains(&e.record.addr.cluster))
+                && (!healthy_only || e.record.healthy)
+        })
+        .collect();
+    if !exists {
+        return Ok(None);
+    }
+    let record = detail.record.unwrap_or_else(implicit_service);
+    Ok(Some((record, detail.instances, ephemeral)))
+}
+
+/// One page (`(offset, limit)`) of the services of a namespace and group, persistent
+/// ones read at `level` merged with this node's ephemeral ones: (name, instance count,
+/// revision) in name order, and the total. Shared by `ListServices` and the Nacos front
+/// end.
+pub(crate) async fn list_services(
+    client: &GroupClient,
+    distro: &Distro,
+    namespace: String,
+    group: String,
+    (offset, limit): (u64, u32),
+    level: crate::consistency::ReadLevel,
+    timeout: Option<std::time::Duration>,
+) -> Result<(Vec<(String, u32, u64)>, u64)> {
+    let ephemeral = distro.services_in(&namespace, &group);
+    if ephemeral.is_empty() {
+        let q = ListServices {
+            namespace,
+            group,
+            offset,
+            limit,
+        };
+        let page = client.query(q, level, timeout).await?;
+        return Ok((page.services, page.total));
+    }
+    // Both kinds: merge every persistent service with the ephemeral ones, then page.
+    let q = ListServices {
+        namespace,
+        group,
+        offset: 0,
+        limit: u32::MAX,
+    };
+    let page = client.query(q, level, timeout).await?;
+    let mut merged: std::collections::BTreeMap<String, (u32, u64)> = page
+        .services
+        .into_iter()
+        .map(|(name, count, rev)| (name, (count, rev)))
+        .collect();
+    for (name, count) in ephemeral {
+        merged.entry(name).or_insert((0, 0)).0 += count;
+    }
+    let total = merged.len() as u64;
+    let services = merged
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|(name, (count, rev))| (name, count, rev))
+        .collect();
+    Ok((services, total))
+}
+
 type SubscribeStream =
     Pin<Box<dyn Stream<Item = std::result::Result<pb::ServiceEvent, Status>> + Send>>;
 
@@ -401,32 +486,25 @@ impl pb::naming_service_server::NamingService for NamingApi {
             .iter()
             .map(|c| validate::cluster(c))
             .collect::<Result<Vec<_>>>()?;
-        let q = GetService {
-            service: service.clone(),
-            clusters: clusters.clone(),
-            healthy_only: r.healthy_only,
-        };
-        let detail = self.client.query(q, level(r.consistency)?, timeout).await?;
-        let all_ephemeral = self.distro.instances_of(&service);
-        let ephemeral: Vec<&EphemeralInstance> = all_ephemeral
-            .iter()
-            .filter(|e| {
-                (clusters.is_empty() || clusters.contains(&e.record.addr.cluster))
-                    && (!r.healthy_only || e.record.healthy)
-            })
-            .collect();
-        let record = match detail.record {
-            Some(record) => record,
-            None if !all_ephemeral.is_empty() => implicit_service(),
-            None => return Err(Error::NotFound(format!("service {service} does not exist")).into()),
+        let found = read_service(
+            &self.client,
+            &self.distro,
+            &service,
+            &clusters,
+            r.healthy_only,
+            level(r.consistency)?,
+            timeout,
+        )
+        .await?;
+        let Some((record, persistent, ephemeral)) = found else {
+            return Err(Error::NotFound(format!("service {service} does not exist")).into());
         };
         Ok(Response::new(pb::ServiceDetail {
             service: Some(pb_service(&service, &record)),
-            instances: detail
-                .instances
+            instances: persistent
                 .iter()
                 .map(|i| pb_instance(&service, i))
-                .chain(ephemeral.into_iter().map(|e| pb_ephemeral(&service, e)))
+                .chain(ephemeral.iter().map(|e| pb_ephemeral(&service, e)))
                 .collect(),
         }))
     }
@@ -442,55 +520,21 @@ impl pb::naming_service_server::NamingService for NamingApi {
         caller.require(Resource::Naming, Access::Read, &namespace)?;
         let (page_no, page_size) = crate::groups::config::validate::page(r.page_no, r.page_size)?;
         let offset = (page_no as u64 - 1) * page_size as u64;
-        let ephemeral = self.distro.services_in(&namespace, &group);
-        let level = level(r.consistency)?;
-        if ephemeral.is_empty() {
-            let q = ListServices {
-                namespace,
-                group,
-                offset,
-                limit: page_size,
-            };
-            let page = self.client.query(q, level, timeout).await?;
-            return Ok(Response::new(pb::ListServicesResponse {
-                services: page
-                    .services
-                    .into_iter()
-                    .map(
-                        |(service_name, instance_count, revision)| pb::ServiceSummary {
-                            service_name,
-                            instance_count,
-                            revision,
-                        },
-                    )
-                    .collect(),
-                total: page.total,
-            }));
-        }
-        // Both kinds: merge every persistent service with the ephemeral ones, then page.
-        let q = ListServices {
+        let (services, total) = list_services(
+            &self.client,
+            &self.distro,
             namespace,
             group,
-            offset: 0,
-            limit: u32::MAX,
-        };
-        let page = self.client.query(q, level, timeout).await?;
-        let mut merged: std::collections::BTreeMap<String, (u32, u64)> = page
-            .services
-            .into_iter()
-            .map(|(name, count, rev)| (name, (count, rev)))
-            .collect();
-        for (name, count) in ephemeral {
-            merged.entry(name).or_insert((0, 0)).0 += count;
-        }
-        let total = merged.len() as u64;
+            (offset, page_size),
+            level(r.consistency)?,
+            timeout,
+        )
+        .await?;
         Ok(Response::new(pb::ListServicesResponse {
-            services: merged
+            services: services
                 .into_iter()
-                .skip(offset as usize)
-                .take(page_size as usize)
                 .map(
-                    |(service_name, (instance_count, revision))| pb::ServiceSummary {
+                    |(service_name, instance_count, revision)| pb::ServiceSummary {
                         service_name,
                         instance_count,
                         revision,

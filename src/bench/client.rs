@@ -4,6 +4,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::bench::{Level, Options, Target, Workload};
+use crate::nacos::wire::client::{BiRequestStreamClient, RequestClient};
+use crate::nacos::wire::{parse_reply, request_payload};
 use crate::pb;
 use crate::pb::config_service_client::ConfigServiceClient;
 use crate::pb::db_service_client::DbServiceClient;
@@ -83,11 +85,23 @@ pub struct NacosdClients {
     session_id: String,
 }
 
+/// The Nacos front end over one connection: the unary client, and the bi-stream that
+/// registers the connection (set up once, shared by the clones).
+#[derive(Clone)]
+pub struct NacosClients {
+    channel: Channel,
+    request: RequestClient<Channel>,
+    stream: std::sync::Arc<
+        tokio::sync::OnceCell<tokio::sync::mpsc::Sender<crate::nacos::wire::Payload>>,
+    >,
+}
+
 /// A client over one connection, for one target.
 #[derive(Clone)]
 pub enum Client {
     Nacosd(Box<NacosdClients>),
     Etcd(KvClient<Channel>),
+    Nacos(Box<NacosClients>),
 }
 
 impl Client {
@@ -101,6 +115,11 @@ impl Client {
                 session_id: String::new(),
             })),
             Target::Etcd => Client::Etcd(KvClient::new(channel)),
+            Target::Nacos => Client::Nacos(Box::new(NacosClients {
+                request: RequestClient::new(channel.clone()),
+                channel,
+                stream: Default::default(),
+            })),
         }
     }
 
@@ -176,6 +195,48 @@ impl Client {
                     tonic::Status::unimplemented("etcd runs only the config workloads"),
                 ),
             },
+            Client::Nacos(c) => {
+                let (kind, body) = match op {
+                    Op::RegisterEphemeral(k) => {
+                        let r = register_request(k, opts, None);
+                        let (svc, i) = (
+                            r.service.unwrap_or_default(),
+                            r.instance.unwrap_or_default(),
+                        );
+                        let instance =
+                            serde_json::json!({"ip": i.ip, "port": i.port, "ephemeral": true});
+                        let body = serde_json::json!({"serviceName": svc.service_name, "groupName": "DEFAULT_GROUP",
+                            "namespace": "public", "type": "registerInstance", "instance": instance});
+                        ("InstanceRequest", body)
+                    }
+                    Op::Put(k) => (
+                        "ConfigPublishRequest",
+                        serde_json::json!({"dataId": key_name(k),
+                        "group": CONFIG_GROUP, "tenant": "", "content": value, "casMd5": "", "additionMap": {}}),
+                    ),
+                    Op::Get(k) => (
+                        "ConfigQueryRequest",
+                        serde_json::json!({"dataId": key_name(k),
+                        "group": CONFIG_GROUP, "tenant": "", "tag": ""}),
+                    ),
+                    Op::Register(_) | Op::Insert(_) => {
+                        return Err(Code::Unimplemented);
+                    }
+                };
+                match c.request.request(request_payload(kind, body)).await {
+                    Ok(r) => {
+                        let (_, body) = parse_reply(r.into_inner());
+                        let code = body["errorCode"].as_i64();
+                        // A missing config is an answer, not a failure.
+                        if code == Some(0) || (kind == "ConfigQueryRequest" && code == Some(300)) {
+                            Ok(())
+                        } else {
+                            Err(tonic::Status::internal(body["message"].to_string()))
+                        }
+                    }
+                    Err(s) => Err(s),
+                }
+            }
         };
         result.map_err(|s| s.code())
     }
@@ -183,6 +244,9 @@ impl Client {
     /// Open this connection's session on the node it reaches, with the longest TTL the
     /// node allows.
     pub async fn open_session(&mut self) -> Result<(), tonic::Status> {
+        if let Client::Nacos(c) = self {
+            return c.connect().await;
+        }
         if let Client::Nacosd(c) = self {
             let mut ttl_ms = 300_000;
             let opened = loop {
@@ -219,6 +283,42 @@ impl Client {
             .await?;
         }
         Ok(())
+    }
+}
+
+impl NacosClients {
+    /// Register this connection with the Nacos front end (once for all clones): open the
+    /// bi-stream, send the setup, and wait until a health check is answered.
+    async fn connect(&self) -> Result<(), tonic::Status> {
+        self.stream
+            .get_or_try_init(|| async {
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                let setup = serde_json::json!({"clientVersion": "nacosctl-bench", "tenant": "",
+                    "labels": {"source": "sdk", "module": "naming"}});
+                let _ = tx
+                    .send(request_payload("ConnectionSetupRequest", setup))
+                    .await;
+                let mut inbound = BiRequestStreamClient::new(self.channel.clone())
+                    .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                // Nothing is subscribed, so no push needs an answer: drain the stream.
+                tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+                let mut request = self.request.clone();
+                for _ in 0..50 {
+                    let r = request
+                        .request(request_payload("HealthCheckRequest", serde_json::json!({})))
+                        .await?;
+                    if parse_reply(r.into_inner()).0 == "HealthCheckResponse" {
+                        return Ok(tx);
+                    }
+                }
+                Err(tonic::Status::unavailable(
+                    "the Nacos connection was never registered",
+                ))
+            })
+            .await
+            .map(drop)
     }
 }
 

@@ -53,6 +53,11 @@ pub enum Target {
     Nacosd,
     /// etcd's v3 KV API: config-publish is a Put, config-get a Range.
     Etcd,
+    /// nacosd's Nacos 2.x front end (`src/nacos/`) on the same port: each connection is
+    /// a Nacos connection (a bi-stream set up first), naming-register-ephemeral is an
+    /// `InstanceRequest`, config-publish a `ConfigPublishRequest`, config-get a
+    /// `ConfigQueryRequest` (local read, so `--level` does not apply).
+    Nacos,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -214,6 +219,17 @@ impl Options {
                     "etcd's API has no lease read; use --level linearizable or stale".into(),
                 );
             }
+        }
+        if self.target == Target::Nacos
+            && !matches!(
+                self.workload,
+                Workload::NamingRegisterEphemeral | Workload::ConfigPublish | Workload::ConfigGet
+            )
+        {
+            return Err(format!(
+                "the Nacos front end runs naming-register-ephemeral, config-publish and config-get, not {}",
+                value_name(self.workload)
+            ));
         }
         Ok(())
     }
@@ -441,7 +457,7 @@ fn report(opts: &Options, measure_from: Instant, measured: Vec<Measured>) -> Rep
 /// Each group's term, the highest any endpoint reports; `None` for etcd or when no
 /// endpoint answers.
 async fn terms(opts: &Options, channels: &[Channel]) -> Option<BTreeMap<String, u64>> {
-    if opts.target != Target::Nacosd {
+    if opts.target == Target::Etcd {
         return None;
     }
     let mut terms: Option<BTreeMap<String, u64>> = None;
@@ -489,7 +505,8 @@ pub async fn run(opts: Options, progress: bool) -> Result<Report, String> {
     let mut task_clients: Vec<Client> = (0..opts.clients)
         .map(|i| clients[i % clients.len()].clone())
         .collect();
-    if opts.workload == Workload::NamingRegisterEphemeral {
+    // The Nacos front end needs every connection set up first.
+    if opts.workload == Workload::NamingRegisterEphemeral || opts.target == Target::Nacos {
         for c in &mut task_clients {
             c.open_session()
                 .await

@@ -11,9 +11,9 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
-use crate::conns::TrackedStream;
+use crate::conns::{ConnInfo, TrackedStream};
 use crate::tls::Reloading;
 
 /// A client that has not finished its handshake by then is dropped.
@@ -103,7 +103,7 @@ impl RefusalLog {
 }
 
 impl Connected for ServerConn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {

@@ -11,6 +11,7 @@
 //! | `consistency` | forwarding, exactly-once across leader changes, read levels, lagging followers, apply I/O errors |
 //! | `config_api`, `naming_api`, `db_api` | the gRPC APIs on in-process clusters |
 //! | `ephemeral` | sessions and ephemeral instances (Distro): sync, close, expiry, health, merged syncs, startup snapshot, Subscribe |
+//! | `nacos_sdk` | the Nacos 2.x front end: the real nacos-sdk-python against 3-node clusters, and the raw protocol's handshake and errors |
 //! | `multiprocess` | real `nacosd` processes: kill -9 under load, `nacosctl` |
 //! | `readme_examples` | the README's grpcurl examples against a live node |
 //! | `safety` | cluster identity, wiped disks, vote hold after restart, power loss, large entries, quorum loss |
@@ -28,6 +29,7 @@ mod db_api;
 mod ephemeral;
 mod membership;
 mod multiprocess;
+mod nacos_sdk;
 mod naming_api;
 mod readme_examples;
 mod safety;
