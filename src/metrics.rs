@@ -61,6 +61,12 @@ pub struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `user` (the user name's failures) or `address` (the client address's).
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub group: String,
     /// `local` (proposed on this node as leader) or `forwarded`.
@@ -78,6 +84,7 @@ pub struct Metrics {
     wal_sync_appends: Histogram,
     write_seconds: HistogramFamily<WriteLabels>,
     read_index_seconds: HistogramFamily<GroupLabels>,
+    login_refused: Family<LimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +96,7 @@ impl Default for Metrics {
             wal_sync_appends: Histogram::new(count_buckets()),
             write_seconds: Family::new_with_constructor(latency_histogram),
             read_index_seconds: Family::new_with_constructor(latency_histogram),
+            login_refused: Family::default(),
         }
     }
 }
@@ -126,6 +134,17 @@ impl Metrics {
             "Latency of obtaining a read index (LINEARIZABLE and LEASE reads), by group",
             self.read_index_seconds.clone(),
         );
+        registry.register(
+            "nacosd_login_refused",
+            "Logins refused unchecked because too many failed recently, by the limit that refused them (user name or client address)",
+            self.login_refused.clone(),
+        );
+    }
+
+    pub fn login_refused(&self, limit: &'static str) {
+        self.login_refused
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     pub fn observe_wal_sync(&self, took: Duration, appends: usize) {
