@@ -122,7 +122,7 @@ mod der {
             let mut rdn = expect(&mut name, SET)?;
             while !rdn.is_empty() {
                 let mut attr = expect(&mut rdn, SEQUENCE)?;
-                if expect(&mut attr, OID)? != &COMMON_NAME[..] {
+                if expect(&mut attr, OID)? != COMMON_NAME.as_slice() {
                     continue;
                 }
                 if found.is_some() {
