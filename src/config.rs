@@ -175,8 +175,10 @@ pub struct Config {
     pub db_limits: DbLimits,
     /// Sessions and ephemeral instances (the AP side).
     pub distro: DistroSettings,
-    /// TLS on the client and HTTP ports (certificate and key; no CA: clients need no
-    /// certificate). `None`: plaintext.
+    /// TLS on the client and HTTP ports: certificate and key, and optionally the
+    /// client CA (`--client-ca`): a client may then present a certificate signed by
+    /// it instead of a token, and is the user its subject's common name names (with
+    /// `--auth`). The HTTP port never asks for client certificates. `None`: plaintext.
     pub client_tls: Option<CertFiles>,
     /// Mutual TLS on the peer port: this node's certificate (used both to serve and to
     /// call peers, so it must allow server and client authentication) and the cluster
@@ -205,6 +207,26 @@ pub struct AuthConfig {
     /// a file (`--initial-admin-password-file`), never a flag, so it shows in no
     /// process list. There is no default password.
     pub initial_admin_password: Option<String>,
+    /// Brute-force protection of `Login` on each node.
+    pub login_limits: LoginLimits,
+}
+
+/// Failed logins allowed on one node, per user name and per client address: each is
+/// a budget of that many failures, refilled at that many per minute. A login is
+/// refused (RESOURCE_EXHAUSTED) while either budget is empty; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub per_user: u32,
+    pub per_address: u32,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            per_user: 5,
+            per_address: 20,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -213,6 +235,7 @@ impl Default for AuthConfig {
             enabled: false,
             token_ttl: Duration::from_secs(30 * 60),
             initial_admin_password: None,
+            login_limits: LoginLimits::default(),
         }
     }
 }
@@ -408,6 +431,11 @@ pub struct ConfigArgs {
     /// Cluster CA (PEM): every peer's certificate must be signed by it.
     #[arg(long, env = "NACOSD_PEER_CA")]
     pub peer_ca: Option<PathBuf>,
+    /// Client CA (PEM), with --tls-cert and --auth: a client presenting a certificate
+    /// signed by it logs in as the user its subject common name names. Keep it apart
+    /// from --peer-ca.
+    #[arg(long, env = "NACOSD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// Allow a multi-node cluster with a plaintext peer port (development only).
     #[arg(long, env = "NACOSD_INSECURE_PEER", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_peer: Option<bool>,
@@ -417,6 +445,14 @@ pub struct ConfigArgs {
     /// Lifetime of a login token in seconds [default: 1800].
     #[arg(long, env = "NACOSD_AUTH_TOKEN_TTL_SECS")]
     pub auth_token_ttl_secs: Option<u64>,
+    /// Failed logins per user name per minute on each node before Login refuses that
+    /// user for a while; 0: no limit [default: 5].
+    #[arg(long, env = "NACOSD_LOGIN_FAILURES_PER_USER")]
+    pub login_failures_per_user: Option<u32>,
+    /// Failed logins per client address per minute on each node before Login
+    /// refuses that address for a while; 0: no limit [default: 20].
+    #[arg(long, env = "NACOSD_LOGIN_FAILURES_PER_ADDRESS")]
+    pub login_failures_per_address: Option<u32>,
     /// File holding the password of the first `admin` user, created when the cluster
     /// has no users (no default password exists).
     #[arg(long, env = "NACOSD_INITIAL_ADMIN_PASSWORD_FILE")]
@@ -484,9 +520,16 @@ impl ConfigArgs {
             peer_cert: self.peer_cert.or(other.peer_cert),
             peer_key: self.peer_key.or(other.peer_key),
             peer_ca: self.peer_ca.or(other.peer_ca),
+            client_ca: self.client_ca.or(other.client_ca),
             insecure_peer: self.insecure_peer.or(other.insecure_peer),
             auth: self.auth.or(other.auth),
             auth_token_ttl_secs: self.auth_token_ttl_secs.or(other.auth_token_ttl_secs),
+            login_failures_per_user: self
+                .login_failures_per_user
+                .or(other.login_failures_per_user),
+            login_failures_per_address: self
+                .login_failures_per_address
+                .or(other.login_failures_per_address),
             initial_admin_password_file: self
                 .initial_admin_password_file
                 .or(other.initial_admin_password_file),
@@ -578,13 +621,12 @@ impl ConfigArgs {
                     load_retry: args.distro_load_retry_ms.map(ms).unwrap_or(dd.load_retry),
                 }
             },
-            client_tls: match (args.tls_cert, args.tls_key) {
-                (Some(cert), Some(key)) => Some(CertFiles {
-                    cert,
-                    key,
-                    ca: None,
-                }),
-                (None, None) => None,
+            client_tls: match (args.tls_cert, args.tls_key, args.client_ca) {
+                (Some(cert), Some(key), ca) => Some(CertFiles { cert, key, ca }),
+                (None, None, None) => None,
+                (None, None, Some(_)) => return Err(Error::invalid(
+                    "client-ca needs tls-cert and tls-key (client certificates are part of TLS)",
+                )),
                 _ => return Err(Error::invalid("tls-cert and tls-key go together")),
             },
             peer_tls: match (args.peer_cert, args.peer_key, args.peer_ca) {
@@ -610,6 +652,14 @@ impl ConfigArgs {
                 initial_admin_password: match &args.initial_admin_password_file {
                     Some(path) => Some(read_secret_file(path)?),
                     None => None,
+                },
+                login_limits: LoginLimits {
+                    per_user: args
+                        .login_failures_per_user
+                        .unwrap_or(d.auth.login_limits.per_user),
+                    per_address: args
+                        .login_failures_per_address
+                        .unwrap_or(d.auth.login_limits.per_address),
                 },
             },
             http_tls: args.http_tls.unwrap_or(false),
@@ -714,6 +764,11 @@ impl Config {
         }
         if self.http_tls && self.client_tls.is_none() {
             return Err(Error::invalid("http-tls needs tls-cert and tls-key"));
+        }
+        if self.client_tls.as_ref().is_some_and(|t| t.ca.is_some()) && !self.auth.enabled {
+            return Err(Error::invalid(
+                "client-ca needs --auth: without it every caller may do everything, and a client certificate would mean nothing",
+            ));
         }
         if self.is_multi_node() && self.peer_tls.is_none() && !self.insecure_peer {
             return Err(Error::invalid(
@@ -1015,6 +1070,53 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+        let err = ConfigArgs {
+            client_ca: Some("clients.pem".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("tls-cert"), "{err}");
+        let tls = || ConfigArgs {
+            tls_cert: Some("n1.pem".into()),
+            tls_key: Some("n1-key.pem".into()),
+            client_ca: Some("clients.pem".into()),
+            ..Default::default()
+        };
+        let err = tls().resolve().unwrap_err();
+        assert!(err.to_string().contains("--auth"), "{err}");
+        let c = ConfigArgs {
+            auth: Some(true),
+            ..tls()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.client_tls.and_then(|t| t.ca),
+            Some(PathBuf::from("clients.pem"))
+        );
+    }
+
+    #[test]
+    fn login_limits_default_and_layer() {
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("n.toml");
+        std::fs::write(&file, "login-failures-per-user = 3\n").unwrap();
+        let c = ConfigArgs {
+            config: Some(file),
+            login_failures_per_address: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.auth.login_limits,
+            LoginLimits {
+                per_user: 3,
+                per_address: 0
+            }
+        );
+        assert_eq!(Config::default().auth.login_limits, LoginLimits::default());
     }
 
     #[test]

@@ -41,11 +41,20 @@ pub struct ConnInfo {
     /// When the connection was accepted (ms since the Unix epoch).
     pub accepted_ms: u64,
     pub tcp: TcpConnectInfo,
+    /// The client's verified certificate, on a TLS port with a client CA when the
+    /// client presented one (set by `tls::accept`).
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Changes (closes) when the connection is dropped.
     closed: watch::Receiver<()>,
 }
 
 impl ConnInfo {
+    /// The connection information of a tonic request, if it came through a server
+    /// that records it (tests calling a service directly have none).
+    pub fn of<T>(req: &tonic::Request<T>) -> Option<&ConnInfo> {
+        req.extensions().get::<ConnInfo>()
+    }
+
     pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp.remote_addr()
     }
@@ -121,6 +130,7 @@ fn track(stream: TcpStream, registry: &Arc<Registry>) -> io::Result<TrackedStrea
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         tcp: inner.connect_info(),
+        client_cert: None,
         closed,
     };
     Ok(TrackedStream {

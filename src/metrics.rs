@@ -65,6 +65,12 @@ pub struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `user` (the user name's failures) or `address` (the client address's).
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub group: String,
     /// `local` (proposed on this node as leader) or `forwarded`.
@@ -85,6 +91,7 @@ pub struct Metrics {
     commit_seconds: HistogramFamily<GroupLabels>,
     apply_seconds: HistogramFamily<GroupLabels>,
     apply_entries: HistogramFamily<GroupLabels>,
+    login_refused: Family<LimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,6 +106,7 @@ impl Default for Metrics {
             commit_seconds: Family::new_with_constructor(latency_histogram),
             apply_seconds: Family::new_with_constructor(latency_histogram),
             apply_entries: Family::new_with_constructor(count_histogram),
+            login_refused: Family::default(),
         }
     }
 }
@@ -151,6 +159,17 @@ impl Metrics {
             "Entries in one applied batch, by group",
             self.apply_entries.clone(),
         );
+        registry.register(
+            "nacosd_login_refused",
+            "Logins refused unchecked because too many failed recently, by the limit that refused them (user name or client address)",
+            self.login_refused.clone(),
+        );
+    }
+
+    pub fn login_refused(&self, limit: &'static str) {
+        self.login_refused
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     pub fn observe_wal_sync(&self, took: Duration, appends: usize) {

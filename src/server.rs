@@ -198,7 +198,7 @@ pub async fn start(
     let client_addr = listeners.client.local_addr()?;
     let peer_addr = listeners.peer.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
-    let (client_tls, peer_tls) = server_tls(config)?;
+    let (client_tls, http_tls, peer_tls) = server_tls(config)?;
     let shared = crate::groups::Shared::default();
     let registry = extend(crate::groups::builtin_registry(&shared));
     let node = MultiRaft::start(config, registry).await?;
@@ -206,7 +206,7 @@ pub async fn start(
     let cluster = Cluster::new(node.clone(), config, failure_tx.clone())?;
     let (stop_tx, _) = watch::channel(false);
     let distro = Distro::new(node.clone(), config.distro);
-    let auth = Auth::new(node.clone(), config.auth.enabled, config.auth.token_ttl);
+    let auth = Auth::new(node.clone(), &config.auth);
     let nacos = crate::nacos::Front::new(
         node.clone(),
         distro.clone(),
@@ -220,7 +220,7 @@ pub async fn start(
     let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
     let (client_conns, client_cutter) = conns::tracked(incoming(listeners.client));
     let peer_conns = tls::tls_incoming(peer_conns, peer_tls, "peer");
-    let client_conns = tls::tls_incoming(client_conns, client_tls.clone(), "client");
+    let client_conns = tls::tls_incoming(client_conns, client_tls, "client");
     let servers = vec![
         serve_peer(&cluster, &distro, config, peer_conns, &stop_tx),
         serve_client(
@@ -236,7 +236,7 @@ pub async fn start(
             health_svc,
             &stop_tx,
         )?,
-        serve_http(&node, &distro, config, listeners.http, client_tls, &stop_tx)?,
+        serve_http(&node, &distro, config, listeners.http, http_tls, &stop_tx)?,
     ];
     let cutters = vec![peer_cutter, client_cutter];
     let mut background = vec![
@@ -283,20 +283,29 @@ pub async fn start(
     })
 }
 
-/// The TLS configurations of the client (and HTTP) port and of the peer port, loaded
-/// now so that a node with unusable certificates does not start.
+/// The TLS configurations of the client port, the HTTP port (the client port's
+/// certificate, never asking for a client certificate) and the peer port, loaded now
+/// so that a node with unusable certificates does not start.
 #[allow(clippy::type_complexity)]
 fn server_tls(
     config: &Config,
 ) -> Result<(
     Option<Arc<tls::Reloading<ServerConfig>>>,
     Option<Arc<tls::Reloading<ServerConfig>>>,
+    Option<Arc<tls::Reloading<ServerConfig>>>,
 )> {
     let client = config
         .client_tls
         .clone()
-        .map(tls::Reloading::server)
+        .map(tls::Reloading::client_port)
         .transpose()?;
+    let http = match &config.client_tls {
+        Some(files) if files.ca.is_some() => Some(tls::Reloading::server(tls::CertFiles {
+            ca: None,
+            ..files.clone()
+        })?),
+        _ => client.clone(),
+    };
     let peer = config
         .peer_tls
         .clone()
@@ -305,7 +314,12 @@ fn server_tls(
     if peer.is_none() && config.is_multi_node() {
         tracing::warn!("--insecure-peer: the peer port is plaintext and unauthenticated; anyone who can reach it can vote, append entries, install snapshots and forward writes");
     }
-    Ok((client, peer))
+    if let (Some(c), Some(p)) = (&config.client_tls, &config.peer_tls) {
+        if c.shares_ca_with(p) {
+            tracing::warn!("--client-ca and --peer-ca share a CA certificate: every node certificate can log in on the client port as the user its common name names");
+        }
+    }
+    Ok((client, http, peer))
 }
 
 /// Resolves once `stop` says so.

@@ -8,11 +8,21 @@ For deploy/k8s/base and every deploy/k8s/overlays/*:
    kubectl is there, both renderings are compared, so the built-in one is checked too.
 2. Validate every rendered resource against the Kubernetes OpenAPI schemas, in strict
    mode (unknown fields are errors), for each version in --versions
-   (kubernetes-validate; `pip install kubernetes-validate`).
+   (kubernetes-validate; `pip install kubernetes-validate`). cert-manager's Issuer
+   and Certificate (custom resources, which kubernetes-validate has no schema for)
+   are checked against the subset of cert-manager.io/v1's schema written below,
+   strictly too.
 3. Check what nacosd needs and a schema cannot know: replicas equal the cluster size
    the pods derive their member list from, the hardening (non-root, read-only root
    filesystem, no capabilities), probes on the right paths, a writable /tmp, the PDB.
-4. Run the pods' start-up script with bash for every ordinal, with a stand-in
+4. With TLS on (the tls overlay): every certificate, key and password file nacosd
+   is given lies in a Secret mounted as a whole directory (a subPath mount would
+   never see a renewed certificate) and not readable by others; each Secret is issued
+   by a Certificate in the rendering or named as one to create; the peer
+   certificate comes from a namespaced Issuer (never a cluster-wide one), allows
+   server and client authentication and names every pod's advertised peer address;
+   the probes use HTTPS when the HTTP port does; no plaintext peer port.
+5. Run the pods' start-up script with bash for every ordinal, with a stand-in
    `nacosd` that prints its environment, and check the node id, advertised peer and
    initial members it derives (and that an ordinal beyond the cluster size joins
    through pod 0 instead).
@@ -204,11 +214,139 @@ def normalize(docs):
 
 # ---------------------------------------------------------------- schema validation
 
+# The part of cert-manager.io/v1's CRD schemas (cert-manager 1.15) that an Issuer or a
+# Certificate here may use; anything else is an error, as in strict mode.
+_STR = {"type": "string"}
+_STRS = {"type": "array", "items": _STR}
+_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"}
+_META = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {"name": _STR, "namespace": _STR, "labels": {"type": "object"}, "annotations": {"type": "object"}},
+}
+_USAGES = [
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime",
+    "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+    "microsoft sgc", "netscape sgc",
+]
+CERT_MANAGER_SCHEMAS = {
+    "Issuer": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Issuer"},
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {
+                    "selfSigned": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"crlDistributionPoints": _STRS},
+                    },
+                    "ca": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["secretName"],
+                        "properties": {
+                            "secretName": _STR,
+                            "crlDistributionPoints": _STRS,
+                            "issuingCertificateURLs": _STRS,
+                            "ocspServers": _STRS,
+                        },
+                    },
+                    "acme": {"type": "object"},
+                    "vault": {"type": "object"},
+                    "venafi": {"type": "object"},
+                },
+            },
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Certificate"},
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["secretName", "issuerRef"],
+                "properties": {
+                    "secretName": _STR,
+                    "commonName": {"type": "string", "maxLength": 64},
+                    "dnsNames": _STRS,
+                    "ipAddresses": _STRS,
+                    "uris": _STRS,
+                    "emailAddresses": _STRS,
+                    "isCA": {"type": "boolean"},
+                    "duration": _DURATION,
+                    "renewBefore": _DURATION,
+                    "revisionHistoryLimit": {"type": "integer", "minimum": 1},
+                    "usages": {"type": "array", "items": {"enum": _USAGES}},
+                    "subject": {"type": "object"},
+                    "secretTemplate": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"labels": {"type": "object"}, "annotations": {"type": "object"}},
+                    },
+                    "privateKey": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                            "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                            "rotationPolicy": {"enum": ["Never", "Always"]},
+                            "size": {"type": "integer"},
+                        },
+                    },
+                    "issuerRef": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {"name": _STR, "kind": {"enum": ["Issuer", "ClusterIssuer"]}, "group": _STR},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def cert_manager_validate(d):
+    """Errors of a cert-manager resource against CERT_MANAGER_SCHEMAS, as text."""
+    import jsonschema
+
+    schema = CERT_MANAGER_SCHEMAS.get(d["kind"])
+    if schema is None:
+        return [f"no schema for cert-manager kind {d['kind']}"]
+    errors = jsonschema.Draft7Validator(schema).iter_errors(d)
+    return [f"{'.'.join(str(p) for p in e.path)}: {e.message}" for e in errors]
+
 
 def schema_validate(docs, versions, where):
     import kubernetes_validate
 
     failures = 0
+    custom = [d for d in docs if d.get("apiVersion", "").startswith("cert-manager.io/")]
+    for d in custom:
+        kn = f"{d['kind']}/{d['metadata']['name']}"
+        for e in cert_manager_validate(d):
+            print(f"FAIL {where}: {kn} against cert-manager.io/v1: {e}")
+            failures += 1
+    if custom and not failures:
+        print(f"ok   {where}: {len(custom)} cert-manager resources valid (strict)")
+    docs = [d for d in docs if d not in custom]
     for version in versions:
         before = failures
         for d in docs:
@@ -247,6 +385,18 @@ def schema_guard(version):
     except kubernetes_validate.ValidationError:
         return
     raise Failure(f"kubernetes-validate accepted a misspelled field for {version}: validation is not working")
+
+
+def cert_manager_guard():
+    """The cert-manager checks must be able to fail too."""
+    bad = {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "x"},
+        "spec": {"secretName": "x", "issuerRef": {"name": "x"}, "dnsName": ["x"]},
+    }
+    if not cert_manager_validate(bad):
+        raise Failure("the cert-manager schema accepted a misspelled field: validation is not working")
 
 
 # ---------------------------------------------------------------- nacosd checks
@@ -354,6 +504,88 @@ def check_startup_script(sts, cm, where, namespace="prod"):
           f"ordinal {size} joins through pod 0")
 
 
+def _wildcard_match(pattern, host):
+    if pattern.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == host
+
+
+def check_security(docs, sts, cm, where, namespace="default"):
+    """With TLS on: secrets mounted for rotation, certificates that fit (see the
+    module's docstring, item 4). Without it: only that the peer port is plaintext by
+    choice (NACOSD_INSECURE_PEER=true)."""
+    data = cm["data"]
+    if "NACOSD_PEER_CERT" not in data:
+        if data.get("NACOSD_INSECURE_PEER") != "true" and int(data["NACOSD_CLUSTER_SIZE"]) > 1:
+            raise Failure(f"{where}: a multi-node cluster with neither mutual TLS nor NACOSD_INSECURE_PEER=true will not start")
+        print(f"ok   {where}: security off (plaintext peer port by NACOSD_INSECURE_PEER=true)")
+        return
+    problems = []
+
+    def need(cond, msg):
+        if not cond:
+            problems.append(msg)
+
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    need(data.get("NACOSD_INSECURE_PEER") != "true", "NACOSD_INSECURE_PEER=true next to mutual TLS")
+    for key in ("NACOSD_PEER_KEY", "NACOSD_PEER_CA"):
+        need(key in data, f"NACOSD_PEER_CERT without {key}")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = c.get("volumeMounts", [])
+    certificates = {d["spec"]["secretName"]: d for d in docs if d["kind"] == "Certificate"}
+    issuers = {d["metadata"]["name"] for d in docs if d["kind"] == "Issuer"}
+    to_create = set()
+    secret_of = {}
+    for key, path in sorted(data.items()):
+        if not key.endswith(("_CERT", "_KEY", "_CA", "_FILE")):
+            continue
+        mount = next((m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+        if mount is None:
+            problems.append(f"{key}={path} is in no mounted volume")
+            continue
+        need("subPath" not in mount and "subPathExpr" not in mount,
+             f"{key}: mounted with subPath, so a renewed certificate would never be seen")
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            problems.append(f"{key}: volume {mount['name']} is not a Secret")
+            continue
+        name = secret["secretName"]
+        secret_of[key] = name
+        mode = secret.get("defaultMode", 0o644)
+        need(mode & 0o007 == 0, f"{key}: Secret {name} mounted readable by others (mode {oct(mode)})")
+        if name not in certificates:
+            to_create.add(name)
+    for cert in certificates.values():
+        ref = cert["spec"]["issuerRef"]
+        need(ref.get("kind", "Issuer") == "ClusterIssuer" or ref["name"] in issuers,
+             f"Certificate {cert['metadata']['name']}: issuer {ref['name']} is not in the rendering")
+    peer = certificates.get(secret_of.get("NACOSD_PEER_CERT"))
+    if peer is not None:
+        spec = peer["spec"]
+        need(spec["issuerRef"].get("kind", "Issuer") == "Issuer",
+             "the peer certificate must come from nacosd's own Issuer, not a ClusterIssuer: every certificate its CA signs is a Raft member")
+        need({"server auth", "client auth"} <= set(spec.get("usages", [])),
+             "the peer certificate needs the usages server auth and client auth")
+        domain = f"nacosd-headless.{namespace}.svc.{data['NACOSD_CLUSTER_DOMAIN']}"
+        for i in range(int(data["NACOSD_CLUSTER_SIZE"]) + 1):
+            host = f"nacosd-{i}.{domain}"
+            need(any(_wildcard_match(n, host) for n in spec.get("dnsNames", [])),
+                 f"the peer certificate does not name {host}")
+    elif secret_of.get("NACOSD_PEER_CERT"):
+        to_create.add(secret_of["NACOSD_PEER_CERT"])
+    https = data.get("NACOSD_HTTP_TLS") == "true"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        scheme = c.get(probe, {}).get("httpGet", {}).get("scheme", "HTTP")
+        need(scheme == ("HTTPS" if https else "HTTP"), f"{probe} uses {scheme} but NACOSD_HTTP_TLS is {https}")
+    if problems:
+        raise Failure(f"{where}: " + "; ".join(problems))
+    made = sorted(set(secret_of.values()) - to_create)
+    print(f"ok   {where}: security on (mutual TLS, TLS, auth={data.get('NACOSD_AUTH', 'false')}); "
+          f"Secrets from cert-manager: {', '.join(made) or 'none'}; to create first: {', '.join(sorted(to_create)) or 'none'}")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -375,6 +607,7 @@ def main():
     try:
         for v in versions:
             schema_guard(v)
+        cert_manager_guard()
     except Exception as e:  # noqa: BLE001 - any error here means validation cannot be trusted
         print(f"FAIL {e}")
         return 1
@@ -385,6 +618,7 @@ def main():
             print(f"ok   {where}: rendered {len(docs)} resources with {how}")
             failures += schema_validate(docs, versions, where)
             sts, cm = check_nacosd(docs, where)
+            check_security(docs, sts, cm, where)
             check_startup_script(sts, cm, where)
         except Failure as e:
             print(f"FAIL {e}")

@@ -101,11 +101,14 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> std::result::Result<Response<pb::LoginResponse>, Status> {
+        let from = crate::conns::ConnInfo::of(&req)
+            .and_then(|c| c.remote_addr())
+            .map(|a| a.ip());
         let r = req.into_inner();
         if r.username.is_empty() || r.password.is_empty() {
             return Err(Error::invalid("username and password are required").into());
         }
-        let (token, exp_ms) = self.auth.login(&r.username, &r.password).await?;
+        let (token, exp_ms) = self.auth.login(&r.username, &r.password, from).await?;
         Ok(Response::new(pb::LoginResponse {
             token,
             expires_at_ms: exp_ms as i64,
@@ -116,7 +119,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         req: Request<pb::WhoAmIRequest>,
     ) -> std::result::Result<Response<pb::WhoAmIResponse>, Status> {
-        match self.auth.authenticate(req.metadata()).await? {
+        match self.auth.authenticate(&req).await? {
             crate::auth::Principal::Anyone => Err(Error::FailedPrecondition(
                 "authentication is off on this node (start it with --auth)".into(),
             )
@@ -135,7 +138,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::AuthChangeResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("creating a user")?;
         let r = req.into_inner();
@@ -156,7 +159,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::AuthChangeResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("deleting a user")?;
         let r = req.into_inner();
@@ -172,7 +175,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         req: Request<pb::ChangePasswordRequest>,
     ) -> std::result::Result<Response<pb::AuthChangeResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         model::check_name("user name", &r.username)?;
         if caller.user_name() != Some(r.username.as_str()) {
@@ -192,7 +195,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::AuthChangeResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("changing a user's roles")?;
         let r = req.into_inner();
@@ -211,7 +214,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::ListUsersResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("listing users")?;
         let users = self
@@ -236,7 +239,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::AuthChangeResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("changing a role")?;
         let role = req
@@ -255,7 +258,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::AuthChangeResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("deleting a role")?;
         let r = req.into_inner();
@@ -273,7 +276,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> std::result::Result<Response<pb::ListRolesResponse>, Status> {
         let timeout = deadline(&req);
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("listing roles")?;
         let roles = self

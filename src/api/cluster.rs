@@ -128,7 +128,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         Ok(Response::new(pb::StatusResponse {
             node_id: self.cluster.node.node_id,
             advertise_peer: self.cluster.node.advertise_peer.clone(),
@@ -146,7 +146,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         Ok(Response::new(self.members()))
     }
 
@@ -155,7 +155,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("adding a member")?;
         let timeout = Self::timeout(&req);
@@ -169,7 +169,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         req: Request<pb::PromoteMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("promoting a member")?;
         let timeout = Self::timeout(&req);
@@ -182,7 +182,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("removing a member")?;
         let timeout = Self::timeout(&req);
@@ -195,7 +195,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("transferring leadership")?;
         let timeout = Self::timeout(&req);
@@ -219,7 +219,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         self.auth
-            .authenticate(req.metadata())
+            .authenticate(&req)
             .await?
             .require_admin("building a snapshot")?;
         let timeout = Self::timeout(&req);
@@ -240,7 +240,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         &self,
         req: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         let digests = operations::digests(&self.cluster.node).await?;
         Ok(Response::new(pb::DigestResponse {
             node_id: self.cluster.node.node_id,

@@ -162,7 +162,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::PublishConfigRequest>,
     ) -> std::result::Result<Response<pb::PublishConfigResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
         caller.require(Resource::Config, Access::Write, &key.namespace)?;
@@ -201,7 +201,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::GetConfigRequest>,
     ) -> std::result::Result<Response<pb::ConfigItem>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
         caller.require(Resource::Config, Access::Read, &key.namespace)?;
@@ -221,7 +221,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::RemoveConfigRequest>,
     ) -> std::result::Result<Response<pb::RemoveConfigResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
         caller.require(Resource::Config, Access::Write, &key.namespace)?;
@@ -245,7 +245,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::ListConfigsRequest>,
     ) -> std::result::Result<Response<pb::ListConfigsResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let namespace = validate::namespace(&r.namespace)?;
         caller.require(Resource::Config, Access::Read, &namespace)?;
@@ -280,7 +280,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::ListConfigHistoryRequest>,
     ) -> std::result::Result<Response<pb::ListConfigHistoryResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
         caller.require(Resource::Config, Access::Read, &key.namespace)?;
@@ -309,7 +309,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         req: Request<pb::GetConfigHistoryRequest>,
     ) -> std::result::Result<Response<pb::ConfigHistoryEntry>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let key = key_of(r.key)?;
         caller.require(Resource::Config, Access::Read, &key.namespace)?;
@@ -337,7 +337,7 @@ impl pb::config_service_server::ConfigService for ConfigApi {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> std::result::Result<Response<Self::WatchStream>, Status> {
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let input = req
             .into_inner()
             .map(move |msg| authorize_watch(&caller, watch_input(msg)));

@@ -118,7 +118,7 @@ impl pb::db_service_server::DbService for DbApi {
         req: Request<pb::ExecuteRequest>,
     ) -> std::result::Result<Response<pb::ExecuteResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         caller.require(Resource::Db, Access::Write, "")?;
         let stmts = statements(req.into_inner().statements)?;
         let statements = check(self.db.get().cloned(), stmts, self.limits).await?;
@@ -144,7 +144,7 @@ impl pb::db_service_server::DbService for DbApi {
         req: Request<pb::QueryRequest>,
     ) -> std::result::Result<Response<pb::QueryResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         caller.require(Resource::Db, Access::Read, "")?;
         let r = req.into_inner();
         let stmts = statements(r.statements)?;

@@ -268,7 +268,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::RegisterInstanceRequest>,
     ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -301,7 +301,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::DeregisterInstanceRequest>,
     ) -> std::result::Result<Response<pb::DeregisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -328,7 +328,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::UpdateInstanceRequest>,
     ) -> std::result::Result<Response<pb::RegisterInstanceResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -359,7 +359,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::BatchRegisterInstancesRequest>,
     ) -> std::result::Result<Response<pb::BatchRegisterInstancesResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -413,7 +413,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::CreateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -436,7 +436,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::UpdateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -459,7 +459,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::DeleteServiceRequest>,
     ) -> std::result::Result<Response<pb::DeleteServiceResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
         caller.require(Resource::Naming, Access::Write, &service.namespace)?;
@@ -477,7 +477,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::GetServiceRequest>,
     ) -> std::result::Result<Response<pb::ServiceDetail>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.key, "key")?;
         caller.require(Resource::Naming, Access::Read, &service.namespace)?;
@@ -514,7 +514,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         req: Request<pb::ListServicesRequest>,
     ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
         let timeout = deadline(&req);
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let (namespace, group) = validate::namespace_and_group(&r.namespace, &r.group)?;
         caller.require(Resource::Naming, Access::Read, &namespace)?;
@@ -551,7 +551,7 @@ impl pb::naming_service_server::NamingService for NamingApi {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> std::result::Result<Response<Self::SubscribeStream>, Status> {
-        let caller = self.auth.authenticate(req.metadata()).await?;
+        let caller = self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let service = key_of(r.service, "service")?;
         caller.require(Resource::Naming, Access::Read, &service.namespace)?;

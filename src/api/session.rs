@@ -41,7 +41,7 @@ impl pb::session_service_server::SessionService for SessionApi {
     ) -> std::result::Result<Response<pb::OpenSessionResponse>, Status> {
         // A session changes nothing by itself (registering needs naming write), but
         // with --auth on only a known caller may hold one.
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let (id, ttl) = self
             .distro
@@ -59,7 +59,7 @@ impl pb::session_service_server::SessionService for SessionApi {
     ) -> std::result::Result<Response<pb::KeepAliveResponse>, Status> {
         // A session changes nothing by itself (registering needs naming write), but
         // with --auth on only a known caller may hold one.
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let ttl = self.distro.keep_alive(&r.id)?;
         Ok(Response::new(pb::KeepAliveResponse {
@@ -74,7 +74,7 @@ impl pb::session_service_server::SessionService for SessionApi {
         &self,
         req: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> std::result::Result<Response<Self::KeepAliveStreamStream>, Status> {
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         let mut incoming = req.into_inner();
         let distro = self.distro.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -106,7 +106,7 @@ impl pb::session_service_server::SessionService for SessionApi {
     ) -> std::result::Result<Response<pb::CloseSessionResponse>, Status> {
         // A session changes nothing by itself (registering needs naming write), but
         // with --auth on only a known caller may hold one.
-        self.auth.authenticate(req.metadata()).await?;
+        self.auth.authenticate(&req).await?;
         let r = req.into_inner();
         let n = self.distro.close_session(&r.id)?;
         Ok(Response::new(pb::CloseSessionResponse {

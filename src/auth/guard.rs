@@ -1,7 +1,9 @@
 //! Who is calling, and may they: the check every client-port handler makes first.
 //!
-//! [`Auth::authenticate`] turns a call's `authorization: Bearer <token>` metadata into
-//! a [`Principal`] (or UNAUTHENTICATED); [`Principal::require`] and
+//! [`Auth::authenticate`] turns a call's `authorization: Bearer <token>` metadata, or
+//! failing that the client certificate of its connection (the user its common name
+//! names, on a client port with `--client-ca`), into a [`Principal`] (or
+//! UNAUTHENTICATED); [`Principal::require`] and
 //! [`Principal::require_admin`] answer PERMISSION_DENIED for what its roles do not
 //! allow. With auth off, every call is [`Principal::Anyone`] and allowed.
 //!
@@ -11,17 +13,23 @@
 //! role change therefore takes effect on a node as soon as it applies it; a deleted
 //! user or a changed password invalidates the user's tokens everywhere.
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataValue};
 
+use crate::auth::limit::{LimitedBy, LoginLimiter};
 use crate::auth::model::*;
 use crate::auth::{password, token};
+use crate::config::AuthConfig;
+use crate::conns::ConnInfo;
 use crate::consistency::ReadLevel;
 use crate::error::{Error, Result};
 use crate::groups::client::GroupClient;
+use crate::metrics::Metrics;
 use crate::raft::node::MultiRaft;
+use crate::tls::ClientCert;
 
 /// The caller of one request.
 #[derive(Debug, Clone)]
@@ -37,6 +45,8 @@ pub struct User {
     pub roles: Vec<String>,
     pub admin: bool,
     pub permissions: Vec<Permission>,
+    /// When the credential stops being valid: the token's expiry, or the end of the
+    /// client certificate's validity.
     pub exp_ms: u64,
 }
 
@@ -97,15 +107,19 @@ pub struct Auth {
     client: GroupClient,
     /// The cluster's signing key, once read (it never changes).
     key: OnceLock<Vec<u8>>,
+    limiter: LoginLimiter,
+    metrics: Arc<Metrics>,
 }
 
-const NO_TOKEN: &str = "this call needs a token: log in (AuthService/Login or `nacosctl login`) and send it as `authorization: Bearer <token>`";
+const NO_TOKEN: &str = "this call needs a token: log in (AuthService/Login or `nacosctl login`) and send it as `authorization: Bearer <token>`, or connect with a client certificate where the node accepts them";
 
 impl Auth {
-    pub fn new(node: Arc<MultiRaft>, enabled: bool, token_ttl: Duration) -> Arc<Self> {
+    pub fn new(node: Arc<MultiRaft>, config: &AuthConfig) -> Arc<Self> {
         Arc::new(Auth {
-            enabled,
-            token_ttl,
+            enabled: config.enabled,
+            token_ttl: config.token_ttl,
+            metrics: node.metrics.clone(),
+            limiter: LoginLimiter::new(config.login_limits),
             client: GroupClient::new(node),
             key: OnceLock::new(),
         })
@@ -158,14 +172,32 @@ impl Auth {
             .await
     }
 
-    /// The caller of a request, from its `authorization` metadata.
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal> {
-        if !self.enabled {
-            return Ok(Principal::Anyone);
+    /// The caller of a request: the user of its `authorization` token if it has one,
+    /// else the user its connection's client certificate names, else
+    /// UNAUTHENTICATED. A token wins over a certificate, so a client with a
+    /// certificate can still act as another user by logging in.
+    ///
+    /// Not an `async fn`: the credential is copied out of the request first, so the
+    /// future does not borrow the request (a streaming request is not `Sync`).
+    pub fn authenticate<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> impl std::future::Future<Output = Result<Principal>> + Send + '_ {
+        let token = req.metadata().get("authorization").cloned();
+        let cert = ConnInfo::of(req).and_then(|c| c.client_cert.clone());
+        async move {
+            if !self.enabled {
+                return Ok(Principal::Anyone);
+            }
+            match (token, cert) {
+                (Some(token), _) => self.token_user(&token).await,
+                (None, Some(cert)) => self.certificate_user(&cert).await,
+                (None, None) => Err(Error::Unauthenticated(NO_TOKEN.into())),
+            }
         }
-        let Some(value) = metadata.get("authorization") else {
-            return Err(Error::Unauthenticated(NO_TOKEN.into()));
-        };
+    }
+
+    async fn token_user(&self, value: &MetadataValue<Ascii>) -> Result<Principal> {
         let token = value
             .to_str()
             .ok()
@@ -196,6 +228,27 @@ impl Auth {
                         .into(),
                 )
             })?;
+        self.principal(claims.sub, user, claims.exp_ms).await
+    }
+
+    /// The user a verified client certificate names by its subject common name.
+    async fn certificate_user(&self, cert: &ClientCert) -> Result<Principal> {
+        let Some(name) = &cert.common_name else {
+            return Err(Error::Unauthenticated(
+                "the client certificate names no user: its subject needs exactly one common name (CN), the user name"
+                    .into(),
+            ));
+        };
+        let user = self.user(name, None).await?.ok_or_else(|| {
+            Error::Unauthenticated(format!(
+                "the client certificate names user {name:?}, which does not exist: an admin creates it (nacosctl user add), or log in with a token"
+            ))
+        })?;
+        self.principal(name.clone(), user, cert.not_after_ms).await
+    }
+
+    /// A user with the permissions of its roles as this node knows them now.
+    async fn principal(&self, name: String, user: UserRecord, exp_ms: u64) -> Result<Principal> {
         let admin = user.roles.iter().any(|r| r == ADMIN_ROLE);
         let permissions = if admin {
             Vec::new()
@@ -208,31 +261,55 @@ impl Auth {
                 .collect()
         };
         Ok(Principal::User(User {
-            name: claims.sub,
+            name,
             roles: user.roles,
             admin,
             permissions,
-            exp_ms: claims.exp_ms,
+            exp_ms,
         }))
     }
 
     /// A token for `username` if `password` is right. A wrong name and a wrong
-    /// password get the same answer, after the same work.
-    pub async fn login(&self, username: &str, password: &str) -> Result<(String, u64)> {
+    /// password get the same answer, after the same work. Failed logins are limited
+    /// per user name and per client address `from` (see `auth::limit`): beyond the
+    /// limit, RESOURCE_EXHAUSTED saying when to retry, before any password is checked.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(String, u64)> {
         if !self.enabled {
             return Err(Error::FailedPrecondition(
                 "authentication is off on this node (start it with --auth)".into(),
             ));
         }
-        let user = self.user(username, None).await?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
-        if !password::verify(password.to_string(), hash).await {
-            return Err(Error::Unauthenticated("wrong user name or password".into()));
-        }
-        let Some(user) = user else {
-            return Err(Error::Unauthenticated("wrong user name or password".into()));
-        };
+        // First, so that a login before the cluster's auth bootstrap is UNAVAILABLE and
+        // costs no failure (the bootstrap creates the key and the first admin at once).
         let key = self.signing_key().await?;
+        if let Err(refused) = self.limiter.try_begin(username, from, Instant::now()) {
+            self.metrics.login_refused(match refused.by {
+                LimitedBy::User => "user",
+                LimitedBy::Address => "address",
+            });
+            tracing::info!(user = username, from = ?from, limit = ?refused.by, "login refused: too many failures");
+            return Err(Error::ResourceExhausted(refused.message()));
+        }
+        let user = match self.user(username, None).await {
+            Ok(user) => user,
+            Err(e) => {
+                // Not a failed login: the node could not look.
+                self.limiter.succeeded(username, from, Instant::now());
+                return Err(e);
+            }
+        };
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let verified = password::verify(password.to_string(), hash).await;
+        let user = match user {
+            Some(user) if verified => user,
+            _ => return Err(Error::Unauthenticated("wrong user name or password".into())),
+        };
+        self.limiter.succeeded(username, from, Instant::now());
         let exp_ms = now_ms() + self.token_ttl.as_millis() as u64;
         let claims = token::Claims {
             sub: username.to_string(),

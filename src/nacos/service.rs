@@ -116,7 +116,9 @@ impl Front {
                 .map_err(|_| Error::Unauthenticated("accessToken is not a valid token".into()))?;
             md.insert("authorization", v);
         }
-        self.auth.authenticate(&md).await
+        let mut req = tonic::Request::new(());
+        *req.metadata_mut() = md;
+        self.auth.authenticate(&req).await
     }
 
     /// Answer one unary request.

@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::conns::{ConnInfo, TrackedStream};
-use crate::tls::Reloading;
+use crate::tls::{ClientCert, Reloading};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,15 +22,27 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once per port: one slow client cannot hold up the others.
 const CONCURRENT_HANDSHAKES: usize = 256;
 
-/// An accepted connection, with TLS or without (a port without certificates).
+/// An accepted connection, with TLS or without (a port without certificates). A TLS
+/// connection keeps what its client certificate says, read once at the handshake.
 pub enum ServerConn {
     Plain(TrackedStream),
-    Tls(Box<TlsStream<TrackedStream>>),
+    Tls(Box<TlsStream<TrackedStream>>, Option<ClientCert>),
 }
 
 impl ServerConn {
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.connect_info().remote_addr()
+    }
+
+    fn tls(stream: TlsStream<TrackedStream>) -> ServerConn {
+        // rustls keeps the chain only when it verified it against the client CA.
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(ClientCert::from_der);
+        ServerConn::Tls(Box::new(stream), cert)
     }
 }
 
@@ -58,7 +70,7 @@ pub fn tls_incoming(
                 let remote = conn.connect_info().remote_addr();
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
-                    Ok(Ok(stream)) => Some(Ok(ServerConn::Tls(Box::new(stream)))),
+                    Ok(Ok(stream)) => Some(Ok(ServerConn::tls(stream))),
                     Ok(Err(e)) => {
                         if refusals.due(remote.map(|a| a.ip())) {
                             tracing::warn!(port, remote = ?remote, error = %e, "TLS handshake refused (repeats from this address are logged at debug level for 30 s)");
@@ -108,7 +120,11 @@ impl Connected for ServerConn {
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
             ServerConn::Plain(s) => s.connect_info(),
-            ServerConn::Tls(s) => s.get_ref().0.connect_info(),
+            ServerConn::Tls(s, cert) => {
+                let mut info = s.get_ref().0.connect_info();
+                info.client_cert = cert.clone();
+                info
+            }
         }
     }
 }
@@ -121,7 +137,7 @@ impl AsyncRead for ServerConn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ServerConn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -134,7 +150,7 @@ impl AsyncWrite for ServerConn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ServerConn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -145,28 +161,28 @@ impl AsyncWrite for ServerConn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ServerConn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             ServerConn::Plain(s) => s.is_write_vectored(),
-            ServerConn::Tls(s) => s.is_write_vectored(),
+            ServerConn::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ServerConn::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ServerConn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Peers' certificates must be signed by this CA (mutual TLS); `None`: the other
-    /// side needs no certificate (the client port).
+    /// The CA that signs the other side's certificates. On the peer port, every peer
+    /// must present one (mutual TLS). On the client port, a client *may* present one
+    /// to log in as the user it names (see [`CertFiles::client_port_config`]).
+    /// `None`: the other side presents no certificate.
     pub ca: Option<PathBuf>,
 }
 
@@ -61,10 +63,31 @@ fn tls_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::invalid(format!("{what}: {e}"))
 }
 
+/// Whether a server asks its clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientCerts {
+    /// Refuse a client without a certificate signed by the CA (the peer port).
+    Required,
+    /// Check a certificate against the CA if the client presents one; serve a client
+    /// without one (the client port, where a token is the other way in).
+    Optional,
+}
+
 impl CertFiles {
     /// The server side: this certificate, and client certificates required and checked
     /// against the CA when one is given. Offers HTTP/2 (gRPC) and HTTP/1.1.
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        self.build_server(ClientCerts::Required)
+    }
+
+    /// The client port's server side: with a CA, a client may present a certificate,
+    /// which must then be signed by that CA (a bad one fails the handshake); a client
+    /// without one is served and authenticates with a token.
+    pub fn client_port_config(&self) -> Result<rustls::ServerConfig> {
+        self.build_server(ClientCerts::Optional)
+    }
+
+    fn build_server(&self, client_certs: ClientCerts) -> Result<rustls::ServerConfig> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error("TLS versions", e))?;
@@ -73,7 +96,11 @@ impl CertFiles {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     read_roots(ca)?,
                     provider(),
-                )
+                );
+                let verifier = match client_certs {
+                    ClientCerts::Required => verifier,
+                    ClientCerts::Optional => verifier.allow_unauthenticated(),
+                }
                 .build()
                 .map_err(|e| tls_error(&format!("CA file {}", ca.display()), e))?;
                 builder.with_client_cert_verifier(verifier)
@@ -119,6 +146,18 @@ impl CertFiles {
             })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
+    }
+
+    /// Whether this CA file and `other`'s hold a certificate in common: then a
+    /// certificate one port trusts is trusted by the other too.
+    pub fn shares_ca_with(&self, other: &CertFiles) -> bool {
+        let (Some(a), Some(b)) = (&self.ca, &other.ca) else {
+            return false;
+        };
+        let (Ok(a), Ok(b)) = (read_certs(a), read_certs(b)) else {
+            return false;
+        };
+        a.iter().any(|c| b.contains(c))
     }
 
     fn paths(&self) -> impl Iterator<Item = &PathBuf> {
@@ -207,6 +246,12 @@ impl<T> Reloading<T> {
 impl Reloading<rustls::ServerConfig> {
     pub fn server(files: CertFiles) -> Result<Arc<Self>> {
         Ok(Arc::new(Self::new(files, CertFiles::server_config)?))
+    }
+
+    /// The client port: client certificates optional (see
+    /// [`CertFiles::client_port_config`]).
+    pub fn client_port(files: CertFiles) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self::new(files, CertFiles::client_port_config)?))
     }
 }
 

@@ -15,15 +15,24 @@
 //! set of files (a key that does not match the certificate yet) is logged and the
 //! previous configuration stays in use, so a rotation never takes a port down.
 //!
-//! What this module does not do: it does not decide who may do what. The peer port
-//! requires a client certificate signed by the cluster CA (mutual TLS) and trusts any
-//! such certificate as a member; the client port authenticates users with tokens
-//! (`auth`), not certificates.
+//! - `client_cert`: what a client certificate says (its subject's common name), kept
+//!   per connection and handed to every request in [`crate::conns::ConnInfo`].
+//!
+//! Two trust roots, never mixed: the peer port requires a client certificate signed
+//! by the cluster CA (`--peer-ca`, mutual TLS) and trusts any such certificate as a
+//! member; the client port, given a client CA (`--client-ca`), lets a client present
+//! a certificate signed by *that* CA, which `auth` takes as a login as the user its
+//! common name names. A node certificate is therefore no client login unless the
+//! operator makes the two CAs the same (the node warns when they share a certificate).
+//!
+//! What this module does not do: it does not decide who may do what (`auth` does).
 
 mod accept;
+mod client_cert;
 mod connect;
 mod files;
 
 pub use accept::{tls_incoming, ServerConn};
+pub use client_cert::ClientCert;
 pub use connect::connector;
 pub use files::{CertFiles, Reloading};

@@ -696,6 +696,238 @@ async fn users_are_replicated_to_every_node() {
     c.shutdown().await;
 }
 
+// ---- client certificates and login limits -----------------------------------------
+
+/// Client certificates from `deploy/gen-dev-certs.sh --client`: a client CA of their
+/// own in `dir`, and `USER.pem` / `USER-key.pem` naming each user by its CN.
+fn gen_client_certs(dir: &Path, users: &[&str]) {
+    let mut args = vec!["--client", dir.to_str().unwrap()];
+    args.extend_from_slice(users);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gen-dev-certs.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(&args)
+        .output()
+        .expect("run deploy/gen-dev-certs.sh --client");
+    assert!(
+        out.status.success(),
+        "gen-dev-certs.sh --client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TLS endpoint that trusts `ca` and presents `dir/name.pem` as its certificate.
+fn tls_endpoint_as(addr: SocketAddr, ca: &Path, dir: &Path, name: &str) -> Endpoint {
+    let cert = std::fs::read(dir.join(format!("{name}.pem"))).unwrap();
+    let key = std::fs::read(dir.join(format!("{name}-key.pem"))).unwrap();
+    let ca = std::fs::read(ca).unwrap();
+    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .identity(tonic::transport::Identity::from_pem(cert, key))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+}
+
+/// Who the server takes the caller of a connection made with `endpoint` for, with
+/// no token: `Ok(user)`, or the failure (of the connection or of the call).
+async fn who_am_i(endpoint: Endpoint, token: Option<&str>) -> Result<String, String> {
+    let ch = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let req = match token {
+        Some(t) => authed(pb::WhoAmIRequest {}, t),
+        None => tonic::Request::new(pb::WhoAmIRequest {}),
+    };
+    AuthServiceClient::new(ch)
+        .who_am_i(req)
+        .await
+        .map(|r| r.into_inner().username)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_certificates_log_in_as_the_user_their_common_name_names() {
+    let td = tempfile::tempdir().unwrap();
+    let nodes = td.path().join("nodes");
+    let clients = td.path().join("clients");
+    gen_certs(&nodes, &["n1"]);
+    gen_client_certs(&clients, &["alice", "mallory"]);
+    let server_ca = nodes.join("ca.pem");
+    let c = TestCluster::start(1, with_kv, |cfg| {
+        with_auth(cfg);
+        cfg.client_tls = Some(CertFiles {
+            ca: Some(clients.join("ca.pem")),
+            ..node_files(&nodes, "n1", false)
+        });
+        cfg.peer_tls = Some(node_files(&nodes, "n1", true));
+    })
+    .await;
+    let addr = c.server(1).client_addr;
+
+    // A client without a certificate is served, and logs in with a password.
+    let ch = tls_endpoint(addr, &server_ca).connect().await.unwrap();
+    let admin = admin_token(&ch).await;
+    use pb::{Access as A, ResourceKind as K};
+    AuthServiceClient::new(ch.clone())
+        .put_role(authed(
+            role("dev-config-writer", &[("dev", K::Config, A::Write)]),
+            &admin,
+        ))
+        .await
+        .unwrap();
+    create_user(
+        &ch,
+        &admin,
+        "alice",
+        "alice-password",
+        &["dev-config-writer"],
+    )
+    .await;
+    // A user named like the node: the node's certificate must still not log in.
+    create_user(&ch, &admin, "n1", "n1-password", &["admin"]).await;
+
+    // Alice's certificate is alice, with alice's roles and no token.
+    let alice = tls_endpoint_as(addr, &server_ca, &clients, "alice");
+    assert_eq!(who_am_i(alice.clone(), None).await, Ok("alice".to_string()));
+    let alice_ch = alice.connect().await.unwrap();
+    let mut config = ConfigServiceClient::new(alice_ch.clone());
+    config
+        .publish_config(publish("dev", "app"))
+        .await
+        .expect("alice's certificate may write config in dev");
+    let (code_, msg) = code(config.publish_config(publish("prod", "app")).await);
+    assert_eq!(code_, Code::PermissionDenied);
+    assert!(msg.contains("alice") && msg.contains("prod"), "{msg}");
+    let who = AuthServiceClient::new(alice_ch.clone())
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.roles, vec!["dev-config-writer".to_string()]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        who.expires_at_ms > now_ms + 300 * 24 * 3600 * 1000,
+        "a certificate login lasts as long as the certificate: {}",
+        who.expires_at_ms
+    );
+    // A token on the same connection wins over the certificate.
+    assert_eq!(
+        who_am_i(alice.clone(), Some(&admin)).await,
+        Ok("admin".to_string())
+    );
+    config
+        .publish_config(authed(publish("prod", "app"), &admin))
+        .await
+        .expect("with the admin's token");
+
+    // A certificate from the client CA for a user that does not exist.
+    let err = who_am_i(tls_endpoint_as(addr, &server_ca, &clients, "mallory"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("Unauthenticated")
+            && err.contains("\"mallory\"")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // A node certificate (signed by the peer CA) is no client login, even though a
+    // user "n1" exists: the handshake or the call fails, and never as n1.
+    let node_cert = who_am_i(tls_endpoint_as(addr, &server_ca, &nodes, "n1"), None).await;
+    assert!(
+        node_cert
+            .as_ref()
+            .is_err_and(|e| !e.starts_with("Unauthenticated")),
+        "a peer certificate must not reach the client services: {node_cert:?}"
+    );
+
+    // Deleting the user shuts its certificate out.
+    AuthServiceClient::new(ch.clone())
+        .delete_user(authed(
+            pb::DeleteUserRequest {
+                username: "alice".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let err = who_am_i(alice, None).await.unwrap_err();
+    assert!(err.starts_with("Unauthenticated"), "{err}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_are_limited_per_user_and_per_address() {
+    let c = TestCluster::start(1, with_kv, |cfg| {
+        with_auth(cfg);
+        cfg.auth.login_limits = nacosd::config::LoginLimits {
+            per_user: 3,
+            per_address: 6,
+        };
+    })
+    .await;
+    let ch = channel(&c, 1).await;
+    let admin = admin_token(&ch).await;
+    create_user(&ch, &admin, "carol", "carol-password", &[]).await;
+
+    // Three wrong passwords for the admin spend the user's budget: the fourth login
+    // is refused unchecked, the right password included.
+    for _ in 0..3 {
+        assert_eq!(
+            code(login(&ch, "admin", "guess").await).0,
+            Code::Unauthenticated
+        );
+    }
+    let (code_, msg) = code(login(&ch, "admin", ADMIN_PASSWORD).await);
+    assert_eq!(code_, Code::ResourceExhausted);
+    assert!(
+        msg.contains("for this user name") && msg.contains("try again in"),
+        "{msg}"
+    );
+    // Other users log in; successful logins cost nothing.
+    for _ in 0..5 {
+        login(&ch, "carol", "carol-password")
+            .await
+            .expect("another user is not limited");
+    }
+    // The admin's token still works while its password logins are refused.
+    ClusterServiceClient::new(ch.clone())
+        .status(authed(pb::StatusRequest::default(), &admin))
+        .await
+        .expect("tokens are not limited");
+
+    // Three more failures, for names that do not exist, spend this address's budget
+    // of six: now every user is refused from here.
+    for user in ["x1", "x2", "x3"] {
+        assert_eq!(
+            code(login(&ch, user, "guess").await).0,
+            Code::Unauthenticated
+        );
+    }
+    let (code_, msg) = code(login(&ch, "carol", "carol-password").await);
+    assert_eq!(code_, Code::ResourceExhausted);
+    assert!(msg.contains("from this address"), "{msg}");
+
+    let metrics = nacosd::http::render_metrics(c.node(1));
+    for limit in ["user", "address"] {
+        let series = format!("nacosd_login_refused_total{{limit=\"{limit}\"}} 1");
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    c.shutdown().await;
+}
+
 // ---- nacosctl against a real process with TLS and auth ----------------------------
 
 struct Ctl {
@@ -747,6 +979,8 @@ impl Ctl {
 async fn nacosctl_logs_in_and_manages_users_over_tls() {
     use crate::common::process::Proc;
     let (td, dir) = certs_dir();
+    let clients = td.path().join("clients");
+    gen_client_certs(&clients, &["alice"]);
     let password_file = td.path().join("admin-password");
     std::fs::write(&password_file, format!("{ADMIN_PASSWORD}\n")).unwrap();
     let mut node = Proc::new(1, td.path());
@@ -755,6 +989,8 @@ async fn nacosctl_logs_in_and_manages_users_over_tls() {
         dir.join("n1.pem").to_str().unwrap(),
         "--tls-key",
         dir.join("n1-key.pem").to_str().unwrap(),
+        "--client-ca",
+        clients.join("ca.pem").to_str().unwrap(),
         "--auth",
         "--initial-admin-password-file",
         password_file.to_str().unwrap(),
@@ -811,6 +1047,22 @@ async fn nacosctl_logs_in_and_manages_users_over_tls() {
         &["--token", "forged", "cluster", "status"],
         &[],
         "nauthenticated",
+    );
+    // alice's client certificate: alice, with no token (the admin's cached token is
+    // not sent), so any valid user's calls work and admin ones are refused.
+    let alice_cert = clients.join("alice.pem");
+    let alice_key = clients.join("alice-key.pem");
+    let as_alice = [
+        "--cert",
+        alice_cert.to_str().unwrap(),
+        "--key",
+        alice_key.to_str().unwrap(),
+    ];
+    ctl.ok(&[&as_alice[..], &["cluster", "status"]].concat(), &[]);
+    ctl.fails(
+        &[&as_alice[..], &["user", "list"]].concat(),
+        &[],
+        "user \"alice\"",
     );
     ctl.ok(&["logout"], &[]);
     ctl.fails(&["cluster", "status"], &[], "nauthenticated");

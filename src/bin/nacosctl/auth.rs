@@ -2,7 +2,8 @@
 //! and `role` commands.
 //!
 //! A command's token is, in order: `--token`; a login with `--user` and `--password`
-//! made for this command; the token `nacosctl login` cached in
+//! made for this command; with `--cert`, none (the client certificate is the
+//! credential); the token `nacosctl login` cached in
 //! `$XDG_CONFIG_HOME/nacosctl/token` (else `~/.config/nacosctl/token`, mode 0600) if
 //! it has not expired; none (fine while the cluster runs without --auth).
 
@@ -16,7 +17,7 @@ use nacosd::pb::auth_service_client::AuthServiceClient;
 use serde::{Deserialize, Serialize};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Flags every command takes.
 #[derive(Args, Clone)]
@@ -37,6 +38,13 @@ pub struct Credentials {
     /// The name the server's certificate must carry [default: the endpoint's host].
     #[arg(long, global = true, env = "NACOSCTL_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+    /// A client certificate (PEM) signed by the node's --client-ca: act as the user its
+    /// common name names, with no token (with --key; implies TLS).
+    #[arg(long, global = true, env = "NACOSCTL_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "NACOSCTL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -61,7 +69,7 @@ pub async fn channel(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<Channel, String> {
-    let tls = creds.ca.is_some() || endpoint.starts_with("https://");
+    let tls = creds.ca.is_some() || creds.cert.is_some() || endpoint.starts_with("https://");
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else if tls {
@@ -82,6 +90,10 @@ pub async fn channel(
         if let Some(name) = &creds.tls_server_name {
             config = config.domain_name(name.clone());
         }
+        if let (Some(cert), Some(key)) = (&creds.cert, &creds.key) {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
         ep = ep.tls_config(config).map_err(|e| format!("TLS: {e}"))?;
     }
     ep.connect()
@@ -100,6 +112,9 @@ pub async fn token(channel: &Channel, creds: &Credentials) -> Result<Option<Stri
             None => read_password("password")?,
         };
         return login(channel, user, &password).await.map(|(t, _)| Some(t));
+    }
+    if creds.cert.is_some() {
+        return Ok(None);
     }
     Ok(load_cached())
 }
