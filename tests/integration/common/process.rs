@@ -15,13 +15,28 @@ use nacosd::pb::cluster_service_client::ClusterServiceClient;
 /// no two clusters picking ports at once.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port for a child process to listen on.
+///
+/// Taken from 20000–31999, below Linux's ephemeral range (32768–60999 by default), and
+/// checked by binding it: a port from the ephemeral range (`bind(0)`) could be taken,
+/// between the check and the child's own bind, as the local port of an outgoing
+/// connection of another test running in parallel (it happened: "Address already in
+/// use"). Ports are handed out in order from a start chosen by the process id, so two
+/// test processes rarely meet and one process never hands a port out twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 pub struct Proc {
