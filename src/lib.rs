@@ -40,3 +40,10 @@ pub mod server;
 pub mod tls;
 
 pub use error::{Error, Result};
+
+/// Locks `m`, also after a thread panicked while holding it. nacosd's mutexes guard
+/// data that is consistent between statements (no invariant spans a point that can
+/// panic), so a poisoned lock is used as it is rather than spreading the panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
@@ -23,6 +23,7 @@ use crate::distro::wire::{self, SyncItem};
 use crate::error::{Error, Result};
 use crate::groups::feed::{Feed, FeedEvent};
 use crate::groups::naming::{InstanceAddr, InstanceRecord, ServiceKey};
+use crate::lock;
 use crate::raft::node::MultiRaft;
 
 /// Sessions in one sync call.
@@ -44,10 +45,6 @@ pub struct Distro {
     feed: Feed<EphemeralChange>,
     ready: AtomicBool,
     pub metrics: DistroMetrics,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Session ids: 1..=128 chars of `[A-Za-z0-9._:-]`.

@@ -29,7 +29,8 @@ use crate::consistency::ReadLevel;
 use crate::error::{Error, Result};
 use crate::groups::config::watch::{self, WatchEvent, WatchInput, WatchRequest};
 use crate::groups::config::{md5_hex, validate, ConfigKey, Get, Publish, Remove, States};
-use crate::nacos::connection::{lock, ConfigListen, Connection};
+use crate::lock;
+use crate::nacos::connection::{ConfigListen, Connection};
 use crate::nacos::service::Front;
 use crate::nacos::wire::{
     code, ConfigBatchListenRequest, ConfigContext, ConfigPublishRequest, ConfigQueryResponse,

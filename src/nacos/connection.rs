@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,11 +22,8 @@ use crate::error::{Error, Result};
 use crate::groups::config::watch::WatchInput;
 use crate::groups::config::ConfigKey;
 use crate::groups::naming::ServiceKey;
+use crate::lock;
 use crate::nacos::wire::{ConfigContext, Payload, Reply};
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The Nacos connection id of a TCP connection: Nacos's
 /// `<acceptMillis>_<remoteIp>_<remotePort>`, plus the node id so that it is unique in

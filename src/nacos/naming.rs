@@ -28,7 +28,8 @@ use crate::consistency::ReadLevel;
 use crate::error::{Error, Result};
 use crate::groups::feed::FeedEvent;
 use crate::groups::naming::{validate, Deregister, InstanceRecord, Register, ServiceKey};
-use crate::nacos::connection::{lock, Connection};
+use crate::lock;
+use crate::nacos::connection::Connection;
 use crate::nacos::service::Front;
 use crate::nacos::wire::{
     BatchInstanceRequest, Instance, InstanceRequest, NamingTarget, NotifySubscriberRequest, Reply,

@@ -69,13 +69,16 @@ impl RocksLogStore {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> io::Result<()> {
+    /// Write a metadata record, synced (a vote, a purge point).
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
         let meta = cf(&self.db, keys::RAFT_META_CF)?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
         self.db
-            .put_cf_opt(meta, key, encode(value)?, &opts)
+            .put_cf_opt(meta, key, encode(value)?, &synced())
             .map_err(io::Error::other)
+    }
+
+    fn pending_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
+        crate::lock(&self.committed)
     }
 
     fn edge_entry(&self, mode: IteratorMode<'_>) -> io::Result<Option<Entry>> {
@@ -87,12 +90,6 @@ impl RocksLogStore {
                 decode(&v).map(Some)
             }
         }
-    }
-}
-
-impl RocksLogStore {
-    fn pending_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
-        self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -243,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let vote = *vote;
-        self.blocking(move |s| s.put_meta(&keys::vote_key(&s.group), &vote, true))
+        self.blocking(move |s| s.put_meta(&keys::vote_key(&s.group), &vote))
             .await
     }
 
@@ -369,9 +366,7 @@ mod tests {
                 .unwrap();
         }
         let purged = openraft::testing::log_id::<TypeConfig>(2, 1, 1000);
-        store
-            .put_meta(&keys::purged_key("g"), &purged, true)
-            .unwrap();
+        store.put_meta(&keys::purged_key("g"), &purged).unwrap();
 
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(purged));

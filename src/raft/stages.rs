@@ -48,7 +48,7 @@ impl StageClock {
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, VecDeque<Appended>> {
-        self.appended.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.appended)
     }
 
     /// Entries `first..=last` were written to the log now.

@@ -76,7 +76,7 @@ impl GroupStateMachine {
     }
 
     fn cached_applied(&self) -> std::sync::MutexGuard<'_, Option<AppliedState>> {
-        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.applied)
     }
 
     /// The applied state, from the cache or (the first time) from storage.
