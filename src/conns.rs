@@ -81,7 +81,7 @@ struct Registry {
 
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::net::TcpStream>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.open)
     }
 }
 

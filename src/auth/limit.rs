@@ -145,7 +145,7 @@ impl LoginLimiter {
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.tables)
     }
 
     /// Reserve one failure of `user`'s and of `addr`'s budgets for a login attempt, or

@@ -90,7 +90,7 @@ impl Batches {
 impl Batches {
     /// The open queue for `addr` and `group`, started if there is none.
     fn queue(&self, client: &PeerClient, addr: &str, group: &str) -> mpsc::Sender<Pending> {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = crate::lock(&self.queues);
         let key = (addr.to_string(), group.to_string());
         if let Some(q) = queues.get(&key).filter(|q| !q.is_closed()) {
             return q.clone();

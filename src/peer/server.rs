@@ -115,7 +115,7 @@ impl PeerService {
     }
 
     fn log_refusal(&self, from: Option<u64>, what: &'static str, message: &str) {
-        let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = crate::lock(&self.refusal_log);
         let now = Instant::now();
         let due = log
             .get(&(from, what))

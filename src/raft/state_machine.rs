@@ -91,10 +91,7 @@ impl GroupStateMachine {
     }
 
     fn build_backing_off(&self) -> bool {
-        self.last_build_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t.elapsed() < BUILD_RETRY)
+        crate::lock(&self.last_build_failure).is_some_and(|t| t.elapsed() < BUILD_RETRY)
     }
 
     /// Build a snapshot file now (on the blocking pool).
@@ -142,10 +139,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         let _serialized = self.snapshot_lock.lock().await;
         match self.try_build().await {
             Ok(snapshot) => {
-                *self
-                    .last_build_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                *crate::lock(&self.last_build_failure) = None;
                 Ok(snapshot)
             }
             Err(e) => {
@@ -155,10 +149,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
                     retry_in_secs = BUILD_RETRY.as_secs(),
                     "building a snapshot failed; the node keeps running on its log and will try again"
                 );
-                *self
-                    .last_build_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                *crate::lock(&self.last_build_failure) = Some(Instant::now());
                 // Not newer than what openraft has: it changes nothing.
                 let dir = self.snapshots.clone();
                 let current = blocking(move || dir.latest()).await.ok().flatten();

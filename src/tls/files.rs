@@ -223,7 +223,7 @@ impl<T> Reloading<T> {
 
     /// The configuration for a new connection: rebuilt first if the files changed.
     pub fn current(&self) -> Arc<T> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = crate::lock(&self.loaded);
         let now = self.files.fingerprint();
         if now != loaded.fingerprint && loaded.failed.as_ref() != Some(&now) {
             match (self.build)(&self.files) {

@@ -139,7 +139,7 @@ fn call_builtin(
     name: &str,
     args: &[SqlValue],
 ) -> rusqlite::Result<SqlValue> {
-    let conn = helper.lock().unwrap_or_else(|e| e.into_inner());
+    let conn = crate::lock(helper);
     let placeholders = (1..=args.len())
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()

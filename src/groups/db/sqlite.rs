@@ -264,7 +264,7 @@ impl SqliteStateMachine {
     }
 
     fn lock(m: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connection>> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(m)
     }
 
     /// Check a batch at the API edge, without running it: the same rules the apply
