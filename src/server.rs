@@ -6,7 +6,10 @@
 //!
 //! Shutdown order: a leader first hands each group it leads to its most up-to-date
 //! follower (so a rolling restart costs a leader change, not an election timeout),
-//! then the servers stop accepting requests and let in-flight ones finish, then every
+//! asks its Nacos clients to reconnect to another server (`ConnectResetRequest`, up
+//! to 1 s for their answers) and ends their streams, deletes its sessions (ephemeral
+//! data) on every peer, then the servers stop accepting
+//! requests and let in-flight ones finish, then every
 //! group's Raft is shut down (flushing its pending I/O), and finally the storage is
 //! closed, with a real completion signal, so the data directory can be reopened at once.
 
@@ -55,6 +58,10 @@ pub const CLIENT_SERVICES: &[&str] = &[
 
 /// How long a stopping server lets in-flight requests finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a stopping server waits for Nacos clients to answer its request to
+/// reconnect elsewhere.
+const NACOS_RESET_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a stopping leader waits for a group's leadership to move.
 const HANDOVER_WAIT: Duration = Duration::from_secs(2);
@@ -132,6 +139,8 @@ impl RunningServer {
     /// wait for the storage to close.
     pub async fn shutdown(self) {
         hand_over_leadership(&self.node).await;
+        self.nacos.reset_all(NACOS_RESET_WAIT).await;
+        self.distro.retire(DRAIN_GRACE).await;
         let _ = self.stop_tx.send(true);
         drop(self.failure);
         // In-flight requests get a grace period; connections still open after it
@@ -152,6 +161,9 @@ impl RunningServer {
         }
         let node_id = self.node.node_id;
         let closing = self.node.shutdown().await;
+        // Whatever still runs on the control runtime (a peer call in flight) holds
+        // storage handles: end it before waiting for the storage to close.
+        self.node.control.stop();
         drop(self.cluster);
         drop(self.nacos);
         drop(self.distro);
@@ -214,15 +226,24 @@ pub async fn start(
         shared.naming_feed.clone(),
         shared.config_feed.clone(),
         config_limits(config),
+        config.nacos,
     );
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
-    let (peer_conns, peer_cutter) = conns::tracked(incoming(listeners.peer));
+    let peer_listener = move_to_runtime(listeners.peer, node.control.handle())?;
+    let (peer_conns, peer_cutter) = conns::tracked(incoming(peer_listener));
     let (client_conns, client_cutter) = conns::tracked(incoming(listeners.client));
     let peer_conns = tls::tls_incoming(peer_conns, peer_tls, "peer");
     let client_conns = tls::tls_incoming(client_conns, client_tls, "client");
     let servers = vec![
-        serve_peer(&cluster, &distro, config, peer_conns, &stop_tx),
+        serve_peer(
+            &cluster,
+            &distro,
+            config,
+            peer_conns,
+            &stop_tx,
+            node.control.handle(),
+        ),
         serve_client(
             ClientDeps {
                 cluster: &cluster,
@@ -331,12 +352,14 @@ fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'sta
 }
 
 /// The peer port: Raft RPCs of every group, forwarding, Hello, cluster operations.
+/// Served on the control runtime (`raft::control`), beside the groups it feeds.
 fn serve_peer(
     cluster: &Arc<Cluster>,
     distro: &Arc<Distro>,
     config: &Config,
     connections: impl Stream<Item = std::io::Result<ServerConn>> + Send + 'static,
     stop: &watch::Sender<bool>,
+    control: &tokio::runtime::Handle,
 ) -> JoinHandle<()> {
     let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(
         cluster.clone(),
@@ -345,7 +368,7 @@ fn serve_peer(
     .max_decoding_message_size(config.peer_message_limit())
     .max_encoding_message_size(config.peer_message_limit());
     let stop = stopped(stop);
-    tokio::spawn(async move {
+    control.spawn(async move {
         let res = Server::builder()
             .initial_connection_window_size(16 << 20)
             .initial_stream_window_size(8 << 20)
@@ -648,6 +671,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// Accepted connections with TCP_NODELAY and keepalive. tonic ignores its builder's
 /// `tcp_nodelay` for a caller-supplied listener, and without it Nagle's algorithm
 /// holds small responses back for a delayed ACK: about 40 ms per request.
+/// `listener`, registered with `runtime`'s I/O driver instead of the current one.
+fn move_to_runtime(
+    listener: TcpListener,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<TcpListener> {
+    let listener = listener.into_std()?;
+    let _on = runtime.enter();
+    TcpListener::from_std(listener)
+}
+
 fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))

@@ -6,6 +6,10 @@
 //! - The **bulk** lane carries snapshot streams and append batches above
 //!   [`BULK_APPEND_BYTES`].
 //!
+//! Control-lane connections run on the node's control runtime (`raft::control`) when
+//! one is given ([`PeerChannels::on_control_runtime`]), beside the Raft groups they
+//! serve; bulk ones on the runtime of their first caller.
+//!
 //! HTTP/2 multiplexes streams, but all of a connection's streams share one TCP send
 //! buffer and one connection-level flow-control window: a heartbeat queued behind
 //! megabytes of snapshot data arrives late, a follower's election timer fires and the
@@ -45,6 +49,8 @@ pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
     /// Mutual TLS to peers; `None`: plaintext.
     tls: Option<Arc<Reloading<ClientConfig>>>,
+    /// Where control-lane connections run; `None`: where they are first used.
+    control: Option<tokio::runtime::Handle>,
 }
 
 impl PeerChannels {
@@ -53,12 +59,19 @@ impl PeerChannels {
         PeerChannels {
             channels: Arc::default(),
             tls,
+            control: None,
         }
+    }
+
+    /// Run the control-lane connections on `runtime` (the node's control runtime).
+    pub fn on_control_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.control = Some(runtime);
+        self
     }
 
     /// The channel to `addr` (`host:port`) on `lane`, created on first use.
     pub fn channel(&self, addr: &str, lane: Lane) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::lock(&self.channels);
         if let Some(ch) = map.get(&(addr.to_string(), lane)) {
             return Ok(ch.clone());
         }
@@ -75,6 +88,11 @@ impl PeerChannels {
             .keep_alive_while_idle(true)
             .initial_connection_window_size(Some(conn_window))
             .initial_stream_window_size(Some(stream_window));
+        // The channel's worker (and so its connection) is spawned where it is made.
+        let _on_control = match (lane, &self.control) {
+            (Lane::Control, Some(rt)) => Some(rt.enter()),
+            _ => None,
+        };
         let ch = match &self.tls {
             Some(tls) => endpoint.connect_with_connector_lazy(tls::connector(tls.clone())),
             None => endpoint.connect_lazy(),

@@ -21,6 +21,7 @@
 //! The peer protocol (both sides, and openraft's network) is in [`crate::peer`];
 //! bootstrap and membership changes, which span every group, in [`crate::cluster`].
 
+pub mod control;
 pub mod group;
 pub mod identity;
 pub mod keys;

@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::peer::raft_network::{AddressBook, GroupNetworkFactory};
 use crate::peer::PeerClient;
+use crate::raft::control::ControlRuntime;
 use crate::raft::group::{GroupContext, GroupRegistry, GroupSpec, StateMachine};
 use crate::raft::identity::{self, Identity, IdentityCell};
 use crate::raft::log_store::RocksLogStore;
@@ -284,6 +285,9 @@ pub struct MultiRaft {
     pub counters: NodeCounters,
     /// Histograms and counters recorded as the node runs (`crate::metrics`).
     pub metrics: Arc<Metrics>,
+    /// Where the groups' openraft tasks, the peer server and the control-lane
+    /// connections run (`raft::control`).
+    pub control: Arc<ControlRuntime>,
     identity: IdentityCell,
     groups: BTreeMap<String, Arc<Group>>,
     db: Arc<Db>,
@@ -364,6 +368,7 @@ struct GroupBuilder<'a> {
     config: &'a Config,
     db: Arc<Db>,
     peers: PeerClient,
+    control: Arc<ControlRuntime>,
     timing: Timing,
     epoch: Instant,
     shutdown: watch::Sender<bool>,
@@ -390,15 +395,18 @@ impl GroupBuilder<'_> {
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
         let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone(), clock);
         let book = AddressBook::default();
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config(config, name)?),
-            GroupNetworkFactory::new(name, self.peers.clone(), book.clone()),
-            log,
-            gsm,
-        )
-        .await
-        .map_err(|e| io::Error::other(format!("group {name}: {e}")))?;
+        // On the control runtime: every task openraft spawns for the group stays there.
+        let raft = self
+            .control
+            .run(Raft::new(
+                config.node_id,
+                Arc::new(raft_config(config, name)?),
+                GroupNetworkFactory::new(name, self.peers.clone(), book.clone()),
+                log,
+                gsm,
+            ))
+            .await?
+            .map_err(|e| io::Error::other(format!("group {name}: {e}")))?;
         let group = Arc::new(Group {
             name: name.into(),
             raft,
@@ -468,6 +476,7 @@ impl MultiRaft {
             ),
             None => None,
         };
+        let control = Arc::new(ControlRuntime::start(config.node_id)?);
         let builder = GroupBuilder {
             config,
             db: db.clone(),
@@ -475,8 +484,10 @@ impl MultiRaft {
                 config.node_id,
                 identity.clone(),
                 config.peer_message_limit(),
-                crate::peer::channels::PeerChannels::new(peer_tls),
+                crate::peer::channels::PeerChannels::new(peer_tls)
+                    .on_control_runtime(control.handle().clone()),
             ),
+            control: control.clone(),
             timing: Timing {
                 heartbeat: config.heartbeat,
                 election_timeout_max: config.election_timeout.1,
@@ -521,6 +532,7 @@ impl MultiRaft {
             peers,
             counters: NodeCounters::default(),
             metrics,
+            control,
             identity,
             groups,
             db,
