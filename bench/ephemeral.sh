@@ -85,6 +85,6 @@ for i in 1 2 3; do
     per=$(echo "scale=1; $grown * 100000 / ${counts[0]:-1}" | bc)
     echo "node $i: RSS $after MiB (${rss_before[$((i - 1))]} MiB before the run: +$grown MiB, about $per MiB per 100,000 instances);" \
         "$(curl -s "127.0.0.1:$((base + 20 + i))/metrics" |
-            grep -E '^nacosd_distro_(sessions_owned|sync_calls_total|syncs_failed_total)' |
+            grep -E '^nacosd_distro_(sessions_owned|sync_calls_total|syncs_failed_total|full_syncs_sent_total|deltas_refused_total)' |
             tr '\n' ' ')"
 done

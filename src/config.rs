@@ -70,6 +70,26 @@ pub struct DistroSettings {
     pub load_retry: Duration,
 }
 
+/// The Nacos 2.x front end (`src/nacos/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NacosSettings {
+    /// A Nacos connection silent this long is sent a `ClientDetectionRequest`
+    /// (Nacos's `RuntimeConnectionEjector`: 20 s).
+    pub idle_probe_after: Duration,
+    /// A probed connection that does not answer within this is closed, and its
+    /// ephemeral instances go everywhere (Nacos: 5 s).
+    pub probe_timeout: Duration,
+}
+
+impl Default for NacosSettings {
+    fn default() -> Self {
+        NacosSettings {
+            idle_probe_after: Duration::from_secs(20),
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 impl Default for DistroSettings {
     fn default() -> Self {
         DistroSettings {
@@ -175,6 +195,8 @@ pub struct Config {
     pub db_limits: DbLimits,
     /// Sessions and ephemeral instances (the AP side).
     pub distro: DistroSettings,
+    /// The Nacos 2.x front end's connection liveness.
+    pub nacos: NacosSettings,
     /// TLS on the client and HTTP ports: certificate and key, and optionally the
     /// client CA (`--client-ca`): a client may then present a certificate signed by
     /// it instead of a token, and is the user its subject's common name names (with
@@ -269,6 +291,7 @@ impl Default for Config {
             config_history_limit: 30,
             db_limits: DbLimits::default(),
             distro: DistroSettings::default(),
+            nacos: NacosSettings::default(),
             client_tls: None,
             peer_tls: None,
             insecure_peer: false,
@@ -415,6 +438,13 @@ pub struct ConfigArgs {
     /// Distro: retry delay of the startup snapshot load, in ms [default: 30000].
     #[arg(long, env = "NACOSD_DISTRO_LOAD_RETRY_MS")]
     pub distro_load_retry_ms: Option<u64>,
+    /// Nacos front end: probe a connection silent this long, in ms [default: 20000].
+    #[arg(long, env = "NACOSD_NACOS_IDLE_PROBE_MS")]
+    pub nacos_idle_probe_ms: Option<u64>,
+    /// Nacos front end: close a probed connection that does not answer within this,
+    /// in ms [default: 5000].
+    #[arg(long, env = "NACOSD_NACOS_PROBE_TIMEOUT_MS")]
+    pub nacos_probe_timeout_ms: Option<u64>,
     /// TLS certificate (PEM chain) of the client and HTTP ports; with --tls-key.
     #[arg(long, env = "NACOSD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -515,6 +545,8 @@ impl ConfigArgs {
                 .distro_replica_expiry_ms
                 .or(other.distro_replica_expiry_ms),
             distro_load_retry_ms: self.distro_load_retry_ms.or(other.distro_load_retry_ms),
+            nacos_idle_probe_ms: self.nacos_idle_probe_ms.or(other.nacos_idle_probe_ms),
+            nacos_probe_timeout_ms: self.nacos_probe_timeout_ms.or(other.nacos_probe_timeout_ms),
             tls_cert: self.tls_cert.or(other.tls_cert),
             tls_key: self.tls_key.or(other.tls_key),
             peer_cert: self.peer_cert.or(other.peer_cert),
@@ -620,6 +652,16 @@ impl ConfigArgs {
                         .unwrap_or(dd.replica_expiry),
                     load_retry: args.distro_load_retry_ms.map(ms).unwrap_or(dd.load_retry),
                 }
+            },
+            nacos: NacosSettings {
+                idle_probe_after: args
+                    .nacos_idle_probe_ms
+                    .map(ms)
+                    .unwrap_or(d.nacos.idle_probe_after),
+                probe_timeout: args
+                    .nacos_probe_timeout_ms
+                    .map(ms)
+                    .unwrap_or(d.nacos.probe_timeout),
             },
             client_tls: match (args.tls_cert, args.tls_key, args.client_ca) {
                 (Some(cert), Some(key), ca) => Some(CertFiles { cert, key, ca }),
@@ -811,6 +853,8 @@ impl Config {
             ("distro-sync-timeout-ms", d.sync_timeout),
             ("distro-verify-interval-ms", d.verify_interval),
             ("distro-load-retry-ms", d.load_retry),
+            ("nacos-idle-probe-ms", self.nacos.idle_probe_after),
+            ("nacos-probe-timeout-ms", self.nacos.probe_timeout),
         ] {
             if v < ms(10) {
                 return Err(Error::invalid(format!("{name} must be at least 10")));

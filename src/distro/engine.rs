@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use crate::config::{DistroSettings, NodeId, MIN_SESSION_TTL};
 use crate::distro::metrics::{inc, DistroMetrics};
 use crate::distro::store::{
-    EphemeralChange, EphemeralInstance, OwnedList, SessionData, SessionId, Store,
+    DeltaOutcome, EphemeralChange, EphemeralInstance, Outgoing, OwnedList, SessionData, SessionId,
+    Store,
 };
 use crate::distro::tasks::{Due, SyncOp, TaskQueue};
 use crate::distro::wire::{self, SyncItem};
@@ -44,6 +45,9 @@ pub struct Distro {
     peers: Mutex<Vec<(NodeId, String)>>,
     feed: Feed<EphemeralChange>,
     ready: AtomicBool,
+    /// The node is shutting down: its sessions are being deleted on the peers, and
+    /// nothing may change them any more.
+    retiring: AtomicBool,
     pub metrics: DistroMetrics,
 }
 
@@ -79,6 +83,7 @@ impl Distro {
             peers: Mutex::default(),
             feed: Feed::default(),
             ready: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
             metrics: DistroMetrics::default(),
         })
     }
@@ -111,10 +116,71 @@ impl Distro {
         }
     }
 
+    /// Refuse session changes once the node is shutting down.
+    fn check_not_retiring(&self) -> Result<()> {
+        if self.retiring.load(Ordering::Acquire) {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "node {} is shutting down; open a session on another node and register there",
+                    self.node_id
+                ),
+                leader: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// At a graceful shutdown: delete this node's sessions on every peer. They die
+    /// with the process (ephemeral data is memory-only), and without this the peers
+    /// would show them until the replica expiry, beside the registrations their
+    /// clients make on other nodes. From now on every session change is refused and
+    /// every sync this node sends is a deletion. Best effort within `wait`; returns
+    /// the peers that confirmed.
+    pub async fn retire(&self, wait: Duration) -> usize {
+        self.retiring.store(true, Ordering::Release);
+        let mut ids = lock(&self.store).owned_ids();
+        ids.extend(lock(&self.tasks).deletions());
+        let revision = lock(&self.store).clock();
+        let items: Vec<SyncItem> = ids
+            .into_iter()
+            .map(|id| SyncItem::Delete {
+                id,
+                owner: self.node_id,
+                revision,
+            })
+            .collect();
+        let peers = lock(&self.peers).clone();
+        if items.is_empty() || peers.is_empty() {
+            return 0;
+        }
+        let sends = peers.iter().map(|(peer, addr)| {
+            let items = &items;
+            async move {
+                let r = wire::send_sync(&self.node.peers, addr, items, wait).await;
+                if let Err(e) = &r {
+                    tracing::warn!(peer, error = %e, "could not delete this node's sessions on a peer at shutdown; they expire there after the replica expiry");
+                }
+                r.is_ok()
+            }
+        });
+        let confirmed = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        tracing::info!(
+            sessions = items.len(),
+            peers = confirmed,
+            "deleted this node's sessions on its peers"
+        );
+        confirmed
+    }
+
     // ----- the session API (client services) -----
 
     /// Open a session owned by this node; `ttl` zero means the default.
     pub fn open_session(&self, id: &str, ttl: Duration) -> Result<(SessionId, Duration)> {
+        self.check_not_retiring()?;
         let s = &self.settings;
         let ttl = if ttl.is_zero() { s.session_ttl } else { ttl };
         if ttl < MIN_SESSION_TTL || ttl > s.session_max_ttl {
@@ -137,6 +203,7 @@ impl Distro {
     }
 
     pub fn keep_alive(&self, id: &str) -> Result<Duration> {
+        self.check_not_retiring()?;
         check_session_id(id)?;
         let (ttl, changed, changes) = lock(&self.store).renew(id, Instant::now())?;
         if changed {
@@ -163,6 +230,7 @@ impl Distro {
         records: Vec<InstanceRecord>,
         must_exist: bool,
     ) -> Result<Vec<bool>> {
+        self.check_not_retiring()?;
         check_session_id(id)?;
         let (created, changes) = lock(&self.store).register(id, service, records, must_exist)?;
         if !changes.is_empty() {
@@ -181,6 +249,7 @@ impl Distro {
         service: &ServiceKey,
         records: Vec<InstanceRecord>,
     ) -> Result<()> {
+        self.check_not_retiring()?;
         check_session_id(id)?;
         let changes = lock(&self.store).replace(id, service, records)?;
         if !changes.is_empty() {
@@ -191,6 +260,7 @@ impl Distro {
     }
 
     pub fn deregister(&self, id: &str, service: &ServiceKey, addr: &InstanceAddr) -> Result<bool> {
+        self.check_not_retiring()?;
         check_session_id(id)?;
         let (existed, changes) = lock(&self.store).deregister(id, service, addr)?;
         if existed {
@@ -234,27 +304,43 @@ impl Distro {
 
     // ----- receiving side (peer messages) -----
 
-    pub fn receive_sync(&self, items: Vec<SyncItem>) {
+    /// Apply a peer's sync batch. Returns the sessions whose delta did not apply
+    /// (this node does not hold the revision it starts from): the owner sends them
+    /// whole. The store's lock is taken per session, so a large batch never holds
+    /// readers and the node's own registrations back for its whole length.
+    pub fn receive_sync(&self, items: Vec<SyncItem>) -> Vec<SessionId> {
         let now = Instant::now();
         let mut all = Vec::new();
-        {
+        let mut need_full = Vec::new();
+        for item in items {
             let mut store = lock(&self.store);
-            for item in items {
-                let (applied, changes) = match item {
-                    SyncItem::Change(data) => store.apply_sync(data, now),
-                    SyncItem::Delete {
-                        id,
-                        owner,
-                        revision,
-                    } => store.apply_delete(&id, owner, revision),
-                };
-                if applied {
-                    inc(&self.metrics.syncs_applied, 1);
+            let (applied, changes) = match item {
+                SyncItem::Change(data) => store.apply_sync(data, now),
+                SyncItem::Delta(delta) => {
+                    let id = delta.id.clone();
+                    match store.apply_delta(delta, now) {
+                        DeltaOutcome::Applied(changes) => (true, changes),
+                        DeltaOutcome::Stale => (false, vec![]),
+                        DeltaOutcome::NeedFull => {
+                            need_full.push(id);
+                            (false, vec![])
+                        }
+                    }
                 }
-                all.extend(changes);
+                SyncItem::Delete {
+                    id,
+                    owner,
+                    revision,
+                } => store.apply_delete(&id, owner, revision),
+            };
+            drop(store);
+            if applied {
+                inc(&self.metrics.syncs_applied, 1);
             }
+            all.extend(changes);
         }
         self.publish_changes(all);
+        need_full
     }
 
     pub fn receive_verify(&self, list: &OwnedList) -> Vec<SessionId> {
@@ -361,13 +447,22 @@ impl Distro {
     }
 
     async fn send_batch(self: Arc<Self>, target: NodeId, addr: String, batch: Vec<Due>) {
+        // (session, revision sent) of the changes, for the acknowledgements.
+        let mut sent = Vec::new();
         let items: Vec<SyncItem> = {
             let store = lock(&self.store);
             batch
                 .iter()
-                .map(|d| match store.owned_data(&d.session) {
-                    Some(data) => SyncItem::Change(data),
-                    None => SyncItem::Delete {
+                .map(|d| match store.outgoing(&d.session, target) {
+                    // Retiring: every session of this node is gone for the peers.
+                    Some(out) if !self.retiring.load(Ordering::Acquire) => {
+                        sent.push((d.session.clone(), out.revision()));
+                        match out {
+                            Outgoing::Full(data) => SyncItem::Change(data),
+                            Outgoing::Delta(delta) => SyncItem::Delta(delta),
+                        }
+                    }
+                    _ => SyncItem::Delete {
                         id: d.session.clone(),
                         owner: self.node_id,
                         revision: store.clock(),
@@ -378,11 +473,35 @@ impl Distro {
         let counters = self.metrics.peer(target);
         let retried = batch.iter().filter(|d| d.attempts > 0).count() as u64;
         inc(&counters.syncs_retried, retried);
+        let full = items
+            .iter()
+            .filter(|i| matches!(i, SyncItem::Change(_)))
+            .count();
         let n = items.len() as u64;
         match wire::send_sync(&self.node.peers, &addr, &items, self.settings.sync_timeout).await {
-            Ok(()) => {
+            Ok(need_full) => {
                 inc(&counters.syncs_sent, n);
+                inc(&counters.full_syncs_sent, full as u64);
                 inc(&counters.sync_calls, 1);
+                inc(&counters.deltas_refused, need_full.len() as u64);
+                let peers: Vec<NodeId> = lock(&self.peers).iter().map(|(id, _)| *id).collect();
+                {
+                    let mut store = lock(&self.store);
+                    for (id, revision) in &sent {
+                        if need_full.contains(id) {
+                            store.forget_ack(id, target);
+                        } else {
+                            store.acked(id, target, *revision, &peers);
+                        }
+                    }
+                }
+                if !need_full.is_empty() {
+                    let now = Instant::now();
+                    let mut tasks = lock(&self.tasks);
+                    for id in &need_full {
+                        tasks.add(id, target, SyncOp::Change, now, Duration::ZERO);
+                    }
+                }
             }
             Err(e) => {
                 inc(&counters.syncs_failed, n);
@@ -463,6 +582,11 @@ impl Distro {
                     {
                         Ok(wanted) => {
                             inc(&counters.verify_mismatches, wanted.len() as u64);
+                            // Sent at once, as a delta when the owner knows what the
+                            // peer holds: under a steady load every verify finds the
+                            // peers a sync delay behind, and sending those sessions
+                            // whole each time was most of a node's CPU. A peer that
+                            // lost the session refuses the delta and gets it whole.
                             if !wanted.is_empty() {
                                 let now = Instant::now();
                                 let mut tasks = lock(&this.tasks);

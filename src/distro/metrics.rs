@@ -19,6 +19,12 @@ use crate::http::{counter_name, gauge_value, help_text};
 pub struct PeerCounters {
     /// Sessions sent in successful sync calls (changes and deletions).
     pub syncs_sent: AtomicU64,
+    /// Sessions sent whole in successful sync calls (the rest went as deltas or
+    /// deletions).
+    pub full_syncs_sent: AtomicU64,
+    /// Deltas the peer could not apply (it did not hold their base revision); each
+    /// session is then sent whole.
+    pub deltas_refused: AtomicU64,
     /// Successful sync calls.
     pub sync_calls: AtomicU64,
     /// Sessions whose sync failed (each is retried).
@@ -48,18 +54,11 @@ pub struct DistroMetrics {
 
 impl DistroMetrics {
     pub fn peer(&self, id: NodeId) -> Arc<PeerCounters> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone()
+        crate::lock(&self.peers).entry(id).or_default().clone()
     }
 
     fn peers(&self) -> Vec<(NodeId, Arc<PeerCounters>)> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.peers)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect()
@@ -72,11 +71,21 @@ pub fn inc(c: &AtomicU64, n: u64) {
 
 type PeerCounter = (&'static str, &'static str, fn(&PeerCounters) -> &AtomicU64);
 
-const PEER_COUNTERS: [PeerCounter; 6] = [
+const PEER_COUNTERS: [PeerCounter; 8] = [
     (
         "nacosd_distro_syncs_sent_total",
         "Sessions sent to the peer in successful syncs (changes and deletions).",
         |c| &c.syncs_sent,
+    ),
+    (
+        "nacosd_distro_full_syncs_sent_total",
+        "Sessions sent to the peer whole (new to it, or no delta possible); the rest of the syncs sent went as deltas or deletions.",
+        |c| &c.full_syncs_sent,
+    ),
+    (
+        "nacosd_distro_deltas_refused_total",
+        "Delta syncs the peer could not apply (it did not hold their base revision); each was then sent whole.",
+        |c| &c.deltas_refused,
     ),
     (
         "nacosd_distro_sync_calls_total",

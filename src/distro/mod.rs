@@ -8,7 +8,10 @@
 //!   so both sides of a partition keep accepting their own sessions' registrations.
 //! - **Sync.** Each change of an owned session schedules one task per (session, other
 //!   node) (`tasks`); a task waits the sync delay, merging later changes, then sends the
-//!   session's current state (or its deletion). Due tasks are batched per target, one
+//!   session's current state (or its deletion): as a delta from the revision the
+//!   target last confirmed when the owner's journal still covers it (`journal`), whole
+//!   otherwise. A target that does not hold the delta's base says so and gets the
+//!   session whole. Due tasks are batched per target, one
 //!   call in flight per target, so a slow peer does not hold others back. Failed sends
 //!   retry with a growing backoff while the target is a member.
 //! - **Verify.** Every verify interval each node sends every other node the list of
@@ -32,6 +35,7 @@
 //! `wire` (the peer messages, both sides), `metrics`.
 
 pub mod engine;
+pub(crate) mod journal;
 pub(crate) mod metrics;
 pub(crate) mod store;
 pub(crate) mod tasks;

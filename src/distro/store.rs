@@ -5,7 +5,9 @@
 //! `now`), so the rules are table-tested without a cluster:
 //! - only the owner changes a session; a sync or snapshot entry about a session this
 //!   node owns is ignored, and a sync never replaces a replica with an older revision;
-//! - a sync carries the session's whole state, so applying it twice is harmless;
+//! - a full sync carries the session's whole state, so applying it twice is harmless;
+//!   a delta sync (what changed between two revisions, see `journal`) only applies on
+//!   top of exactly the revision it starts from, and otherwise asks for the whole;
 //! - revisions come from the owner's revision clock, which never goes below the wall
 //!   clock in microseconds: a restarted owner's revisions are above its old ones;
 //! - a verify lists all sessions the owner holds: listed ones that are missing here or
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
+use crate::distro::journal::{InstanceKey, Journal};
 use crate::error::{Error, Result};
 use crate::groups::naming::{InstanceAddr, InstanceRecord, ServiceKey};
 
@@ -39,6 +42,49 @@ pub struct SessionData {
     pub instances: Vec<(ServiceKey, InstanceRecord)>,
 }
 
+/// What changed in a session between two of its owner's revisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionDelta {
+    pub id: SessionId,
+    pub owner: NodeId,
+    pub incarnation: u64,
+    /// The revision the receiver must hold for the delta to apply.
+    pub base: u64,
+    pub revision: u64,
+    pub healthy: bool,
+    /// Instances added or changed since `base`, in their current state.
+    pub upserted: Vec<(ServiceKey, InstanceRecord)>,
+    /// Instances removed since `base`.
+    pub removed: Vec<InstanceKey>,
+}
+
+/// What the owner sends a peer about a session: the difference from what the peer
+/// confirmed holding when the journal covers it, the whole session otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Full(SessionData),
+    Delta(SessionDelta),
+}
+
+impl Outgoing {
+    pub fn revision(&self) -> u64 {
+        match self {
+            Outgoing::Full(d) => d.revision,
+            Outgoing::Delta(d) => d.revision,
+        }
+    }
+}
+
+/// The outcome of a delta on a replica.
+#[derive(Debug, PartialEq)]
+pub enum DeltaOutcome {
+    Applied(Vec<EphemeralChange>),
+    /// The replica already holds this revision or a later one.
+    Stale,
+    /// The replica does not hold the delta's base: it needs the whole session.
+    NeedFull,
+}
+
 /// An ephemeral instance as reads and pushes see it: `record.healthy` already includes
 /// the session's health.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +101,7 @@ pub struct EphemeralChange {
     pub removed: Vec<EphemeralInstance>,
 }
 
-type InstanceMap = BTreeMap<(ServiceKey, InstanceAddr), InstanceRecord>;
+type InstanceMap = BTreeMap<InstanceKey, InstanceRecord>;
 
 struct Session {
     owner: NodeId,
@@ -68,6 +114,10 @@ struct Session {
     last_renew: Instant,
     /// Replica side: when the owner last vouched for this revision (sync or verify).
     last_verified: Instant,
+    /// Owner side: the keys changed since the oldest revision a peer may still need.
+    journal: Journal,
+    /// Owner side: the revision each peer confirmed holding.
+    acked: HashMap<NodeId, u64>,
 }
 
 impl Session {
@@ -232,6 +282,15 @@ impl Store {
         }
     }
 
+    /// A new revision for owned session `id`, at which `keys` changed.
+    fn bump(&mut self, id: &str, keys: impl IntoIterator<Item = InstanceKey>) {
+        let rev = self.next_revision();
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.revision = rev;
+            s.journal.record(rev, keys);
+        }
+    }
+
     // ----- owner side -----
 
     pub fn open(&mut self, id: SessionId, ttl: Duration, now: Instant) -> Result<()> {
@@ -253,6 +312,8 @@ impl Store {
                 ttl,
                 last_renew: now,
                 last_verified: now,
+                journal: Journal::new(revision),
+                acked: HashMap::new(),
             },
         );
         Ok(())
@@ -276,10 +337,7 @@ impl Store {
         for ((svc, _), r) in &s.instances {
             changes.entry(svc).upserted.push(s.shown(id, r));
         }
-        let rev = self.next_revision();
-        if let Some(s) = self.sessions.get_mut(id) {
-            s.revision = rev;
-        }
+        self.bump(id, []);
         Ok((ttl, true, changes.into_vec()))
     }
 
@@ -313,30 +371,27 @@ impl Store {
         }
         let mut created = Vec::with_capacity(records.len());
         let mut changes = Changes::default();
-        let mut changed = false;
+        let mut changed = Vec::new();
         for r in records {
             let key = (service.clone(), r.addr.clone());
             let shown = s.shown(id, &r);
-            match s.instances.insert(key, r.clone()) {
+            match s.instances.insert(key.clone(), r.clone()) {
                 Some(old) => {
                     created.push(false);
                     if old != r {
-                        changed = true;
+                        changed.push(key);
                         changes.entry(service).upserted.push(shown);
                     }
                 }
                 None => {
                     created.push(true);
-                    changed = true;
+                    changed.push(key);
                     changes.entry(service).upserted.push(shown);
                 }
             }
         }
-        if changed {
-            let rev = self.next_revision();
-            if let Some(s) = self.sessions.get_mut(id) {
-                s.revision = rev;
-            }
+        if !changed.is_empty() {
+            self.bump(id, changed);
             self.index_add(id, service);
         }
         Ok((created, changes.into_vec()))
@@ -359,27 +414,26 @@ impl Store {
             .map(|(_, r)| r.clone())
             .collect();
         let mut changes = Changes::default();
+        let mut changed = Vec::new();
         for r in &old {
             if !records.iter().any(|n| n.addr == r.addr) {
-                s.instances.remove(&(service.clone(), r.addr.clone()));
+                let key = (service.clone(), r.addr.clone());
+                s.instances.remove(&key);
+                changed.push(key);
                 changes.entry(service).removed.push(s.shown(id, r));
             }
         }
         for r in records {
             let shown = s.shown(id, &r);
-            if s.instances
-                .insert((service.clone(), r.addr.clone()), r.clone())
-                != Some(r)
-            {
+            let key = (service.clone(), r.addr.clone());
+            if s.instances.insert(key.clone(), r.clone()) != Some(r) {
+                changed.push(key);
                 changes.entry(service).upserted.push(shown);
             }
         }
         let changes = changes.into_vec();
-        if !changes.is_empty() {
-            let rev = self.next_revision();
-            if let Some(s) = self.sessions.get_mut(id) {
-                s.revision = rev;
-            }
+        if !changed.is_empty() {
+            self.bump(id, changed);
             self.index_add(id, service);
             self.index_maybe_remove(id, service);
         }
@@ -394,15 +448,13 @@ impl Store {
         addr: &InstanceAddr,
     ) -> Result<(bool, Vec<EphemeralChange>)> {
         let s = self.owned_mut(id)?;
-        let Some(old) = s.instances.remove(&(service.clone(), addr.clone())) else {
+        let key = (service.clone(), addr.clone());
+        let Some(old) = s.instances.remove(&key) else {
             return Ok((false, vec![]));
         };
         let mut changes = Changes::default();
         changes.entry(service).removed.push(s.shown(id, &old));
-        let rev = self.next_revision();
-        if let Some(s) = self.sessions.get_mut(id) {
-            s.revision = rev;
-        }
+        self.bump(id, [key]);
         self.index_maybe_remove(id, service);
         Ok((true, changes.into_vec()))
     }
@@ -447,11 +499,83 @@ impl Store {
     }
 
     /// The current data of a session this node owns.
+    #[cfg(test)]
     pub fn owned_data(&self, id: &str) -> Option<SessionData> {
         self.sessions
             .get(id)
             .filter(|s| s.owner == self.node_id)
             .map(|s| s.data(id))
+    }
+
+    /// What to send `peer` about owned session `id`: a delta from the revision the
+    /// peer confirmed when the journal covers it, the whole session otherwise.
+    pub fn outgoing(&self, id: &str, peer: NodeId) -> Option<Outgoing> {
+        let s = self.sessions.get(id).filter(|s| s.owner == self.node_id)?;
+        let delta = s.acked.get(&peer).and_then(|&base| {
+            let keys = s.journal.since(base)?;
+            let mut upserted = Vec::new();
+            let mut removed = Vec::new();
+            for k in keys {
+                match s.instances.get(k) {
+                    Some(r) => upserted.push((k.0.clone(), r.clone())),
+                    None => removed.push(k.clone()),
+                }
+            }
+            Some(SessionDelta {
+                id: id.to_string(),
+                owner: s.owner,
+                incarnation: s.incarnation,
+                base,
+                revision: s.revision,
+                healthy: s.healthy,
+                upserted,
+                removed,
+            })
+        });
+        Some(match delta {
+            Some(d) => Outgoing::Delta(d),
+            None => Outgoing::Full(s.data(id)),
+        })
+    }
+
+    /// `peer` confirmed holding owned session `id` at `revision`. `peers`: every
+    /// current peer; the journal forgets what all of them hold.
+    pub fn acked(&mut self, id: &str, peer: NodeId, revision: u64, peers: &[NodeId]) {
+        let Some(s) = self
+            .sessions
+            .get_mut(id)
+            .filter(|s| s.owner == self.node_id)
+        else {
+            return;
+        };
+        let held = s.acked.entry(peer).or_insert(revision);
+        *held = (*held).max(revision);
+        s.acked.retain(|p, _| peers.contains(p));
+        let all = peers
+            .iter()
+            .map(|p| s.acked.get(p).copied())
+            .min()
+            .flatten();
+        if let Some(upto) = all {
+            s.journal.trim(upto);
+        }
+    }
+
+    /// What `peer` holds of owned session `id` is unknown (it refused a delta): the
+    /// next sync sends it whole.
+    pub fn forget_ack(&mut self, id: &str, peer: NodeId) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.acked.remove(&peer);
+        }
+    }
+
+    /// The ids of the sessions this node owns.
+    pub fn owned_ids(&self) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.owner == self.node_id)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     pub fn owned_list(&self) -> OwnedList {
@@ -506,6 +630,8 @@ impl Store {
             ttl: Duration::ZERO,
             last_renew: now,
             last_verified: now,
+            journal: Journal::default(),
+            acked: HashMap::new(),
         };
         let mut old_services = Vec::new();
         if let Some(old) = &old {
@@ -537,6 +663,70 @@ impl Store {
             self.index_maybe_remove(&id, &s);
         }
         (true, changes.into_vec())
+    }
+
+    /// Apply the owner's delta of a session on top of the revision it starts from.
+    pub fn apply_delta(&mut self, d: SessionDelta, now: Instant) -> DeltaOutcome {
+        if d.owner == self.node_id {
+            return DeltaOutcome::Stale;
+        }
+        let Some(s) = self.sessions.get_mut(&d.id) else {
+            return DeltaOutcome::NeedFull;
+        };
+        if s.owner == self.node_id {
+            return DeltaOutcome::Stale;
+        }
+        if s.owner == d.owner && s.incarnation == d.incarnation && s.revision >= d.revision {
+            if s.revision == d.revision {
+                s.last_verified = now;
+            }
+            return DeltaOutcome::Stale;
+        }
+        if s.owner != d.owner || s.incarnation != d.incarnation || s.revision != d.base {
+            return DeltaOutcome::NeedFull;
+        }
+        let id = d.id;
+        let mut changes = Changes::default();
+        let mut emptied = Vec::new();
+        // Removals first, shown as readers last saw them (the old health).
+        for key in d.removed {
+            if let Some(old) = s.instances.remove(&key) {
+                changes.entry(&key.0).removed.push(s.shown(&id, &old));
+                emptied.push(key.0);
+            }
+        }
+        let health_changed = s.healthy != d.healthy;
+        s.healthy = d.healthy;
+        s.revision = d.revision;
+        s.last_verified = now;
+        let mut added = Vec::new();
+        for (svc, r) in d.upserted {
+            let key = (svc, r.addr.clone());
+            let after = s.shown(&id, &r);
+            let before = s.instances.insert(key.clone(), r);
+            let before = before.map(|b| s.shown(&id, &b));
+            if before.is_none() {
+                added.push(key.0.clone());
+            }
+            // A health change re-shows every instance below.
+            if !health_changed && before.as_ref() != Some(&after) {
+                changes.entry(&key.0).upserted.push(after);
+            }
+        }
+        if health_changed {
+            for ((svc, _), r) in &s.instances {
+                changes.entry(svc).upserted.push(s.shown(&id, r));
+            }
+        }
+        added.dedup();
+        emptied.dedup();
+        for svc in added {
+            self.index_add(&id, &svc);
+        }
+        for svc in emptied {
+            self.index_maybe_remove(&id, &svc);
+        }
+        DeltaOutcome::Applied(changes.into_vec())
     }
 
     /// The owner deleted a session (its revision clock stood at `revision`).
@@ -974,5 +1164,198 @@ mod tests {
         assert_eq!(b.owner_of("mine"), Some(2));
         assert!(b.touched(&svc("orders")));
         assert!(!b.touched(&svc("users")));
+    }
+
+    /// Send `peer` what `owner` would send it, apply it, and acknowledge it as the
+    /// engine does. Returns the outcome on the replica.
+    fn sync_to(owner: &mut Store, replica: &mut Store, id: &str, now: Instant) -> DeltaOutcome {
+        let peer = replica.node_id;
+        let out = owner.outgoing(id, peer).unwrap();
+        let rev = out.revision();
+        let outcome = match out {
+            Outgoing::Full(d) => DeltaOutcome::Applied(replica.apply_sync(d, now).1),
+            Outgoing::Delta(d) => replica.apply_delta(d, now),
+        };
+        match outcome {
+            DeltaOutcome::NeedFull => owner.forget_ack(id, peer),
+            _ => owner.acked(id, peer, rev, &[2, 3]),
+        }
+        outcome
+    }
+
+    fn sorted(mut v: Vec<EphemeralInstance>) -> Vec<EphemeralInstance> {
+        v.sort_by(|a, b| a.record.addr.cmp(&b.record.addr));
+        v
+    }
+
+    #[test]
+    fn deltas_carry_only_what_changed_and_end_where_a_full_sync_ends() {
+        let now = Instant::now();
+        let mut a = Store::new(1, 11);
+        let mut b = Store::new(2, 22);
+        a.open("s".into(), TTL, now).unwrap();
+        a.register(
+            "s",
+            &svc("orders"),
+            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
+            false,
+        )
+        .unwrap();
+        a.register("s", &svc("users"), vec![inst("10.0.0.9", 80)], false)
+            .unwrap();
+        // Never acknowledged: whole.
+        assert!(matches!(a.outgoing("s", 2), Some(Outgoing::Full(_))));
+        sync_to(&mut a, &mut b, "s", now);
+        // One added, one changed, one removed (the last of its service).
+        let mut changed = inst("10.0.0.1", 80);
+        changed.weight = 5.0;
+        a.register(
+            "s",
+            &svc("orders"),
+            vec![changed, inst("10.0.0.3", 80)],
+            false,
+        )
+        .unwrap();
+        a.deregister("s", &svc("users"), &inst("10.0.0.9", 80).addr)
+            .unwrap();
+        let Some(Outgoing::Delta(d)) = a.outgoing("s", 2) else {
+            panic!("expected a delta");
+        };
+        assert_eq!(d.upserted.len(), 2, "{d:?}");
+        assert_eq!(d.removed.len(), 1, "{d:?}");
+        let DeltaOutcome::Applied(changes) = sync_to(&mut a, &mut b, "s", now) else {
+            panic!("the delta did not apply");
+        };
+        let orders = changes.iter().find(|c| c.service == svc("orders")).unwrap();
+        assert_eq!(orders.upserted.len(), 2);
+        let users = changes.iter().find(|c| c.service == svc("users")).unwrap();
+        assert_eq!(users.removed.len(), 1);
+        // The same view as a replica that only ever had full syncs.
+        let mut c = Store::new(3, 33);
+        c.apply_sync(a.owned_data("s").unwrap(), now);
+        for service in ["orders", "users"] {
+            assert_eq!(
+                sorted(b.instances_of(&svc(service))),
+                sorted(c.instances_of(&svc(service))),
+                "{service}"
+            );
+        }
+        assert!(!b
+            .services_in("public", "DEFAULT_GROUP")
+            .contains_key("users"));
+        assert_eq!(b.sessions["s"].revision, a.sessions["s"].revision);
+        // The same delta again changes nothing.
+        assert_eq!(b.apply_delta(d, now), DeltaOutcome::Stale);
+    }
+
+    #[test]
+    fn a_delta_only_applies_on_its_base_and_the_owner_then_sends_whole() {
+        let now = Instant::now();
+        let mut a = Store::new(1, 11);
+        let mut b = Store::new(2, 22);
+        a.open("s".into(), TTL, now).unwrap();
+        sync_to(&mut a, &mut b, "s", now);
+        a.register("s", &svc("orders"), vec![inst("10.0.0.1", 80)], false)
+            .unwrap();
+        let Some(Outgoing::Delta(first)) = a.outgoing("s", 2) else {
+            panic!("expected a delta");
+        };
+        a.register("s", &svc("orders"), vec![inst("10.0.0.2", 80)], false)
+            .unwrap();
+        // Pretend the owner believed b held the first delta: a delta from a base b
+        // does not hold is refused.
+        a.acked("s", 2, first.revision, &[2, 3]);
+        let Some(Outgoing::Delta(second)) = a.outgoing("s", 2) else {
+            panic!("expected a delta");
+        };
+        assert_eq!(b.apply_delta(second.clone(), now), DeltaOutcome::NeedFull);
+        // Another incarnation of the owner, or no replica at all: whole as well.
+        let mut other = second.clone();
+        other.incarnation += 1;
+        other.base = b.sessions["s"].revision;
+        assert_eq!(b.apply_delta(other, now), DeltaOutcome::NeedFull);
+        let mut fresh = Store::new(3, 33);
+        assert_eq!(fresh.apply_delta(second, now), DeltaOutcome::NeedFull);
+        // After the refusal the owner sends it whole, and deltas resume.
+        a.forget_ack("s", 2);
+        assert!(matches!(a.outgoing("s", 2), Some(Outgoing::Full(_))));
+        sync_to(&mut a, &mut b, "s", now);
+        assert_eq!(b.instances_of(&svc("orders")).len(), 2);
+        a.register("s", &svc("orders"), vec![inst("10.0.0.3", 80)], false)
+            .unwrap();
+        assert!(matches!(
+            sync_to(&mut a, &mut b, "s", now),
+            DeltaOutcome::Applied(_)
+        ));
+        assert_eq!(b.instances_of(&svc("orders")).len(), 3);
+        // A node never takes a delta about a session it owns.
+        assert!(b.outgoing("s", 1).is_none(), "b does not own s");
+        let mut forged = SessionDelta {
+            id: "s".into(),
+            owner: 2,
+            incarnation: 22,
+            base: 0,
+            revision: u64::MAX,
+            healthy: true,
+            upserted: vec![],
+            removed: vec![(svc("orders"), inst("10.0.0.1", 80).addr)],
+        };
+        assert_eq!(a.apply_delta(forged.clone(), now), DeltaOutcome::Stale);
+        forged.owner = 1;
+        assert_eq!(a.apply_delta(forged, now), DeltaOutcome::Stale);
+        assert_eq!(a.instances_of(&svc("orders")).len(), 3);
+    }
+
+    #[test]
+    fn a_health_change_travels_as_a_delta_and_reshows_every_instance() {
+        let now = Instant::now();
+        let mut a = Store::new(1, 11);
+        let mut b = Store::new(2, 22);
+        a.open("s".into(), TTL, now).unwrap();
+        a.register(
+            "s",
+            &svc("orders"),
+            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
+            false,
+        )
+        .unwrap();
+        sync_to(&mut a, &mut b, "s", now);
+        let (_, sick, _) = a.check_leases(now + TTL * 6 / 10, 50);
+        assert_eq!(sick, vec!["s".to_string()]);
+        let Some(Outgoing::Delta(d)) = a.outgoing("s", 2) else {
+            panic!("expected a delta");
+        };
+        assert!(d.upserted.is_empty() && d.removed.is_empty() && !d.healthy);
+        let DeltaOutcome::Applied(changes) = sync_to(&mut a, &mut b, "s", now) else {
+            panic!("the delta did not apply");
+        };
+        assert_eq!(changes[0].upserted.len(), 2);
+        assert!(b
+            .instances_of(&svc("orders"))
+            .iter()
+            .all(|i| !i.record.healthy));
+    }
+
+    #[test]
+    fn the_journal_forgets_what_every_peer_acknowledged() {
+        let now = Instant::now();
+        let mut a = Store::new(1, 11);
+        let mut b = Store::new(2, 22);
+        let mut c = Store::new(3, 33);
+        a.open("s".into(), TTL, now).unwrap();
+        a.register("s", &svc("orders"), vec![inst("10.0.0.1", 80)], false)
+            .unwrap();
+        sync_to(&mut a, &mut b, "s", now);
+        assert_eq!(
+            a.sessions["s"].journal.len(),
+            1,
+            "node 3 has not acknowledged"
+        );
+        sync_to(&mut a, &mut c, "s", now);
+        assert_eq!(a.sessions["s"].journal.len(), 0);
+        a.register("s", &svc("orders"), vec![inst("10.0.0.2", 80)], false)
+            .unwrap();
+        assert_eq!(a.sessions["s"].journal.len(), 1);
+        assert!(matches!(a.outgoing("s", 3), Some(Outgoing::Delta(_))));
     }
 }

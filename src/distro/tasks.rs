@@ -50,6 +50,19 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
 }
 
 impl TaskQueue {
+    /// Sessions with a deletion waiting to be sent (to any target).
+    pub fn deletions(&self) -> Vec<SessionId> {
+        let mut ids: Vec<SessionId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.op == SyncOp::Delete)
+            .map(|((id, _), _)| id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Schedule (or merge into) the task of `session` for `target`. True if merged.
     pub fn add(
         &mut self,

@@ -21,7 +21,7 @@ use tonic::Status;
 
 use crate::codec;
 use crate::config::NodeId;
-use crate::distro::store::{OwnedList, SessionData, SessionId};
+use crate::distro::store::{OwnedList, SessionData, SessionDelta, SessionId};
 use crate::distro::Distro;
 use crate::error::{Error, Result};
 use crate::pb;
@@ -29,10 +29,12 @@ use crate::peer::channels::Lane;
 use crate::peer::client::decode_result;
 use crate::peer::PeerClient;
 
-/// One session's state, or its deletion by its owner.
+/// One session's whole state, what changed in it since a revision the receiver
+/// confirmed, or its deletion by its owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SyncItem {
     Change(SessionData),
+    Delta(SessionDelta),
     Delete {
         id: SessionId,
         owner: NodeId,
@@ -45,6 +47,7 @@ impl SyncItem {
     fn owner(&self) -> NodeId {
         match self {
             SyncItem::Change(d) => d.owner,
+            SyncItem::Delta(d) => d.owner,
             SyncItem::Delete { owner, .. } => *owner,
         }
     }
@@ -78,19 +81,20 @@ fn failed(addr: &str, what: &str, s: Status) -> Error {
 
 // ----- calling side -----
 
-/// Send sessions (owned by this node) to the peer at `addr`.
+/// Send sessions (owned by this node) to the peer at `addr`. Returns the sessions
+/// whose delta the peer could not apply (it needs them whole).
 pub async fn send_sync(
     peers: &PeerClient,
     addr: &str,
     items: &[SyncItem],
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Vec<SessionId>> {
     let req = peers.request(request(codec::encode(items)), Some(timeout));
     let r = client(peers, addr)?
         .distro_sync(req)
         .await
         .map_err(|s| failed(addr, "distro sync", s))?;
-    decode_result::<()>(&r.into_inner().result, "distro sync reply")
+    decode_result(&r.into_inner().result, "distro sync reply")
 }
 
 /// Tell the peer at `addr` which sessions this node owns; returns those it asks for.
@@ -151,8 +155,7 @@ pub fn serve_sync(distro: &Distro, sender: Option<NodeId>, payload: &[u8]) -> pb
                 bad.owner()
             )));
         }
-        distro.receive_sync(items);
-        Ok(())
+        Ok(distro.receive_sync(items))
     });
     reply(&result)
 }

@@ -17,9 +17,10 @@
 //! `ConnectionSetupRequest` registers the connection (and, when the client sent an
 //! ability table, is acknowledged with `SetupAckRequest`); requests on an unregistered
 //! connection get errorCode 301 after waiting up to 1 s for a setup on its way. The
-//! connection goes when its socket closes, its bi-stream ends, or, idle for 20 s, it
-//! does not answer a `ClientDetectionRequest` within 5 s; its Distro session is then
-//! closed, so its ephemeral instances disappear on every node through Distro.
+//! connection goes when its socket closes, its bi-stream ends, or, idle for 20 s
+//! (`--nacos-idle-probe-ms`), it does not answer a `ClientDetectionRequest` within
+//! 5 s (`--nacos-probe-timeout-ms`); its Distro session is then closed, so its
+//! ephemeral instances disappear on every node through Distro.
 //!
 //! **Requests** (`service` dispatches on the type; anything else is an
 //! `ErrorResponse` 302, never a dropped connection or a gRPC error):
@@ -44,9 +45,14 @@
 //! HTTP login (`/nacos/v1/auth/users/login`), so an SDK configured with a username and
 //! password cannot log in by itself.
 //!
-//! **Not served:** gray (beta/tag) config, AK/SK signatures, `ConnectResetRequest`
-//! (nacosd never asks a client to move), fuzzy watch, locks, the AI requests, and
-//! Nacos's HTTP API.
+//! **Shutdown.** A stopping node sends every connection a `ConnectResetRequest`
+//! without a server address (Java and Go then switch to their next server; Python
+//! cannot parse it and reconnects when the stream ends), waits up to 1 s for the
+//! answers, and ends every bi-stream (`Front::reset_all`).
+//!
+//! **Not served:** gray (beta/tag) config, AK/SK signatures, load rebalancing with
+//! `ConnectResetRequest` (only shutdown sends it), fuzzy watch, locks, the AI
+//! requests, and Nacos's HTTP API.
 
 pub(crate) mod config;
 pub(crate) mod connection;

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::config::ConfigLimits;
 use crate::auth::{Auth, Principal};
+use crate::config::NacosSettings;
 use crate::conns::ConnInfo;
 use crate::distro::Distro;
 use crate::error::{Error, Result};
@@ -30,11 +31,8 @@ use crate::raft::node::MultiRaft;
 /// How long a request may wait for its connection's setup to be processed.
 const SETUP_WAIT: Duration = Duration::from_secs(1);
 
-/// Nacos's idle-connection ejector: a connection idle this long gets a
-/// `ClientDetectionRequest` (`RuntimeConnectionEjector.KEEP_ALIVE_TIME`).
-const DETECT_AFTER: Duration = Duration::from_secs(20);
-const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a connection checks its idleness and renews its Distro session.
+/// How often a connection checks its idleness and renews its Distro session, at most
+/// (a quarter of the idle probe time when that is shorter).
 const TICK: Duration = Duration::from_secs(3);
 
 /// The request types served, with the response type each is answered with.
@@ -71,9 +69,13 @@ pub struct Front {
     pub(crate) naming_feed: Arc<NamingFeed>,
     pub(crate) config_feed: Arc<ConfigFeed>,
     pub(crate) limits: ConfigLimits,
+    /// Idle-connection probing (Nacos's `RuntimeConnectionEjector`).
+    settings: NacosSettings,
     pub(crate) conns: Connections,
     /// The last `lastRefTime` handed out (ServiceInfo's must grow).
     pub(crate) last_ref: AtomicU64,
+    /// True once the node is shutting down: every bi-stream ends.
+    closing: watch::Sender<bool>,
 }
 
 impl Front {
@@ -84,6 +86,7 @@ impl Front {
         naming_feed: Arc<NamingFeed>,
         config_feed: Arc<ConfigFeed>,
         limits: ConfigLimits,
+        settings: NacosSettings,
     ) -> Arc<Self> {
         Arc::new(Front {
             node_id: node.node_id,
@@ -93,9 +96,42 @@ impl Front {
             naming_feed,
             config_feed,
             limits,
+            settings,
             conns: Connections::default(),
             last_ref: AtomicU64::new(0),
+            closing: watch::channel(false).0,
         })
+    }
+
+    /// At shutdown: ask every Nacos client to reconnect to another server
+    /// (`ConnectResetRequest` without a server address, which the Java and Go SDKs
+    /// answer by switching to the next server in their list), wait up to `wait` for
+    /// their answers, then end every bi-stream. The Python SDK cannot parse the
+    /// request; it reconnects when the connection closes. Returns how many clients
+    /// acknowledged.
+    pub async fn reset_all(&self, wait: Duration) -> usize {
+        let conns = self.conns.all();
+        let asked = conns.iter().map(|c| {
+            let reset = Reply::push(
+                "ConnectResetRequest",
+                serde_json::json!({"serverIp": "", "serverPort": "", "connectionId": c.id}),
+            );
+            c.request(reset, &self.conns.push_ids, wait)
+        });
+        let acked = futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        if !conns.is_empty() {
+            tracing::info!(
+                connections = conns.len(),
+                acked,
+                "asked the Nacos clients to reconnect elsewhere"
+            );
+        }
+        self.closing.send_replace(true);
+        acked
     }
 
     /// Registered Nacos connections on this node.
@@ -191,15 +227,18 @@ impl Front {
         push_tx: mpsc::Sender<Payload>,
     ) {
         let mut conn: Option<Arc<Connection>> = None;
-        let mut tick = tokio::time::interval(TICK);
+        let detect_after = self.settings.idle_probe_after;
+        let mut tick = tokio::time::interval(TICK.min(detect_after / 4));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (eject_tx, mut eject_rx) = mpsc::channel::<()>(1);
         let mut probing = false;
         let closed = info.closed();
         tokio::pin!(closed);
+        let mut closing = self.closing.subscribe();
         loop {
             tokio::select! {
                 _ = &mut closed => break,
+                _ = closing.wait_for(|c| *c) => break,
                 _ = eject_rx.recv() => {
                     tracing::info!(connection = ?conn.as_ref().map(|c| &c.id), "Nacos connection ejected: no answer to a client detection");
                     break;
@@ -225,16 +264,17 @@ impl Front {
                         tracing::info!(connection = %c.id, error = %e, "the session of a Nacos connection is lost; closing it");
                         break;
                     }
-                    if !probing && c.idle() >= DETECT_AFTER {
+                    if !probing && c.idle() >= detect_after {
                         probing = true;
                         let (c, front, eject) = (c.clone(), self.clone(), eject_tx.clone());
                         tokio::spawn(async move {
                             let probe = Reply::push("ClientDetectionRequest", serde_json::json!({}));
-                            if !c.request(probe, &front.conns.push_ids, DETECT_TIMEOUT).await {
+                            let timeout = front.settings.probe_timeout;
+                            if !c.request(probe, &front.conns.push_ids, timeout).await {
                                 let _ = eject.send(()).await;
                             }
                         });
-                    } else if probing && c.idle() < DETECT_AFTER {
+                    } else if probing && c.idle() < detect_after {
                         probing = false;
                     }
                 }

@@ -416,11 +416,28 @@ async fn a_burst_of_changes_costs_a_handful_of_syncs() {
             0
         );
     }
+    // Once a peer holds the session, later changes travel as deltas: the session went
+    // whole once (its first sync), and an instance registered after the peers hold it
+    // goes as a delta (a send waits for the previous one's acknowledgement).
+    n1.register_instance(register("burst", eph("10.2.1.1", 999, &sid)))
+        .await
+        .unwrap();
+    wait_count(&cluster, &[2, 3], "burst", 101).await;
+    for peer in [2, 3] {
+        let m = |name: &str| metric(&cluster, 1, &format!("{name}{{peer=\"{peer}\"}}"));
+        // The counters move when the reply is back, which may trail the peer's read.
+        wait_until("the delta's reply counted", || {
+            m("nacosd_distro_syncs_sent_total") >= 2
+        })
+        .await;
+        assert_eq!(m("nacosd_distro_full_syncs_sent_total"), 1, "node {peer}");
+        assert_eq!(m("nacosd_distro_deltas_refused_total"), 0, "node {peer}");
+    }
     assert_eq!(metric(&cluster, 1, "nacosd_distro_sessions_owned"), 1);
     assert_eq!(metric(&cluster, 2, "nacosd_distro_sessions_replicated"), 1);
     assert_eq!(
         metric(&cluster, 3, "nacosd_distro_ephemeral_instances"),
-        100
+        101
     );
     cluster.shutdown().await;
 }
@@ -470,6 +487,62 @@ async fn a_restarted_node_loads_the_snapshot_before_it_is_ready() {
         metric(&cluster, 1, "nacosd_distro_syncs_sent_total{peer=\"3\"}"),
         0,
         "no sync reached node 3"
+    );
+    cluster.shutdown().await;
+}
+
+/// A graceful stop deletes the node's sessions on the others at once (they die with
+/// the process) instead of leaving them visible until the replica expiry, including a
+/// session closed just before whose deletion had not been sent yet; and a stopping
+/// node refuses new registrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gracefully_stopped_owner_deletes_its_sessions_everywhere() {
+    let mut cluster = TestCluster::start(
+        3,
+        |r| r,
+        |c| {
+            fast(c);
+            c.distro.sync_delay = Duration::from_millis(500);
+            c.distro.replica_expiry = Duration::from_secs(600);
+        },
+    )
+    .await;
+    wait_until("ephemeral data ready everywhere", || {
+        cluster
+            .running()
+            .iter()
+            .all(|id| cluster.server(*id).distro.ready())
+    })
+    .await;
+    let mut s3 = sessions(&cluster, 3).await;
+    let mut n3 = naming(&cluster, 3).await;
+    let kept = open(&mut s3, 60_000).await;
+    let closed = open(&mut s3, 60_000).await;
+    n3.register_instance(register("retired", eph("10.6.0.1", 80, &kept)))
+        .await
+        .unwrap();
+    n3.register_instance(register("retired", eph("10.6.0.2", 80, &closed)))
+        .await
+        .unwrap();
+    wait_count(&cluster, &[1, 2], "retired", 2).await;
+    // Closed, then the node stops within the sync delay: the deletion is still queued.
+    s3.close_session(pb::CloseSessionRequest { id: closed })
+        .await
+        .unwrap();
+    let distro = cluster.server(3).distro.clone();
+    cluster.stop(3).await;
+    wait_count(&cluster, &[1, 2], "retired", 0).await;
+    for id in [1, 2] {
+        assert_eq!(
+            metric(&cluster, id, "nacosd_distro_replicas_expired_total"),
+            0
+        );
+        assert_eq!(metric(&cluster, id, "nacosd_distro_sessions_replicated"), 0);
+    }
+    let refused = distro.open_session("", Duration::ZERO).unwrap_err();
+    assert!(
+        matches!(&refused, nacosd::Error::Unavailable { message, .. } if message.contains("shutting down")),
+        "{refused:?}"
     );
     cluster.shutdown().await;
 }

@@ -701,3 +701,177 @@ async fn with_auth_requests_need_a_nacosd_token_in_access_token() {
     );
     cluster.shutdown().await;
 }
+
+/// A Nacos client on the raw protocol: one TCP connection, set up, with a task that
+/// records every server push and, when `answers`, acknowledges it as the SDKs do.
+struct RawClient {
+    id: String,
+    rpc: RequestClient<Channel>,
+    /// Keeps the client's side of the bi-stream open.
+    _stream: tokio::sync::mpsc::Sender<Payload>,
+    pushes: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    /// The server ended the bi-stream.
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RawClient {
+    async fn connect(cluster: &TestCluster, node: u64, answers: bool) -> RawClient {
+        let channel = Channel::from_shared(format!("http://{}", cluster.server(node).client_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut rpc = RequestClient::new(channel.clone());
+        let (_, body) = unary(&mut rpc, "ServerCheckRequest", json!({})).await;
+        let id = body["connectionId"].as_str().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(payload(
+            "ConnectionSetupRequest",
+            json!({"clientVersion": "test", "tenant": "", "labels": {"module": "naming"}}),
+        ))
+        .await
+        .unwrap();
+        let mut inbound = BiRequestStreamClient::new(channel)
+            .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let pushes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, done, acks) = (pushes.clone(), ended.clone(), tx.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(p)) = inbound.message().await {
+                let (kind, body) = parse_reply(p);
+                let response = kind.replace("Request", "Response");
+                let request_id = body["requestId"].clone();
+                // Recorded before the answer, which the server may be waiting for.
+                seen.lock().unwrap().push((kind, body));
+                if answers {
+                    let ack = json!({"resultCode": 200, "errorCode": 0, "success": true,
+                                     "requestId": request_id});
+                    let _ = acks.send(payload(&response, ack)).await;
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let end = tokio::time::Instant::now() + DEADLINE;
+        while unary(&mut rpc, "HealthCheckRequest", json!({})).await.0 != "HealthCheckResponse" {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the setup was never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        RawClient {
+            id,
+            rpc,
+            _stream: tx,
+            pushes,
+            ended,
+        }
+    }
+
+    /// Register an ephemeral instance `ip:80` of `service` on this connection.
+    async fn register(&mut self, service: &str, ip: &str) {
+        let (kind, body) = unary(
+            &mut self.rpc,
+            "InstanceRequest",
+            json!({"namespace": "public", "groupName": "DEFAULT_GROUP", "serviceName": service,
+                   "type": "registerInstance",
+                   "instance": {"ip": ip, "port": 80, "ephemeral": true, "weight": 1.0,
+                                "healthy": true, "enabled": true}}),
+        )
+        .await;
+        assert_eq!(
+            (kind.as_str(), &body["resultCode"]),
+            ("InstanceResponse", &json!(200)),
+            "{body}"
+        );
+    }
+
+    fn pushes_of(&self, kind: &str) -> Vec<Value> {
+        self.pushes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Nacos's idle-connection ejector: a connection silent for the probe time gets a
+/// `ClientDetectionRequest`; one that answers stays, one that does not is closed and
+/// its ephemeral instances disappear on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_client_that_ignores_the_detection_probe_is_ejected_everywhere() {
+    let cluster = TestCluster::start(
+        3,
+        |r| r,
+        |c| {
+            fast(c);
+            c.nacos.idle_probe_after = Duration::from_millis(400);
+            c.nacos.probe_timeout = Duration::from_millis(400);
+        },
+    )
+    .await;
+    wait_until("ephemeral data ready everywhere", || {
+        cluster
+            .running()
+            .iter()
+            .all(|id| cluster.server(*id).distro.ready())
+    })
+    .await;
+    let mut live = RawClient::connect(&cluster, 1, true).await;
+    let mut hung = RawClient::connect(&cluster, 1, false).await;
+    live.register("probe-live", "10.9.0.1").await;
+    hung.register("probe-hung", "10.9.0.2").await;
+    wait_v1(&cluster, "probe-live", &[("10.9.0.1:80", true)]).await;
+    wait_v1(&cluster, "probe-hung", &[("10.9.0.2:80", true)]).await;
+    // Both fall silent; the one that does not answer its probe goes, everywhere.
+    wait_v1(&cluster, "probe-hung", &[]).await;
+    wait_until("the hung client's stream is ended", || hung.ended()).await;
+    assert!(!hung.pushes_of("ClientDetectionRequest").is_empty());
+    // The live one answered its probes and is still there, with its instance.
+    let probes = live.pushes_of("ClientDetectionRequest");
+    assert!(!probes.is_empty(), "the idle live client was probed too");
+    assert!(probes
+        .iter()
+        .all(|p| p["requestId"].as_str().is_some_and(|id| !id.is_empty())));
+    assert!(!live.ended());
+    assert_eq!(cluster.server(1).nacos.connections(), 1);
+    wait_v1(&cluster, "probe-live", &[("10.9.0.1:80", true)]).await;
+    cluster.shutdown().await;
+}
+
+/// A stopping node asks its Nacos clients to reconnect elsewhere
+/// (`ConnectResetRequest` without a server address: the SDK picks its next server)
+/// and ends their streams; the others keep serving the client's instances until it
+/// re-registers, as after any lost connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_node_asks_its_nacos_clients_to_reconnect_elsewhere() {
+    let mut cluster = ready_cluster().await;
+    let mut answering = RawClient::connect(&cluster, 2, true).await;
+    let silent = RawClient::connect(&cluster, 2, false).await;
+    answering.register("reset", "10.9.1.1").await;
+    wait_v1(&cluster, "reset", &[("10.9.1.1:80", true)]).await;
+    cluster.stop(2).await;
+    for c in [&answering, &silent] {
+        wait_until("the reset arrived", || {
+            !c.pushes_of("ConnectResetRequest").is_empty()
+        })
+        .await;
+        let resets = c.pushes_of("ConnectResetRequest");
+        assert_eq!(resets.len(), 1, "{:?}", c.pushes.lock().unwrap());
+        assert_eq!(resets[0]["connectionId"], json!(c.id));
+        assert_eq!(resets[0]["serverIp"], json!(""));
+        wait_until("the stream is ended", || c.ended()).await;
+    }
+    // The connection's session closed with it: its instance is gone on the others.
+    wait_v1(&cluster, "reset", &[]).await;
+    cluster.shutdown().await;
+}
