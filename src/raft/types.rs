@@ -40,7 +40,11 @@ pub struct Command {
     pub op: String,
     /// The key the operation touches, for logs (may be empty).
     pub key: String,
-    /// The group-defined, encoded operation.
+    /// The group-defined, encoded operation. As bytes, not as a sequence of `u8`:
+    /// the same bincode layout (length, then the bytes), written and read with one
+    /// copy instead of one serde call per byte (a few percent of a leader's CPU
+    /// under a publish load: every entry is encoded for the log and each follower).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -109,4 +113,42 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Command` was before its payload was serialized as bytes.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct CommandAsSequence {
+        timestamp_ms: u64,
+        op: String,
+        key: String,
+        payload: Vec<u8>,
+    }
+
+    #[test]
+    fn a_command_keeps_its_encoding_with_the_payload_as_bytes() {
+        let cmd = Command {
+            timestamp_ms: 42,
+            op: "publish".into(),
+            key: "k".into(),
+            payload: vec![0, 1, 2, 255, 7],
+        };
+        let old = CommandAsSequence {
+            timestamp_ms: 42,
+            op: "publish".into(),
+            key: "k".into(),
+            payload: vec![0, 1, 2, 255, 7],
+        };
+        // Logs and snapshots written before read back, and the other way round.
+        assert_eq!(crate::codec::encode(&cmd), crate::codec::encode(&old));
+        let back: Command =
+            crate::codec::decode_stored(&crate::codec::encode(&old), "command").unwrap();
+        assert_eq!(back, cmd);
+        let back: CommandAsSequence =
+            crate::codec::decode_stored(&crate::codec::encode(&cmd), "command").unwrap();
+        assert_eq!(back, old);
+    }
 }
