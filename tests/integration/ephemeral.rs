@@ -132,13 +132,7 @@ async fn registered_on_one_node_read_on_all_then_closed_everywhere() {
     cluster
         .wait_for_leader(nacosd::groups::NAMING_PERSISTENT)
         .await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     let mut s1 = sessions(&cluster, 1).await;
     let mut n1 = naming(&cluster, 1).await;
     let sid = open(&mut s1, 30_000).await;
@@ -288,13 +282,7 @@ async fn registered_on_one_node_read_on_all_then_closed_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_session_turns_unhealthy_then_expires_everywhere() {
     let cluster = TestCluster::start(3, |r| r, fast).await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     let mut s1 = sessions(&cluster, 1).await;
     let mut n1 = naming(&cluster, 1).await;
     // One session kept alive over the stream, one left silent.
@@ -374,13 +362,7 @@ async fn a_burst_of_changes_costs_a_handful_of_syncs() {
         },
     )
     .await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     let mut s1 = sessions(&cluster, 1).await;
     let mut n1 = naming(&cluster, 1).await;
     let sid = open(&mut s1, 30_000).await;
@@ -452,13 +434,7 @@ async fn a_restarted_node_loads_the_snapshot_before_it_is_ready() {
         c.distro.replica_expiry = Duration::from_secs(600);
     };
     let mut cluster = TestCluster::start(3, |r| r, slow).await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     cluster.stop(3).await;
     let mut s1 = sessions(&cluster, 1).await;
     let mut n1 = naming(&cluster, 1).await;
@@ -507,13 +483,7 @@ async fn a_gracefully_stopped_owner_deletes_its_sessions_everywhere() {
         },
     )
     .await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     let mut s3 = sessions(&cluster, 3).await;
     let mut n3 = naming(&cluster, 3).await;
     let kept = open(&mut s3, 60_000).await;
@@ -553,13 +523,7 @@ async fn subscribe_pushes_ephemeral_changes_from_other_nodes() {
     cluster
         .wait_for_leader(nacosd::groups::NAMING_PERSISTENT)
         .await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     let mut n3 = naming(&cluster, 3).await;
     let mut events = n3
         .subscribe(pb::SubscribeRequest {

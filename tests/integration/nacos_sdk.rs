@@ -212,13 +212,7 @@ async fn ready_cluster() -> TestCluster {
         .wait_for_leader(nacosd::groups::NAMING_PERSISTENT)
         .await;
     cluster.wait_for_leader(nacosd::groups::CONFIG).await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     cluster
 }
 
@@ -819,13 +813,7 @@ async fn an_idle_client_that_ignores_the_detection_probe_is_ejected_everywhere()
         },
     )
     .await;
-    wait_until("ephemeral data ready everywhere", || {
-        cluster
-            .running()
-            .iter()
-            .all(|id| cluster.server(*id).distro.ready())
-    })
-    .await;
+    cluster.wait_distro_ready().await;
     let mut live = RawClient::connect(&cluster, 1, true).await;
     let mut hung = RawClient::connect(&cluster, 1, false).await;
     live.register("probe-live", "10.9.0.1").await;

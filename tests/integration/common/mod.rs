@@ -278,6 +278,16 @@ impl TestCluster {
         .await;
     }
 
+    /// Wait until every running node has loaded its ephemeral data (Distro ready).
+    pub async fn wait_distro_ready(&self) {
+        wait_until("ephemeral data ready everywhere", || {
+            self.running()
+                .iter()
+                .all(|id| self.server(*id).distro.ready())
+        })
+        .await;
+    }
+
     /// Stop a node gracefully; its data directory stays.
     pub async fn stop(&mut self, id: u64) {
         let slot = self.nodes.get_mut(&id).unwrap();
