@@ -138,9 +138,11 @@ impl Distro {
     /// the peers that confirmed.
     pub async fn retire(&self, wait: Duration) -> usize {
         self.retiring.store(true, Ordering::Release);
-        let mut ids = lock(&self.store).owned_ids();
+        let (mut ids, revision) = {
+            let store = lock(&self.store);
+            (store.owned_ids(), store.clock())
+        };
         ids.extend(lock(&self.tasks).deletions());
-        let revision = lock(&self.store).clock();
         let items: Vec<SyncItem> = ids
             .into_iter()
             .map(|id| SyncItem::Delete {

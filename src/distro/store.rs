@@ -486,14 +486,13 @@ impl Store {
             self.remove_session(id, &mut changes);
         }
         for id in &sick {
-            let rev = self.next_revision();
             if let Some(s) = self.sessions.get_mut(id) {
                 s.healthy = false;
-                s.revision = rev;
                 for ((svc, _), r) in &s.instances {
                     changes.entry(svc).upserted.push(s.shown(id, r));
                 }
             }
+            self.bump(id, []);
         }
         (expired, sick, changes.into_vec())
     }
@@ -918,14 +917,23 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(10);
 
+    /// Node 1's store holding session `s` with, per service, the instances at `ips`
+    /// (port 80), each service's registered in one call.
+    fn owner_with(now: Instant, services: &[(&str, &[&str])]) -> Store {
+        let mut a = Store::new(1, 11);
+        a.open("s".into(), TTL, now).unwrap();
+        for (service, ips) in services {
+            let records = ips.iter().map(|ip| inst(ip, 80)).collect();
+            a.register("s", &svc(service), records, false).unwrap();
+        }
+        a
+    }
+
     #[test]
     fn only_the_owner_changes_a_session() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
+        let mut a = owner_with(now, &[("orders", &["10.0.0.1"])]);
         let mut b = Store::new(2, 22);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register("s", &svc("orders"), vec![inst("10.0.0.1", 80)], false)
-            .unwrap();
         let data = a.owned_data("s").unwrap();
         let (applied, changes) = b.apply_sync(data.clone(), now);
         assert!(applied);
@@ -958,16 +966,8 @@ mod tests {
     #[test]
     fn a_sync_is_full_state_idempotent_and_never_goes_back() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
+        let mut a = owner_with(now, &[("orders", &["10.0.0.1", "10.0.0.2"])]);
         let mut b = Store::new(2, 22);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register(
-            "s",
-            &svc("orders"),
-            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
-            false,
-        )
-        .unwrap();
         let v1 = a.owned_data("s").unwrap();
         a.deregister("s", &svc("orders"), &inst("10.0.0.1", 80).addr)
             .unwrap();
@@ -1081,17 +1081,13 @@ mod tests {
     #[test]
     fn a_replacement_publishes_exactly_the_new_list() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register(
-            "s",
-            &svc("orders"),
-            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
-            false,
-        )
-        .unwrap();
-        a.register("s", &svc("users"), vec![inst("10.0.0.9", 80)], false)
-            .unwrap();
+        let mut a = owner_with(
+            now,
+            &[
+                ("orders", &["10.0.0.1", "10.0.0.2"]),
+                ("users", &["10.0.0.9"]),
+            ],
+        );
         let before = a.owned_data("s").unwrap().revision;
         let changes = a
             .replace(
@@ -1148,11 +1144,8 @@ mod tests {
     #[test]
     fn expired_replicas_go_and_own_sessions_never_expire_that_way() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
+        let a = owner_with(now, &[("orders", &["10.0.0.1"])]);
         let mut b = Store::new(2, 22);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register("s", &svc("orders"), vec![inst("10.0.0.1", 80)], false)
-            .unwrap();
         b.open("mine".into(), TTL, now).unwrap();
         b.apply_sync(a.owned_data("s").unwrap(), now);
         let (expired, _) = b.expire_replicas(now + Duration::from_secs(2), Duration::from_secs(3));
@@ -1191,18 +1184,14 @@ mod tests {
     #[test]
     fn deltas_carry_only_what_changed_and_end_where_a_full_sync_ends() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
+        let mut a = owner_with(
+            now,
+            &[
+                ("orders", &["10.0.0.1", "10.0.0.2"]),
+                ("users", &["10.0.0.9"]),
+            ],
+        );
         let mut b = Store::new(2, 22);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register(
-            "s",
-            &svc("orders"),
-            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
-            false,
-        )
-        .unwrap();
-        a.register("s", &svc("users"), vec![inst("10.0.0.9", 80)], false)
-            .unwrap();
         // Never acknowledged: whole.
         assert!(matches!(a.outgoing("s", 2), Some(Outgoing::Full(_))));
         sync_to(&mut a, &mut b, "s", now);
@@ -1309,16 +1298,8 @@ mod tests {
     #[test]
     fn a_health_change_travels_as_a_delta_and_reshows_every_instance() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
+        let mut a = owner_with(now, &[("orders", &["10.0.0.1", "10.0.0.2"])]);
         let mut b = Store::new(2, 22);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register(
-            "s",
-            &svc("orders"),
-            vec![inst("10.0.0.1", 80), inst("10.0.0.2", 80)],
-            false,
-        )
-        .unwrap();
         sync_to(&mut a, &mut b, "s", now);
         let (_, sick, _) = a.check_leases(now + TTL * 6 / 10, 50);
         assert_eq!(sick, vec!["s".to_string()]);
@@ -1339,12 +1320,9 @@ mod tests {
     #[test]
     fn the_journal_forgets_what_every_peer_acknowledged() {
         let now = Instant::now();
-        let mut a = Store::new(1, 11);
+        let mut a = owner_with(now, &[("orders", &["10.0.0.1"])]);
         let mut b = Store::new(2, 22);
         let mut c = Store::new(3, 33);
-        a.open("s".into(), TTL, now).unwrap();
-        a.register("s", &svc("orders"), vec![inst("10.0.0.1", 80)], false)
-            .unwrap();
         sync_to(&mut a, &mut b, "s", now);
         assert_eq!(
             a.sessions["s"].journal.len(),
