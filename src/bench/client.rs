@@ -4,7 +4,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::bench::{Level, Options, Target, Workload};
-use crate::nacos::wire::client::{BiRequestStreamClient, RequestClient};
+use crate::nacos::wire::client::{open_bi_stream, RequestClient};
 use crate::nacos::wire::{parse_reply, request_payload};
 use crate::pb;
 use crate::pb::config_service_client::ConfigServiceClient;
@@ -292,16 +292,9 @@ impl NacosClients {
     async fn connect(&self) -> Result<(), tonic::Status> {
         self.stream
             .get_or_try_init(|| async {
-                let (tx, rx) = tokio::sync::mpsc::channel(16);
                 let setup = serde_json::json!({"clientVersion": "nacosctl-bench", "tenant": "",
                     "labels": {"source": "sdk", "module": "naming"}});
-                let _ = tx
-                    .send(request_payload("ConnectionSetupRequest", setup))
-                    .await;
-                let mut inbound = BiRequestStreamClient::new(self.channel.clone())
-                    .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await?
-                    .into_inner();
+                let (tx, mut inbound) = open_bi_stream(self.channel.clone(), setup).await?;
                 // Nothing is subscribed, so no push needs an answer: drain the stream.
                 tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
                 let mut request = self.request.clone();

@@ -31,6 +31,32 @@ pub use pb::{Metadata, Payload};
 pub mod client {
     pub use super::pb::bi_request_stream_client::BiRequestStreamClient;
     pub use super::pb::request_client::RequestClient;
+
+    use super::{request_payload, Payload};
+    use tonic::transport::Channel;
+
+    /// Open the bi-stream of the connection `channel` is, with `setup` as its
+    /// `ConnectionSetupRequest`. Returns the sender of what the client writes on the
+    /// stream (dropping it ends the stream) and the server's pushes.
+    pub async fn open_bi_stream(
+        channel: Channel,
+        setup: serde_json::Value,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Sender<Payload>,
+            tonic::Streaming<Payload>,
+        ),
+        tonic::Status,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // The channel is new and has room: the setup goes first, whatever follows.
+        let _ = tx.try_send(request_payload("ConnectionSetupRequest", setup));
+        let pushes = BiRequestStreamClient::new(channel)
+            .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((tx, pushes))
+    }
 }
 
 /// Nacos error codes (`NacosException`, `ResponseCode`) the SDKs act on.

@@ -334,6 +334,15 @@ mod tests {
     use super::*;
     use crate::raft::types::Command;
 
+    /// A log store of group `g` on a new RocksDB in `dir`.
+    fn open_store(dir: &std::path::Path) -> (Arc<Db>, RocksLogStore) {
+        let db = crate::raft::rocks::open(dir, &["g"]).unwrap();
+        let syncer = WalSyncer::start(db.clone()).unwrap();
+        let clock = StageClock::new("g", Arc::default());
+        let store = RocksLogStore::new("g", db.clone(), syncer, clock).unwrap();
+        (db, store)
+    }
+
     fn entry(index: u64) -> Entry {
         entry_of_term(1, index)
     }
@@ -351,15 +360,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_cut_off_mid_purge_reports_a_consistent_state() {
         let td = tempfile::tempdir().unwrap();
-        let db = crate::raft::rocks::open(td.path(), &["g"]).unwrap();
-        let syncer = WalSyncer::start(db.clone()).unwrap();
-        let mut store = RocksLogStore::new(
-            "g",
-            db.clone(),
-            syncer,
-            StageClock::new("g", Arc::default()),
-        )
-        .unwrap();
+        let (db, mut store) = open_store(td.path());
         let log = cf(&db, &keys::log_cf("g")).unwrap();
         for i in 1..=50 {
             db.put_cf(log, keys::log_key(i), encode(&entry(i)).unwrap())
@@ -392,15 +393,7 @@ mod tests {
     #[tokio::test]
     async fn purge_moves_the_purge_point_and_deletes_in_one_step() {
         let td = tempfile::tempdir().unwrap();
-        let db = crate::raft::rocks::open(td.path(), &["g"]).unwrap();
-        let syncer = WalSyncer::start(db.clone()).unwrap();
-        let mut store = RocksLogStore::new(
-            "g",
-            db.clone(),
-            syncer,
-            StageClock::new("g", Arc::default()),
-        )
-        .unwrap();
+        let (db, mut store) = open_store(td.path());
         let log = cf(&db, &keys::log_cf("g")).unwrap();
         for i in 1..=10 {
             db.put_cf(log, keys::log_key(i), encode(&entry(i)).unwrap())

@@ -19,7 +19,7 @@ use tonic::Code;
 
 use crate::common::*;
 use nacosd::config::Config;
-use nacosd::nacos::wire::client::{BiRequestStreamClient, RequestClient};
+use nacosd::nacos::wire::client::{open_bi_stream, RequestClient};
 use nacosd::nacos::wire::{parse_reply, request_payload, Payload};
 use nacosd::pb;
 use nacosd::pb::config_service_client::ConfigServiceClient;
@@ -553,19 +553,13 @@ async fn handshake_and_nacos_errors_on_the_raw_protocol() {
     );
 
     // The setup, with an ability table: acknowledged by SetupAckRequest.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(payload(
-        "ConnectionSetupRequest",
+    let (tx, mut pushed) = open_bi_stream(
+        channel,
         json!({"clientVersion": "test", "tenant": "", "labels": {"module": "naming"},
                "abilityTable": {}}),
-    ))
+    )
     .await
     .unwrap();
-    let mut pushed = BiRequestStreamClient::new(channel)
-        .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let ack = pushed.message().await.unwrap().unwrap();
     assert_eq!(ack.metadata.unwrap().r#type, "SetupAckRequest");
     let ack: Value = serde_json::from_slice(&ack.body.unwrap().value).unwrap();
@@ -645,18 +639,12 @@ async fn with_auth_requests_need_a_nacosd_token_in_access_token() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(payload(
-        "ConnectionSetupRequest",
+    let (_stream, mut pushed) = open_bi_stream(
+        channel.clone(),
         json!({"clientVersion": "test", "labels": {"module": "config"}, "abilityTable": {}}),
-    ))
+    )
     .await
     .unwrap();
-    let mut pushed = BiRequestStreamClient::new(channel.clone())
-        .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     pushed.message().await.unwrap().unwrap();
     let mut c = RequestClient::new(channel);
     let publish = json!({"dataId": "d", "group": "g", "tenant": "", "content": "x",
@@ -718,18 +706,12 @@ impl RawClient {
         let mut rpc = RequestClient::new(channel.clone());
         let (_, body) = unary(&mut rpc, "ServerCheckRequest", json!({})).await;
         let id = body["connectionId"].as_str().unwrap().to_string();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.send(payload(
-            "ConnectionSetupRequest",
+        let (tx, mut inbound) = open_bi_stream(
+            channel,
             json!({"clientVersion": "test", "tenant": "", "labels": {"module": "naming"}}),
-        ))
+        )
         .await
         .unwrap();
-        let mut inbound = BiRequestStreamClient::new(channel)
-            .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
         let pushes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (seen, done, acks) = (pushes.clone(), ended.clone(), tx.clone());

@@ -383,6 +383,20 @@ async fn create_user(ch: &Channel, admin: &str, user: &str, password: &str, role
         .expect("admin creates a user");
 }
 
+/// Role `dev-config-writer` (write config in namespace `dev`) and user `alice`
+/// (password `alice-password`) holding it.
+async fn create_alice(ch: &Channel, admin: &str) {
+    use pb::{Access as A, ResourceKind as K};
+    AuthServiceClient::new(ch.clone())
+        .put_role(authed(
+            role("dev-config-writer", &[("dev", K::Config, A::Write)]),
+            admin,
+        ))
+        .await
+        .expect("put role");
+    create_user(ch, admin, "alice", "alice-password", &["dev-config-writer"]).await;
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
     let s = r.expect_err("the call must fail");
     (s.code(), s.message().to_string())
@@ -439,20 +453,13 @@ async fn roles_grant_access_per_namespace_and_kind() {
     let admin = admin_token(&ch).await;
     let mut auth = AuthServiceClient::new(ch.clone());
     use pb::{Access as A, ResourceKind as K};
-    for r in [
-        role("dev-config-writer", &[("dev", K::Config, A::Write)]),
+    create_alice(&ch, &admin).await;
+    auth.put_role(authed(
         role("prod-reader", &[("prod", K::Any, A::Read)]),
-    ] {
-        auth.put_role(authed(r, &admin)).await.expect("put role");
-    }
-    create_user(
-        &ch,
         &admin,
-        "alice",
-        "alice-password",
-        &["dev-config-writer"],
-    )
-    .await;
+    ))
+    .await
+    .expect("put role");
     create_user(&ch, &admin, "bob", "bob-password", &["prod-reader"]).await;
     let alice = login(&ch, "alice", "alice-password").await.unwrap();
     let bob = login(&ch, "bob", "bob-password").await.unwrap();
@@ -773,22 +780,7 @@ async fn client_certificates_log_in_as_the_user_their_common_name_names() {
     // A client without a certificate is served, and logs in with a password.
     let ch = tls_endpoint(addr, &server_ca).connect().await.unwrap();
     let admin = admin_token(&ch).await;
-    use pb::{Access as A, ResourceKind as K};
-    AuthServiceClient::new(ch.clone())
-        .put_role(authed(
-            role("dev-config-writer", &[("dev", K::Config, A::Write)]),
-            &admin,
-        ))
-        .await
-        .unwrap();
-    create_user(
-        &ch,
-        &admin,
-        "alice",
-        "alice-password",
-        &["dev-config-writer"],
-    )
-    .await;
+    create_alice(&ch, &admin).await;
     // A user named like the node: the node's certificate must still not log in.
     create_user(&ch, &admin, "n1", "n1-password", &["admin"]).await;
 
