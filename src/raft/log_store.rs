@@ -14,6 +14,10 @@
 //!   so a value that lags, or is lost, is harmless).
 //! - `get_log_state` never reports a last log id below the purge point: entries at or
 //!   below it (left by an older version that purged in two steps) are deleted there.
+//!
+//! The newest entries are also kept in memory ([`LogCache`]) for the readers that
+//! want them right after the append (apply, replication); the cache follows every
+//! append, truncation and purge, and a read it cannot answer in full goes to RocksDB.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -30,6 +34,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::raft::keys;
+use crate::raft::log_cache::LogCache;
 use crate::raft::rocks::{cf, Db, WalSyncer};
 use crate::raft::stages::StageClock;
 use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
@@ -44,10 +49,19 @@ pub struct RocksLogStore {
     /// The latest committed id openraft reported, not yet written: it goes into the
     /// next append's batch (module docs).
     committed: Arc<std::sync::Mutex<Option<LogId>>>,
+    /// The newest entries, shared with every log reader (module docs).
+    cache: Arc<std::sync::Mutex<LogCache>>,
 }
 
 impl RocksLogStore {
-    pub fn new(group: &str, db: Arc<Db>, syncer: WalSyncer, clock: StageClock) -> io::Result<Self> {
+    /// The log of `group`, keeping up to `cache_bytes` of its newest entries in memory.
+    pub fn new(
+        group: &str,
+        db: Arc<Db>,
+        syncer: WalSyncer,
+        clock: StageClock,
+        cache_bytes: usize,
+    ) -> io::Result<Self> {
         let log_cf = keys::log_cf(group);
         cf(&db, &log_cf)?;
         cf(&db, keys::RAFT_META_CF)?;
@@ -58,6 +72,7 @@ impl RocksLogStore {
             syncer,
             clock,
             committed: Arc::default(),
+            cache: Arc::new(std::sync::Mutex::new(LogCache::new(cache_bytes))),
         })
     }
 
@@ -79,6 +94,10 @@ impl RocksLogStore {
 
     fn pending_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
         crate::lock(&self.committed)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
+        crate::lock(&self.cache)
     }
 
     fn edge_entry(&self, mode: IteratorMode<'_>) -> io::Result<Option<Entry>> {
@@ -218,6 +237,9 @@ impl RaftLogReader<TypeConfig> for RocksLogStore {
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.cache().get(start, end) {
+            return Ok(entries);
+        }
         self.blocking(move |s| s.entries_sync(start, end)).await
     }
 
@@ -281,19 +303,24 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
                 encode(&c)?,
             );
         }
-        let mut indexes = None;
+        let mut written = Vec::new();
         for entry in entries {
-            let index = entry.log_id.index;
-            indexes = Some(indexes.map_or((index, index), |(first, _)| (first, index)));
-            batch.put_cf(log, keys::log_key(index), encode(&entry)?);
+            let bytes = encode(&entry)?;
+            batch.put_cf(log, keys::log_key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
         // Written (readable) when this returns; durable once the syncer has fsync'd the
         // WAL, which is when openraft is told.
         self.blocking(move |s| s.db.write(batch).map_err(io::Error::other))
             .await?;
-        if let Some((first, last)) = indexes {
-            self.clock.appended(first, last);
+        if let (Some((first, _)), Some((last, _))) = (written.first(), written.last()) {
+            self.clock.appended(first.log_id.index, last.log_id.index);
         }
+        let mut cache = self.cache();
+        for (entry, len) in written {
+            cache.appended(entry, len);
+        }
+        drop(cache);
         self.syncer
             .after_sync(move |res| callback.io_completed(res));
         Ok(())
@@ -301,6 +328,8 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        // Out of the cache first: a reader must not get an entry the log is losing.
+        self.cache().truncated(from);
         self.blocking(move |s| {
             let log = cf(&s.db, &s.log_cf)?;
             let mut batch = WriteBatch::default();
@@ -317,6 +346,7 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         // Make every applied state-machine write durable before dropping the log that
         // could replay it.
         self.syncer.sync().await?;
+        self.cache().purged(log_id.index);
         self.blocking(move |s| {
             let meta = cf(&s.db, keys::RAFT_META_CF)?;
             let log = cf(&s.db, &s.log_cf)?;
@@ -339,7 +369,7 @@ mod tests {
         let db = crate::raft::rocks::open(dir, &["g"]).unwrap();
         let syncer = WalSyncer::start(db.clone()).unwrap();
         let clock = StageClock::new("g", Arc::default());
-        let store = RocksLogStore::new("g", db.clone(), syncer, clock).unwrap();
+        let store = RocksLogStore::new("g", db.clone(), syncer, clock, 1 << 20).unwrap();
         (db, store)
     }
 

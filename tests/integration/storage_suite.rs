@@ -32,11 +32,21 @@ impl StoreBuilder<TypeConfig, RocksLogStore, GroupStateMachine, tempfile::TempDi
         let db = rocks::open(&td.path().join("raft"), &["g"]).map_err(to_err)?;
         let syncer = WalSyncer::start(db.clone()).map_err(to_err)?;
         let clock = StageClock::new("g", Arc::default());
-        let log = RocksLogStore::new("g", db.clone(), syncer, clock.clone()).map_err(to_err)?;
+        // The RocksDB-backed run keeps a small in-memory log tail (some reads served
+        // from it, some past it) and a key cache; the SQLite run neither, so the suite
+        // covers the log store both ways.
+        let cache = match self {
+            Builder::Rocks => 4 << 10,
+            Builder::Sqlite => 0,
+        };
+        let log =
+            RocksLogStore::new("g", db.clone(), syncer, clock.clone(), cache).map_err(to_err)?;
         let snapshots = SnapshotDir::open(td.path().join("snapshots")).map_err(to_err)?;
         let gsm = match self {
             Builder::Rocks => {
-                let sm = RocksStateMachine::new("g", db, KvProcessor).map_err(to_err)?;
+                let sm = RocksStateMachine::new("g", db, KvProcessor)
+                    .map_err(to_err)?
+                    .with_key_cache(cache);
                 GroupStateMachine::new("g", Arc::new(sm), snapshots, clock)
             }
             Builder::Sqlite => {
