@@ -40,19 +40,17 @@ pub fn builtin_registry(shared: &Shared) -> GroupRegistry {
     GroupRegistry::new()
         .register(CONFIG, move |ctx| {
             let processor = config::ConfigProcessor::new(config_feed.clone());
-            Ok(Arc::new(RocksStateMachine::new(
-                &ctx.name,
-                ctx.db.clone(),
-                processor,
-            )?))
+            Ok(Arc::new(
+                RocksStateMachine::new(&ctx.name, ctx.db.clone(), processor)?
+                    .with_key_cache(ctx.state_cache_bytes),
+            ))
         })
         .register(NAMING_PERSISTENT, move |ctx| {
             let processor = naming::NamingProcessor::new(naming_feed.clone());
-            Ok(Arc::new(RocksStateMachine::new(
-                &ctx.name,
-                ctx.db.clone(),
-                processor,
-            )?))
+            Ok(Arc::new(
+                RocksStateMachine::new(&ctx.name, ctx.db.clone(), processor)?
+                    .with_key_cache(ctx.state_cache_bytes),
+            ))
         })
         .register(EMBEDDED_DB, move |ctx| {
             let sm = Arc::new(db::SqliteStateMachine::open(&ctx.dir)?);

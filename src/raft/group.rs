@@ -125,6 +125,9 @@ pub struct GroupContext {
     pub db: Arc<Db>,
     /// A directory the group may use for its own files.
     pub dir: PathBuf,
+    /// Memory a RocksDB-backed state machine may keep for recently written values
+    /// (`--state-cache-mib`, see `RocksStateMachine::with_key_cache`).
+    pub state_cache_bytes: usize,
 }
 
 type Constructor = Box<dyn Fn(&GroupContext) -> io::Result<Arc<dyn StateMachine>> + Send + Sync>;

@@ -23,8 +23,10 @@
 
 pub mod control;
 pub mod group;
+pub mod hot_keys;
 pub mod identity;
 pub mod keys;
+pub mod log_cache;
 pub mod log_store;
 pub mod node;
 pub mod rocks;

@@ -11,6 +11,10 @@
 //! leaves no trace, identically on every replica. Reads inside a command see the
 //! writes of earlier commands of the same batch.
 //!
+//! Keys the apply path reads are remembered with the value it then wrote
+//! ([`HotKeys`], `--state-cache-mib`), so the next command on the same key does not
+//! search RocksDB for it.
+//!
 //! State-machine writes are not fsync'd: the entries they come from are already
 //! durable in the log, and the log store syncs the WAL before it purges anything (see
 //! `raft::log_store`).
@@ -25,7 +29,8 @@
 //! file, see `raft::state_machine`) or, failing that, refuses to start; it never serves
 //! the mixture. Queries and snapshot builds wait while a restore runs.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
@@ -34,6 +39,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB
 
 use crate::error::Error;
 use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, StateMachine};
+use crate::raft::hot_keys::HotKeys;
 use crate::raft::keys;
 use crate::raft::rocks::{cf, Db};
 use crate::raft::types::{AppliedState, Command, CommandResult};
@@ -204,6 +210,9 @@ pub struct KvTxn<'a, E = ()> {
     db: &'a DB,
     cf: &'a rocksdb::ColumnFamily,
     batch: &'a Overlay,
+    hot: &'a HotKeys,
+    /// Keys read past the batch's own writes: what is written to them is remembered.
+    read: &'a RefCell<HashSet<Vec<u8>>>,
     staged: Overlay,
     events: Vec<E>,
 }
@@ -221,6 +230,10 @@ impl<E> KvTxn<'_, E> {
         }
         if let Some(v) = self.batch.get(key) {
             return Ok(v.clone());
+        }
+        self.read.borrow_mut().insert(key.to_vec());
+        if let Some(v) = self.hot.get(key) {
+            return Ok(v.map(<[u8]>::to_vec));
         }
         self.db
             .get_cf(self.cf, keys::sm_data_key(key))
@@ -282,6 +295,9 @@ pub struct RocksStateMachine<P> {
     /// Held for writing while a restore replaces the data; queries take it for
     /// reading, so they never see a half-restored state.
     restoring: RwLock<()>,
+    /// Written values of keys the apply path reads (module docs). Locked by apply
+    /// (one at a time per group anyway) and by restore, which clears it.
+    hot: std::sync::Mutex<HotKeys>,
 }
 
 impl<P: Processor> RocksStateMachine<P> {
@@ -292,9 +308,17 @@ impl<P: Processor> RocksStateMachine<P> {
             cf_name,
             processor,
             restoring: RwLock::new(()),
+            hot: std::sync::Mutex::new(HotKeys::new(0)),
         };
         sm.recover_interrupted_restore()?;
         Ok(sm)
+    }
+
+    /// Keep up to `bytes` of recently written values for the apply path's reads
+    /// (module docs); none without this.
+    pub fn with_key_cache(self, bytes: usize) -> Self {
+        *crate::lock(&self.hot) = HotKeys::new(bytes);
+        self
     }
 
     fn cf(&self) -> io::Result<&rocksdb::ColumnFamily> {
@@ -361,6 +385,8 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
         applied: &AppliedState,
     ) -> io::Result<Vec<CommandResult>> {
         let cf = self.cf()?;
+        let mut hot = crate::lock(&self.hot);
+        let read = RefCell::new(HashSet::new());
         let mut batch_overlay = Overlay::new();
         let mut events = Vec::new();
         let mut results = Vec::with_capacity(items.len());
@@ -370,6 +396,8 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
                 db: &self.db,
                 cf,
                 batch: &batch_overlay,
+                hot: &hot,
+                read: &read,
                 staged: Overlay::new(),
                 events: Vec::new(),
             };
@@ -389,8 +417,8 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
             }
         }
         let mut wb = WriteBatch::default();
-        for (k, v) in batch_overlay {
-            let key = keys::sm_data_key(&k);
+        for (k, v) in &batch_overlay {
+            let key = keys::sm_data_key(k);
             match v {
                 Some(v) => wb.put_cf(cf, key, v),
                 None => wb.delete_cf(cf, key),
@@ -398,6 +426,14 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
         }
         wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
         self.db.write(wb).map_err(io::Error::other)?;
+        // Only after the write: the cache never holds what the column family does not.
+        let read = read.into_inner();
+        for (k, v) in batch_overlay {
+            if read.contains(&k) {
+                hot.record(k, v);
+            }
+        }
+        drop(hot);
         if !events.is_empty() {
             self.processor.on_applied(events);
         }
@@ -428,6 +464,8 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
 
     fn restore(&self, data: &mut dyn Read, applied: &AppliedState) -> io::Result<()> {
         let _guard = self.restoring.write().unwrap_or_else(|e| e.into_inner());
+        // Whatever happens below, the data no longer is what the cache remembers.
+        crate::lock(&self.hot).clear();
         let cf = self.cf()?;
         let (start, end) = data_range();
         // 1. Mark the state as being replaced, durably, before touching it.
@@ -576,7 +614,10 @@ impl<P: Processor> ProcessorHarness<P> {
     pub(crate) fn new(processor: P) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = crate::raft::rocks::open(dir.path(), &["g"]).expect("open RocksDB");
-        let sm = RocksStateMachine::new("g", db, processor).expect("state machine");
+        // With the key cache, so that the groups' table tests also run through it.
+        let sm = RocksStateMachine::new("g", db, processor)
+            .expect("state machine")
+            .with_key_cache(1 << 20);
         ProcessorHarness {
             sm,
             index: 0,
@@ -677,6 +718,97 @@ mod tests {
         assert!(db.get_cf(cf, keys::SM_RESTORING_KEY).unwrap().is_none());
         assert_eq!(view_count(&sm), 0, "the partial state is gone");
         assert_eq!(sm.applied_state().unwrap(), AppliedState::default());
+    }
+
+    /// The hot-key cache changes nothing anyone can see: the same commands in the same
+    /// batches give the same replies and the same data with a cache small enough to
+    /// evict all the time as with none, across deletions, rejected commands, reads of
+    /// a key written earlier in the same batch, and a restore that replaces the data.
+    #[test]
+    fn the_key_cache_never_changes_a_reply_or_the_data() {
+        use crate::groups::test_kv::KvCommand;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let open = |dir: &tempfile::TempDir, cache: usize| {
+            let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+            open_kv(&db).with_key_cache(cache)
+        };
+        let plain = open(&dirs[0], 0);
+        let cached = open(&dirs[1], 2048);
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut index = 0;
+        let state = |sm: &RocksStateMachine<_>| {
+            KvView::new(&sm.db, sm.cf().unwrap())
+                .scan(b"", None, 1000)
+                .unwrap()
+        };
+        let mut cas_failures = 0;
+        for round in 0..400 {
+            if round == 200 {
+                // Both replaced by the same snapshot: what either cached is gone.
+                let data = frames(&[("k1", b"restored".to_vec()), ("k2", b"x".to_vec())]);
+                for sm in [&plain, &cached] {
+                    sm.restore(&mut &data[..], &AppliedState::default())
+                        .unwrap();
+                }
+            }
+            let commands: Vec<Command> = (0..1 + next(6))
+                .map(|_| {
+                    let key = format!("k{}", next(12)).into_bytes();
+                    let value = vec![b'a' + next(26) as u8; 1 + next(300) as usize];
+                    match next(4) {
+                        0 => KvCommand::Delete { key },
+                        1 => KvCommand::Cas {
+                            key,
+                            expected: Some(b"restored".to_vec()),
+                            value: Some(value),
+                        },
+                        _ => KvCommand::Put { key, value },
+                    }
+                    .into_command()
+                })
+                .collect();
+            let items: Vec<ApplyItem<'_>> = commands
+                .iter()
+                .map(|c| {
+                    index += 1;
+                    ApplyItem {
+                        index,
+                        command: Some(c),
+                    }
+                })
+                .collect();
+            let replies = |sm: &RocksStateMachine<_>| {
+                sm.apply(&items, &AppliedState::default())
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.0.map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>()
+            };
+            let (a, b) = (replies(&plain), replies(&cached));
+            assert_eq!(a, b, "round {round}");
+            cas_failures += a.iter().filter(|r| r.is_err()).count();
+            assert_eq!(state(&plain), state(&cached), "round {round}");
+        }
+        assert!(cas_failures > 0, "the sequence has rejected commands");
+        // And it is used: a key read and written is remembered with its new value.
+        let put = KvCommand::Put {
+            key: b"k3".to_vec(),
+            value: b"v".to_vec(),
+        }
+        .into_command();
+        let item = ApplyItem {
+            index: index + 1,
+            command: Some(&put),
+        };
+        let reply = cached.apply(&[item], &AppliedState::default()).unwrap();
+        assert!(reply[0].0.is_ok());
+        assert_eq!(crate::lock(&cached.hot).get(b"k3"), Some(Some(&b"v"[..])));
     }
 
     #[test]
