@@ -187,6 +187,12 @@ pub struct Config {
     /// Memory for RocksDB, in MiB: three quarters for memtables (all column families
     /// together), one quarter for the shared block cache.
     pub storage_memory_mib: usize,
+    /// Newest log entries kept in memory per group, in MiB, for apply and replication
+    /// to read without going to RocksDB (0: none).
+    pub log_cache_mib: usize,
+    /// Recently written state-machine values the apply path reads back, kept in memory
+    /// per group, in MiB (0: none).
+    pub state_cache_mib: usize,
     /// Largest configuration content accepted, in bytes (Nacos default: 100 KiB).
     pub max_config_bytes: usize,
     /// Revisions of history kept per configuration item.
@@ -281,12 +287,14 @@ impl Default for Config {
                 Duration::from_millis(DEFAULT_ELECTION_MIN_MS),
                 Duration::from_millis(DEFAULT_ELECTION_MAX_MS),
             ),
-            snapshot_logs: 10_000,
+            snapshot_logs: 100_000,
             snapshot_interval: Duration::from_secs(30 * 60),
             snapshot_keep_logs: 1_000,
             default_timeout: Duration::from_secs(10),
             max_request_bytes: 4 << 20,
-            storage_memory_mib: 32,
+            storage_memory_mib: 16,
+            log_cache_mib: 2,
+            state_cache_mib: 16,
             max_config_bytes: 100 * 1024,
             config_history_limit: 30,
             db_limits: DbLimits::default(),
@@ -376,7 +384,7 @@ pub struct ConfigArgs {
     /// Maximum election timeout in milliseconds [default: 350]; also the leader lease.
     #[arg(long, env = "NACOSD_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
-    /// Snapshot after this many log entries [default: 10000].
+    /// Snapshot after this many log entries [default: 100000].
     #[arg(long, env = "NACOSD_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
     /// Snapshot interval in seconds [default: 1800].
@@ -391,9 +399,16 @@ pub struct ConfigArgs {
     /// Largest client request in bytes [default: 4194304].
     #[arg(long, env = "NACOSD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
-    /// RocksDB memory in MiB, memtables and block cache together [default: 32].
+    /// RocksDB memory in MiB, memtables and block cache together [default: 16].
     #[arg(long, env = "NACOSD_STORAGE_MEMORY_MIB")]
     pub storage_memory_mib: Option<usize>,
+    /// Newest log entries kept in memory per group, in MiB; 0 turns it off [default: 2].
+    #[arg(long, env = "NACOSD_LOG_CACHE_MIB")]
+    pub log_cache_mib: Option<usize>,
+    /// Recently written values the apply path reads back, kept in memory per group, in
+    /// MiB; 0 turns it off [default: 16].
+    #[arg(long, env = "NACOSD_STATE_CACHE_MIB")]
+    pub state_cache_mib: Option<usize>,
     /// Largest configuration content in bytes [default: 102400].
     #[arg(long, env = "NACOSD_MAX_CONFIG_BYTES")]
     pub max_config_bytes: Option<usize>,
@@ -525,6 +540,8 @@ impl ConfigArgs {
             default_timeout_ms: self.default_timeout_ms.or(other.default_timeout_ms),
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
             storage_memory_mib: self.storage_memory_mib.or(other.storage_memory_mib),
+            log_cache_mib: self.log_cache_mib.or(other.log_cache_mib),
+            state_cache_mib: self.state_cache_mib.or(other.state_cache_mib),
             max_config_bytes: self.max_config_bytes.or(other.max_config_bytes),
             config_history_limit: self.config_history_limit.or(other.config_history_limit),
             db_max_statements: self.db_max_statements.or(other.db_max_statements),
@@ -618,6 +635,8 @@ impl ConfigArgs {
             default_timeout: args.default_timeout_ms.map(ms).unwrap_or(d.default_timeout),
             max_request_bytes: args.max_request_bytes.unwrap_or(d.max_request_bytes),
             storage_memory_mib: args.storage_memory_mib.unwrap_or(d.storage_memory_mib),
+            log_cache_mib: args.log_cache_mib.unwrap_or(d.log_cache_mib),
+            state_cache_mib: args.state_cache_mib.unwrap_or(d.state_cache_mib),
             max_config_bytes: args.max_config_bytes.unwrap_or(d.max_config_bytes),
             config_history_limit: args.config_history_limit.unwrap_or(d.config_history_limit),
             db_limits: DbLimits {
@@ -773,6 +792,14 @@ impl Config {
                 "storage-memory-mib {} is outside 8..=65536",
                 self.storage_memory_mib
             )));
+        }
+        for (flag, mib) in [
+            ("log-cache-mib", self.log_cache_mib),
+            ("state-cache-mib", self.state_cache_mib),
+        ] {
+            if mib > 4096 {
+                return Err(Error::invalid(format!("{flag} {mib} is above 4096")));
+            }
         }
         if self.max_request_bytes < 1024 || self.max_request_bytes > 64 << 20 {
             return Err(Error::invalid(

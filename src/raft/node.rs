@@ -389,6 +389,7 @@ impl GroupBuilder<'_> {
             name: name.to_string(),
             db: self.db.clone(),
             dir: config.data_dir.join("groups").join(name),
+            state_cache_bytes: config.state_cache_mib << 20,
         };
         std::fs::create_dir_all(&ctx.dir)?;
         let sm = (spec.build)(&ctx)?;
@@ -502,7 +503,13 @@ impl MultiRaft {
         for spec in registry.specs() {
             let name = spec.name.as_str();
             let clock = StageClock::new(name, metrics.clone());
-            let log = RocksLogStore::new(name, db.clone(), syncer.clone(), clock.clone())?;
+            let log = RocksLogStore::new(
+                name,
+                db.clone(),
+                syncer.clone(),
+                clock.clone(),
+                config.log_cache_mib << 20,
+            )?;
             if force {
                 let index = log.force_single_member(config.node_id, &config.advertise_peer)?;
                 tracing::warn!(group = name, index, "--force-new-cluster: this node is now the only member of the group, with all of its data");
