@@ -4,8 +4,9 @@
 //! configuration publish reads the item and its history index, then rewrites both).
 //! From RocksDB such a read searches every memtable and the Bloom filter of every L0
 //! table: 13 % of the busiest node's CPU under a publish load. [`HotKeys`] remembers
-//! the last value written for keys that the apply path read, so the next write of the
-//! same key finds it in a hash map.
+//! the last value written for keys that the apply path read (and keeps a known key
+//! current whatever writes it, read or not), so the next write of the same key finds
+//! it in a hash map.
 //!
 //! It must never disagree with the column family: only the state machine's apply
 //! writes the group's data, and it records here what it wrote, after the write

@@ -427,9 +427,11 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
         wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
         self.db.write(wb).map_err(io::Error::other)?;
         // Only after the write: the cache never holds what the column family does not.
+        // A key written without being read is updated too if the cache knows it, or
+        // the cache would keep its old value.
         let read = read.into_inner();
         for (k, v) in batch_overlay {
-            if read.contains(&k) {
+            if read.contains(&k) || hot.get(&k).is_some() {
                 hot.record(k, v);
             }
         }
@@ -809,6 +811,55 @@ mod tests {
         let reply = cached.apply(&[item], &AppliedState::default()).unwrap();
         assert!(reply[0].0.is_ok());
         assert_eq!(crate::lock(&cached.hot).get(b"k3"), Some(Some(&b"v"[..])));
+    }
+
+    /// A key the cache knows, then written by a command that does not read it first
+    /// (a blind write), must not keep its old value in the cache.
+    #[test]
+    fn a_blind_write_updates_a_cached_key() {
+        struct Blind;
+        impl Processor for Blind {
+            type Event = ();
+            fn apply(
+                &self,
+                txn: &mut KvTxn<'_>,
+                _: u64,
+                cmd: &Command,
+            ) -> Result<Vec<u8>, ApplyError> {
+                // "read": return the current value and write the payload;
+                // "blind": only write it.
+                let previous = if cmd.op == "read" {
+                    txn.get(b"k")?
+                } else {
+                    None
+                };
+                txn.put(b"k", cmd.payload.clone());
+                Ok(previous.unwrap_or_default())
+            }
+            fn query(&self, _: &KvView<'_>, _: &[u8]) -> Result<Vec<u8>, Error> {
+                Ok(Vec::new())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+        let sm = RocksStateMachine::new("g", db, Blind)
+            .unwrap()
+            .with_key_cache(1 << 20);
+        let mut index = 0;
+        let mut run = |op: &str, value: &str| {
+            index += 1;
+            let cmd = Command::new(op, "k", value.as_bytes().to_vec());
+            let item = ApplyItem {
+                index,
+                command: Some(&cmd),
+            };
+            let mut r = sm.apply(&[item], &AppliedState::default()).unwrap();
+            String::from_utf8(r.remove(0).0.unwrap()).unwrap()
+        };
+        assert_eq!(run("read", "v1"), "");
+        assert_eq!(run("read", "v2"), "v1", "cached now");
+        assert_eq!(run("blind", "v3"), "");
+        assert_eq!(run("read", "v4"), "v3", "never the stale v2");
     }
 
     #[test]
