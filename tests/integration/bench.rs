@@ -317,3 +317,41 @@ async fn the_same_workloads_run_against_etcd() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(publish.contains("2.00x"), "{publish}");
 }
+
+/// `bench/ab.sh` (two server variants on fresh clusters, in rounds) runs end to end on
+/// the debug binaries and reports both variants with no errors.
+#[test]
+fn the_ab_script_reports_both_variants() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_nacosd"))
+        .parent()
+        .expect("binary directory")
+        .to_path_buf();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/ab.sh"))
+        .args(["", "--state-cache-mib 0"])
+        .env("ROUNDS", "1")
+        .env("DURATION", "1")
+        .env("WARMUP", "0")
+        .env("CLIENTS", "4")
+        .env("KEYS", "100")
+        .env("BIN_A", &bin_dir)
+        .env("BIN_B", &bin_dir)
+        .output()
+        .expect("run bench/ab.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for variant in ["A ", "B "] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(variant))
+            .unwrap_or_else(|| panic!("no line for variant {variant:?}: {stdout}"));
+        assert!(
+            line.contains("ops/s") && line.contains("errors 0") && line.contains("cpu/op"),
+            "{line}"
+        );
+    }
+}

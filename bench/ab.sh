@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# A/B a server change on one workload: variants run alternately, each on a fresh
+# 3-node release cluster, several rounds, so that the machine's drift hits both alike.
+#
+#   bench/ab.sh "" "--state-cache-mib 0"                 # two flag sets
+#   ENV_B="MALLOC_ARENA_MAX=4" bench/ab.sh "" ""          # same flags, B with env
+#   BIN_B=/tmp/old/release bench/ab.sh "" ""              # two builds
+#
+# Per run it prints throughput, p50/p99, the three servers' CPU per acknowledged
+# operation (utime+stime over the run, warm-up and preload included, divided by the
+# measured operations: steadier than throughput on a saturated machine), the CPU of
+# RocksDB's flush and compaction threads, and RSS. Throughput on a 2-core machine
+# moves ±15 % from run to run: compare several rounds, not one.
+#
+# Environment: ROUNDS (3), WORKLOAD (config-publish), CLIENTS (256), DURATION (10),
+# WARMUP (2), KEYS (10000), VALUE_SIZE (256), BIN_A/BIN_B (directory with nacosd and
+# nacosctl; default target/release, built if missing), ENV_A/ENV_B (VAR=value ... for
+# the servers of that variant), LEADER_ONLY (1: send everything to the config leader).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[ $# -eq 2 ] || { echo "usage: bench/ab.sh FLAGS_A FLAGS_B" >&2; exit 2; }
+rounds="${ROUNDS:-3}"
+default_bin="$root/target/release"
+if [ -z "${BIN_A:-}" ] || [ -z "${BIN_B:-}" ]; then
+    [ -x "$default_bin/nacosd" ] || (cd "$root" && cargo build --release --bins)
+fi
+base=19900
+while ss -Hltn "sport >= :$base and sport <= :$((base + 30))" | grep -q .; do
+    base=$((base + 40))
+done
+work="$(mktemp -d "${TMPDIR:-/tmp}/nacosd-ab.XXXXXX")"
+pids=()
+stop() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    pids=()
+}
+trap 'stop; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+# Clock ticks (1/100 s) of process $1, or of its threads whose name starts with $2.
+ticks() {
+    local total=0 f
+    for f in /proc/"$1"/task/*; do
+        if [ -z "${2:-}" ] || [[ "$(cat "$f/comm")" == "$2"* ]]; then
+            total=$((total + $(awk '{print $14 + $15}' "$f/stat")))
+        fi
+    done
+    echo "$total"
+}
+
+run() { # label bin env flags
+    local label=$1 bin=$2 env=$3 flags=$4 i
+    local members="1=127.0.0.1:$((base + 10)),2=127.0.0.1:$((base + 11)),3=127.0.0.1:$((base + 12))"
+    local endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+    rm -rf "$work/data"
+    for i in 1 2 3; do
+        # shellcheck disable=SC2086 # flags and env are word lists on purpose
+        env NACOSD_LOG=warn $env "$bin/nacosd" --node-id "$i" --data-dir "$work/data/n$i" \
+            --client-addr "127.0.0.1:$((base + i - 1))" --peer-addr "127.0.0.1:$((base + 9 + i))" \
+            --http-addr "127.0.0.1:$((base + 19 + i))" --initial-members "$members" \
+            --insecure-peer $flags >"$work/n$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in 1 2 3; do
+        local end=$((SECONDS + 60))
+        until curl -sf "http://127.0.0.1:$((base + 19 + i))/readyz" >/dev/null; do
+            [ $SECONDS -lt $end ] || { echo "ab.sh: node $i not ready (see $work/n$i.log)" >&2; exit 1; }
+            sleep 0.2
+        done
+    done
+    if [ -n "${LEADER_ONLY:-}" ]; then
+        for i in 1 2 3; do
+            if curl -s "http://127.0.0.1:$((base + 19 + i))/metrics" |
+                grep -q '^nacosd_raft_is_leader{group="config"} 1'; then
+                endpoints="127.0.0.1:$((base + i - 1))"
+            fi
+        done
+    fi
+    local before=0 pid
+    for pid in "${pids[@]}"; do before=$((before + $(ticks "$pid"))); done
+    local report
+    report=$("$bin/nacosctl" bench --target nacosd --endpoints "$endpoints" \
+        --workload "${WORKLOAD:-config-publish}" --clients "${CLIENTS:-256}" --connections 6 \
+        --duration-secs "${DURATION:-10}" --warmup-secs "${WARMUP:-2}" \
+        --keys "${KEYS:-10000}" --value-size "${VALUE_SIZE:-256}" --json 2>/dev/null)
+    local after=0 bg=0 rss=""
+    for pid in "${pids[@]}"; do
+        after=$((after + $(ticks "$pid")))
+        bg=$((bg + $(ticks "$pid" rocksdb)))
+        rss="$rss $(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$pid/status")"
+    done
+    stop
+    python3 -c '
+import json, sys
+label, cpu_ticks, bg_ticks, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+r = json.loads(sys.stdin.read())
+lat, ok = r["latency_ms"], max(1, r["ok"])
+print("%s  %9.0f ops/s  p50 %6.2f  p99 %6.2f ms  cpu/op %6.1f us  rocksdb bg %d ms  errors %d  rss%s MiB" % (
+    label, r["throughput"], lat["p50"], lat["p99"], cpu_ticks * 1e4 / ok, bg_ticks * 10,
+    sum(r["errors"].values()), rss))
+' "$label" "$((after - before))" "$bg" "$rss" <<<"$report"
+}
+
+for round in $(seq "$rounds"); do
+    echo "round $round"
+    run A "${BIN_A:-$default_bin}" "${ENV_A:-}" "$1"
+    run B "${BIN_B:-$default_bin}" "${ENV_B:-}" "$2"
+done
