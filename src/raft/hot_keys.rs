@@ -22,6 +22,11 @@ const ENTRY_OVERHEAD: usize = 64;
 
 type Generation = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// What one entry counts against the budget.
+fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+}
+
 /// Recently written values of read keys, within a byte budget.
 #[derive(Debug, Default)]
 pub struct HotKeys {
@@ -49,33 +54,34 @@ impl HotKeys {
             .map(|v| v.as_deref())
     }
 
-    /// Remember that `key` now holds `value` (None: deleted) in the column family.
-    pub fn record(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let size = key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
+    /// The apply path wrote `value` (None: deleted) for `key`, and the write is in the
+    /// column family; `read`: the apply path read the key first. A key read is
+    /// remembered; one already known is kept current whether it was read or not, so
+    /// the cache never holds an older value than the column family.
+    pub fn written(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, read: bool) {
+        if read || self.get(&key).is_some() {
+            self.record(key, value);
+        }
+    }
+
+    fn record(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let size = cost(&key, &value);
+        self.forget(&key);
         if size > self.budget / 2 {
-            // Too big to keep (or caching is off): forget any older value instead.
-            self.forget(&key);
+            // Too big to keep (or caching is off): no older value stays either.
             return;
         }
         if self.newer_bytes + size > self.budget / 2 {
             self.older = std::mem::take(&mut self.newer);
             self.newer_bytes = 0;
         }
-        self.older.remove(&key);
-        let value_len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
-        let key_len = key.len();
-        match self.newer.insert(key, value) {
-            Some(old) => {
-                self.newer_bytes =
-                    self.newer_bytes + size - (key_len + value_len(&old) + ENTRY_OVERHEAD)
-            }
-            None => self.newer_bytes += size,
-        }
+        self.newer_bytes += size;
+        self.newer.insert(key, value);
     }
 
     fn forget(&mut self, key: &[u8]) {
         if let Some(old) = self.newer.remove(key) {
-            self.newer_bytes -= key.len() + old.map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
+            self.newer_bytes -= cost(key, &old);
         }
         self.older.remove(key);
     }
@@ -100,11 +106,11 @@ mod tests {
     fn remembers_values_and_deletions() {
         let mut h = HotKeys::new(1 << 20);
         assert_eq!(h.get(b"a"), None, "unknown");
-        h.record(b"a".to_vec(), Some(b"1".to_vec()));
-        h.record(b"b".to_vec(), None);
+        h.written(b"a".to_vec(), Some(b"1".to_vec()), true);
+        h.written(b"b".to_vec(), None, true);
         assert_eq!(h.get(b"a"), Some(Some(&b"1"[..])));
         assert_eq!(h.get(b"b"), Some(None), "known absent");
-        h.record(b"a".to_vec(), Some(b"22".to_vec()));
+        h.written(b"a".to_vec(), Some(b"22".to_vec()), true);
         assert_eq!(h.get(b"a"), Some(Some(&b"22"[..])));
         assert_eq!(h.newer_bytes, 1 + 2 + ENTRY_OVERHEAD + 1 + ENTRY_OVERHEAD);
         h.clear();
@@ -117,9 +123,9 @@ mod tests {
         let entry = 8 + 100 + ENTRY_OVERHEAD;
         let mut h = HotKeys::new(entry * 20);
         for i in 0..1000 {
-            h.record(k(i), Some(vec![0; 100]));
+            h.written(k(i), Some(vec![0; 100]), true);
             // Key 0 is rewritten all along: it never ages out.
-            h.record(k(0), Some(vec![1; 100]));
+            h.written(k(0), Some(vec![1; 100]), true);
             assert!(h.newer_bytes <= entry * 10);
             assert!(h.newer.len() + h.older.len() <= 20);
         }
@@ -129,14 +135,26 @@ mod tests {
     }
 
     #[test]
+    fn a_known_key_stays_current_and_an_unread_one_is_not_taken_in() {
+        let mut h = HotKeys::new(1 << 20);
+        h.written(b"a".to_vec(), Some(b"1".to_vec()), false);
+        assert_eq!(h.get(b"a"), None, "neither read nor known");
+        h.written(b"a".to_vec(), Some(b"1".to_vec()), true);
+        h.written(b"a".to_vec(), Some(b"2".to_vec()), false);
+        assert_eq!(h.get(b"a"), Some(Some(&b"2"[..])), "known: kept current");
+        h.written(b"a".to_vec(), None, false);
+        assert_eq!(h.get(b"a"), Some(None));
+    }
+
+    #[test]
     fn a_value_too_big_replaces_a_cached_one_by_nothing() {
         let mut h = HotKeys::new(1000);
-        h.record(b"a".to_vec(), Some(b"small".to_vec()));
-        h.record(b"a".to_vec(), Some(vec![0; 600]));
+        h.written(b"a".to_vec(), Some(b"small".to_vec()), true);
+        h.written(b"a".to_vec(), Some(vec![0; 600]), true);
         assert_eq!(h.get(b"a"), None, "never the stale small value");
         assert_eq!(h.newer_bytes, 0);
         let mut off = HotKeys::new(0);
-        off.record(b"a".to_vec(), Some(b"1".to_vec()));
+        off.written(b"a".to_vec(), Some(b"1".to_vec()), true);
         assert_eq!(off.get(b"a"), None, "budget 0 keeps nothing");
     }
 }

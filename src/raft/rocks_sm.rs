@@ -427,13 +427,10 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
         wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
         self.db.write(wb).map_err(io::Error::other)?;
         // Only after the write: the cache never holds what the column family does not.
-        // A key written without being read is updated too if the cache knows it, or
-        // the cache would keep its old value.
         let read = read.into_inner();
         for (k, v) in batch_overlay {
-            if read.contains(&k) || hot.get(&k).is_some() {
-                hot.record(k, v);
-            }
+            let was_read = read.contains(&k);
+            hot.written(k, v, was_read);
         }
         drop(hot);
         if !events.is_empty() {
