@@ -19,27 +19,18 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 [ $# -eq 2 ] || { echo "usage: bench/ab.sh FLAGS_A FLAGS_B" >&2; exit 2; }
 rounds="${ROUNDS:-3}"
 default_bin="$root/target/release"
 if [ -z "${BIN_A:-}" ] || [ -z "${BIN_B:-}" ]; then
     [ -x "$default_bin/nacosd" ] || (cd "$root" && cargo build --release --bins)
 fi
-base=19900
-while ss -Hltn "sport >= :$base and sport <= :$((base + 30))" | grep -q .; do
-    base=$((base + 40))
-done
+base=$(port_base 19900 31)
 work="$(mktemp -d "${TMPDIR:-/tmp}/nacosd-ab.XXXXXX")"
 pids=()
-stop() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    pids=()
-}
-trap 'stop; rm -rf "$work"' EXIT
+trap 'stop_all; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 # Clock ticks (1/100 s) of process $1, or of its threads whose name starts with $2.
@@ -67,11 +58,8 @@ run() { # label bin env flags
         pids+=($!)
     done
     for i in 1 2 3; do
-        local end=$((SECONDS + 60))
-        until curl -sf "http://127.0.0.1:$((base + 19 + i))/readyz" >/dev/null; do
-            [ $SECONDS -lt $end ] || { echo "ab.sh: node $i not ready (see $work/n$i.log)" >&2; exit 1; }
-            sleep 0.2
-        done
+        wait_for "node $i to be ready (see $work/n$i.log)" 60 \
+            curl -sf "http://127.0.0.1:$((base + 19 + i))/readyz"
     done
     if [ -n "${LEADER_ONLY:-}" ]; then
         for i in 1 2 3; do
@@ -88,13 +76,14 @@ run() { # label bin env flags
         --workload "${WORKLOAD:-config-publish}" --clients "${CLIENTS:-256}" --connections 6 \
         --duration-secs "${DURATION:-10}" --warmup-secs "${WARMUP:-2}" \
         --keys "${KEYS:-10000}" --value-size "${VALUE_SIZE:-256}" --json 2>/dev/null)
-    local after=0 bg=0 rss=""
+    local after=0 bg=0 rss="" kib
     for pid in "${pids[@]}"; do
         after=$((after + $(ticks "$pid")))
         bg=$((bg + $(ticks "$pid" rocksdb)))
-        rss="$rss $(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$pid/status")"
+        kib=$(rss_kib "$pid")
+        rss="$rss $((${kib:-0} / 1024))"
     done
-    stop
+    stop_all
     python3 -c '
 import json, sys
 label, cpu_ticks, bg_ticks, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -19,6 +19,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 duration="${DURATION:-10}"
 warmup="${WARMUP:-2}"
 keys="${KEYS:-10000}"
@@ -48,30 +50,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# A free loopback port base: 9 consecutive ports from $1 that nothing listens on.
-port_base() {
-    local base=$1
-    while ss -Hltn "sport >= :$base and sport <= :$((base + 8))" | grep -q .; do
-        base=$((base + 10))
-    done
-    echo "$base"
-}
-
-wait_for() { # what, deadline seconds, command...
-    local what=$1 secs=$2
-    shift 2
-    local end=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        if [ $SECONDS -ge $end ]; then
-            echo "compare.sh: timed out waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 
 results="$out/results.jsonl"
 : >"$results"
@@ -140,16 +118,6 @@ record_rss() { # label pids...
         fi
         i=$((i + 1))
     done
-}
-
-stop_all() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    pids=()
 }
 
 # ---- nacosd -------------------------------------------------------------------

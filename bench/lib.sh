@@ -1,0 +1,41 @@
+# Helpers the benchmark scripts share; sourced, not run. Callers keep the PIDs they
+# start in the array `pids`.
+
+# A free loopback port base: $2 (default 9) consecutive ports from $1 that nothing
+# listens on, trying $1, $1 + $2 + 1, ...
+port_base() {
+    local base=$1 width=${2:-9}
+    while ss -Hltn "sport >= :$base and sport <= :$((base + width - 1))" | grep -q .; do
+        base=$((base + width + 1))
+    done
+    echo "$base"
+}
+
+# wait_for WHAT DEADLINE_SECONDS COMMAND...: run COMMAND until it succeeds.
+wait_for() {
+    local what=$1 secs=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $end ]; then
+            echo "$(basename "$0"): timed out waiting for $what" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# RSS of process $1 in KiB (empty if it is gone).
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
+
+# Stop every process in `pids`: SIGTERM, up to 10 s each to exit, then SIGKILL.
+stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    pids=()
+}
