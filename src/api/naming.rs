@@ -561,14 +561,19 @@ impl pb::naming_service_server::NamingService for NamingApi {
             naming: self.feed.subscribe(),
             ephemeral: self.distro.subscribe(),
         };
-        tokio::spawn(subscribe::serve(
+        // The first read is done before the stream is returned: a change acknowledged
+        // after the call returns is always an event of its own.
+        let sub = subscribe::Subscription::open(
             self.client.clone(),
             self.distro.clone(),
             service.clone(),
             r.last_index,
             feeds,
-            tx,
-        ));
+            &tx,
+        )
+        .await
+        .map_err(Status::from)?;
+        tokio::spawn(sub.serve(tx));
         let events = ReceiverStream::new(rx)
             .map(move |e| e.map(|e| pb_event(&service, e)).map_err(Status::from));
         Ok(Response::new(Box::pin(events)))

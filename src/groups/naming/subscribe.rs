@@ -126,84 +126,111 @@ async fn full_state_if_missed(
     }))
 }
 
-/// Serve one subscription until the client goes away.
 /// The streams a subscription listens to, subscribed before the first read.
 pub struct Feeds {
     pub naming: broadcast::Receiver<FeedEvent<NamingChange>>,
     pub ephemeral: broadcast::Receiver<FeedEvent<EphemeralChange>>,
 }
 
-pub async fn serve(
+/// A subscription whose first answer is settled: what follows comes from the feeds.
+pub struct Subscription {
     client: GroupClient,
     distro: Arc<Distro>,
     service: ServiceKey,
-    last_index: u64,
     feeds: Feeds,
-    tx: mpsc::Sender<Result<ServiceEvent>>,
-) {
-    let Feeds {
-        naming: mut feed,
-        ephemeral: mut eph,
-    } = feeds;
-    // Everything up to `seen` has reached the client.
-    let mut seen = last_index;
-    // Linearizable: the first answer reflects every change acknowledged before the call.
-    if !send_full_state(
-        &client,
-        &distro,
-        &service,
-        &mut seen,
-        ReadLevel::Linearizable,
-        &tx,
-    )
-    .await
-    {
-        return;
+    /// Everything up to `seen` has reached the client.
+    seen: u64,
+}
+
+impl Subscription {
+    /// Subscribe: a linearizable read of the service, so the first answer reflects every
+    /// change acknowledged before the call, and the full state in `tx` if the client
+    /// missed anything. The read is done when this returns (the API returns the stream
+    /// only then): a change acknowledged after that carries a higher index and arrives
+    /// as its own event, never folded into the first full state.
+    pub async fn open(
+        client: GroupClient,
+        distro: Arc<Distro>,
+        service: ServiceKey,
+        last_index: u64,
+        feeds: Feeds,
+        tx: &mpsc::Sender<Result<ServiceEvent>>,
+    ) -> Result<Subscription> {
+        let mut seen = last_index;
+        if let Some(ev) =
+            full_state_if_missed(&client, &distro, &service, seen, ReadLevel::Linearizable).await?
+        {
+            seen = seen.max(ev.index);
+            // The channel is new and empty: this never waits.
+            let _ = tx.send(Ok(ev)).await;
+        }
+        Ok(Subscription {
+            client,
+            distro,
+            service,
+            feeds,
+            seen,
+        })
     }
-    loop {
-        tokio::select! {
-            ev = eph.recv() => {
-                match ev {
-                    Ok(FeedEvent::Changed(c)) => {
-                        if c.service == service {
-                            for e in ephemeral_events(c, seen) {
-                                if tx.send(Ok(e)).await.is_err() {
-                                    return;
+
+    /// Serve the subscription until the client goes away.
+    pub async fn serve(self, tx: mpsc::Sender<Result<ServiceEvent>>) {
+        let Subscription {
+            client,
+            distro,
+            service,
+            feeds,
+            mut seen,
+        } = self;
+        let Feeds {
+            naming: mut feed,
+            ephemeral: mut eph,
+        } = feeds;
+        loop {
+            tokio::select! {
+                ev = eph.recv() => {
+                    match ev {
+                        Ok(FeedEvent::Changed(c)) => {
+                            if c.service == service {
+                                for e in ephemeral_events(c, seen) {
+                                    if tx.send(Ok(e)).await.is_err() {
+                                        return;
+                                    }
                                 }
                             }
                         }
-                    }
-                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed ephemeral changes: a full state (sent even though the
-                        // persistent index did not move, as the service is touched).
-                        if !send_full_state(&client, &distro, &service, &mut seen, ReadLevel::Stale, &tx).await {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-            ev = feed.recv() => {
-                let resync = match ev {
-                    Ok(FeedEvent::Changed(c)) => {
-                        if c.service == service && c.index > seen {
-                            seen = c.index;
-                            if tx.send(Ok(change_event(c))).await.is_err() {
+                        Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Missed ephemeral changes: a full state (sent even though the
+                            // persistent index did not move, as the service is touched).
+                            if !send_full_state(&client, &distro, &service, &mut seen, ReadLevel::Stale, &tx).await {
                                 return;
                             }
                         }
-                        false
+                        Err(broadcast::error::RecvError::Closed) => return,
                     }
-                    Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if resync
-                    && !send_full_state(&client, &distro, &service, &mut seen, ReadLevel::Stale, &tx).await
-                {
-                    return;
                 }
+                ev = feed.recv() => {
+                    let resync = match ev {
+                        Ok(FeedEvent::Changed(c)) => {
+                            if c.service == service && c.index > seen {
+                                seen = c.index;
+                                if tx.send(Ok(change_event(c))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            false
+                        }
+                        Ok(FeedEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if resync
+                        && !send_full_state(&client, &distro, &service, &mut seen, ReadLevel::Stale, &tx).await
+                    {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
             }
-            _ = tx.closed() => return,
         }
     }
 }
