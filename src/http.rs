@@ -182,7 +182,7 @@ const GAUGES: [GaugeSpec; 8] = [
 ];
 
 /// Per-group counters of the consistency layer.
-const COUNTERS: [CounterSpec; 6] = [
+const COUNTERS: [CounterSpec; 8] = [
     (
         "nacosd_writes_local_total",
         "Writes proposed on this node as leader.",
@@ -212,6 +212,16 @@ const COUNTERS: [CounterSpec; 6] = [
         "nacosd_read_leader_fallbacks_total",
         "Reads executed on the leader after the local read-index path failed.",
         |c| c.leader_fallbacks.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_queries_in_memory_total",
+        "Local queries answered from memory on the thread that received them.",
+        |c| c.queries_in_memory.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_queries_blocking_total",
+        "Local queries run on the blocking pool (data not all in memory, large queries, SQL).",
+        |c| c.queries_blocking.load(Ordering::Relaxed),
     ),
 ];
 

@@ -50,6 +50,16 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Answer a read against the current local state.
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error>;
 
+    /// Answer a read from memory alone, with a small bound on the work, or `None` when
+    /// that is not possible (the data is not all in memory, the query is large, the
+    /// state is being replaced): the caller then runs [`StateMachine::query`] where it
+    /// may block. Called on an async worker, so it must never wait for the disk or a
+    /// lock held for long. The default never tries.
+    fn query_in_memory(&self, query: &[u8]) -> Option<Result<Vec<u8>, Error>> {
+        let _ = query;
+        None
+    }
+
     /// Capture a consistent point-in-time view for a snapshot. The view is written out
     /// on the same (blocking) thread right away, so it may borrow the state machine.
     fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource + '_>>;

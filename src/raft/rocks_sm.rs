@@ -29,13 +29,13 @@
 //! file, see `raft::state_machine`) or, failing that, refuses to start; it never serves
 //! the mixture. Queries and snapshot builds wait while a restore runs.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB};
 
 use crate::error::Error;
 use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, StateMachine};
@@ -93,6 +93,10 @@ pub trait Processor: Send + Sync + 'static {
     fn on_restored(&self) {}
 }
 
+/// Most keys a query tried in memory on an async worker may read (a point read is one
+/// or two; a listing page of up to this many services or items still qualifies).
+const IN_MEMORY_QUERY_KEYS: usize = 256;
+
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Read-only access to a group's applied data, as of one point in time: every read
@@ -103,6 +107,17 @@ pub struct KvView<'a> {
     db: &'a DB,
     cf: &'a rocksdb::ColumnFamily,
     snapshot: rocksdb::Snapshot<'a>,
+    /// Set for a view that may only read memory (see [`KvView::in_memory`]).
+    in_memory: Option<InMemory>,
+}
+
+/// The bounds of an in-memory view: what it may still read, and whether it has had to
+/// refuse a read.
+struct InMemory {
+    /// Keys it may still read (a point read or one step of a scan is one).
+    left: Cell<usize>,
+    /// A read needed the disk, or the budget ran out: the query's answer is void.
+    missed: Cell<bool>,
 }
 
 impl<'a> KvView<'a> {
@@ -111,30 +126,85 @@ impl<'a> KvView<'a> {
             db,
             cf,
             snapshot: db.snapshot(),
+            in_memory: None,
         }
     }
 
+    /// A view that reads only memtables and the block cache, and at most `keys` keys.
+    /// A read that would need more fails, and [`KvView::missed`] says so: the query is
+    /// then run again on a view that may read the disk. This lets a small query whose
+    /// data is in memory (nearly every point read) run on the thread that received it,
+    /// without a trip through the blocking pool, while a query that would wait for the
+    /// disk or run long still never holds an async worker.
+    pub fn in_memory(db: &'a DB, cf: &'a rocksdb::ColumnFamily, keys: usize) -> Self {
+        KvView {
+            in_memory: Some(InMemory {
+                left: Cell::new(keys),
+                missed: Cell::new(false),
+            }),
+            ..KvView::new(db, cf)
+        }
+    }
+
+    /// Whether an in-memory view had to refuse a read (the query's answer is void).
+    pub fn missed(&self) -> bool {
+        self.in_memory.as_ref().is_some_and(|m| m.missed.get())
+    }
+
+    fn read_options(&self) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        if self.in_memory.is_some() {
+            opts.set_read_tier(ReadTier::BlockCache);
+        }
+        opts
+    }
+
+    /// Account for reading one key; fails when an in-memory view's budget is spent.
+    fn step(&self) -> io::Result<()> {
+        match &self.in_memory {
+            Some(m) if m.left.get() == 0 => Err(self.refuse()),
+            Some(m) => {
+                m.left.set(m.left.get() - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn refuse(&self) -> io::Error {
+        if let Some(m) = &self.in_memory {
+            m.missed.set(true);
+        }
+        io::Error::new(io::ErrorKind::WouldBlock, "not in memory")
+    }
+
+    /// A RocksDB result, with "incomplete" (the data is not in memory) marked as missed.
+    fn checked<T>(&self, r: Result<T, rocksdb::Error>) -> io::Result<T> {
+        r.map_err(|e| match e.kind() {
+            rocksdb::ErrorKind::Incomplete if self.in_memory.is_some() => self.refuse(),
+            _ => io::Error::other(e),
+        })
+    }
+
+    fn get_raw(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.step()?;
+        let r = self.snapshot.get_cf_opt(self.cf, key, self.read_options());
+        self.checked(r)
+    }
+
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        self.snapshot
-            .get_cf(self.cf, keys::sm_data_key(key))
-            .map_err(io::Error::other)
+        self.get_raw(&keys::sm_data_key(key))
     }
 
     /// The log index this view's data reflects (0: nothing applied).
     pub fn applied_index(&self) -> io::Result<u64> {
-        Ok(
-            match self
-                .snapshot
-                .get_cf(self.cf, keys::SM_APPLIED_KEY)
-                .map_err(io::Error::other)?
-            {
-                None => 0,
-                Some(b) => AppliedState::decode(&b)?
-                    .last_applied
-                    .map(|l| l.index)
-                    .unwrap_or(0),
-            },
-        )
+        Ok(match self.get_raw(keys::SM_APPLIED_KEY)? {
+            None => 0,
+            Some(b) => AppliedState::decode(&b)?
+                .last_applied
+                .map(|l| l.index)
+                .unwrap_or(0),
+        })
     }
 
     /// Keys starting with `prefix`, in order, strictly after `start_after` if given,
@@ -145,7 +215,33 @@ impl<'a> KvView<'a> {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        scan_db(self.db, self.cf, &self.snapshot, prefix, start_after, limit)
+        let start = keys::sm_data_key(prefix);
+        let mut opts = self.read_options();
+        opts.set_snapshot(&self.snapshot);
+        if let Some(end) = keys::prefix_end(&start) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let from = match start_after {
+            Some(after) => {
+                let mut k = keys::sm_data_key(after);
+                k.push(0);
+                k.max(start.clone())
+            }
+            None => start.clone(),
+        };
+        let mut out = Vec::new();
+        let mut items =
+            self.db
+                .iterator_cf_opt(self.cf, opts, IteratorMode::From(&from, Direction::Forward));
+        while out.len() < limit {
+            self.step()?;
+            let Some(item) = items.next() else { break };
+            let (k, v) = self.checked(item)?;
+            if let Some(user) = keys::sm_user_key(&k) {
+                out.push((user.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// Visit every key starting with `prefix`, in order, reading in bounded chunks so a
@@ -167,41 +263,6 @@ impl<'a> KvView<'a> {
             }
         }
     }
-}
-
-fn scan_db(
-    db: &DB,
-    cf: &rocksdb::ColumnFamily,
-    snapshot: &rocksdb::Snapshot<'_>,
-    prefix: &[u8],
-    start_after: Option<&[u8]>,
-    limit: usize,
-) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let start = keys::sm_data_key(prefix);
-    let mut opts = ReadOptions::default();
-    opts.set_snapshot(snapshot);
-    if let Some(end) = keys::prefix_end(&start) {
-        opts.set_iterate_upper_bound(end);
-    }
-    let from = match start_after {
-        Some(after) => {
-            let mut k = keys::sm_data_key(after);
-            k.push(0);
-            k.max(start.clone())
-        }
-        None => start.clone(),
-    };
-    let mut out = Vec::new();
-    for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = item.map_err(io::Error::other)?;
-        if let Some(user) = keys::sm_user_key(&k) {
-            out.push((user.to_vec(), v.to_vec()));
-        }
-    }
-    Ok(out)
 }
 
 /// A command's view of the group's data: the applied state, plus the writes of earlier
@@ -443,6 +504,15 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
         let _guard = self.read_guard();
         let view = KvView::new(&self.db, self.cf()?);
         self.processor.query(&view, query)
+    }
+
+    fn query_in_memory(&self, query: &[u8]) -> Option<Result<Vec<u8>, Error>> {
+        // A restore holds the lock for as long as it takes: do not wait for it here.
+        let _guard = self.restoring.try_read().ok()?;
+        let view = KvView::in_memory(&self.db, self.cf().ok()?, IN_MEMORY_QUERY_KEYS);
+        let answer = self.processor.query(&view, query);
+        // Whatever the processor made of a refused read, the answer is void.
+        (!view.missed()).then_some(answer)
     }
 
     fn begin_snapshot(&self) -> io::Result<Box<dyn SnapshotSource + '_>> {
@@ -887,5 +957,47 @@ mod tests {
         let now = KvView::new(&db, cf);
         assert_eq!(now.get(b"svc").unwrap().as_deref(), Some(&b"v2"[..]));
         assert_eq!(now.scan(b"svc/", None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_in_memory_view_refuses_disk_reads_and_long_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+            let cf = crate::raft::rocks::cf(&db, &keys::sm_cf("g")).unwrap();
+            for k in ["a", "b", "c", "d"] {
+                db.put_cf(cf, keys::sm_data_key(k.as_bytes()), k.as_bytes())
+                    .unwrap();
+            }
+            // In the memtable: read from memory.
+            let view = KvView::in_memory(&db, cf, 8);
+            assert_eq!(view.get(b"a").unwrap().as_deref(), Some(&b"a"[..]));
+            assert_eq!(view.get(b"zz").unwrap(), None);
+            assert_eq!(view.scan(b"", None, 10).unwrap().len(), 4);
+            assert!(!view.missed());
+            // Over the budget: refused, and the view says so.
+            let small = KvView::in_memory(&db, cf, 3);
+            let err = small.scan(b"", None, 10).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+            assert!(small.missed());
+            // An ordinary view has no budget.
+            assert_eq!(KvView::new(&db, cf).scan(b"", None, 10).unwrap().len(), 4);
+            db.flush_cf(cf).unwrap();
+        }
+        // Reopened: the data is only in a table file, not in the block cache.
+        let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+        let cf = crate::raft::rocks::cf(&db, &keys::sm_cf("g")).unwrap();
+        let view = KvView::in_memory(&db, cf, 8);
+        let err = view.get(b"a").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(view.missed());
+        // The same read may go to the disk in an ordinary view, and then it is cached.
+        assert_eq!(
+            KvView::new(&db, cf).get(b"a").unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        let again = KvView::in_memory(&db, cf, 8);
+        assert_eq!(again.get(b"a").unwrap().as_deref(), Some(&b"a"[..]));
+        assert!(!again.missed());
     }
 }
