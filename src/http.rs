@@ -331,6 +331,17 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         "Writes per ForwardWrites call",
         node.peers.batches().sizes(),
     );
+    let (calls, reads) = node.peers.read_indexes().counts();
+    registry.register(
+        "nacosd_read_index_calls",
+        "ReadIndex calls this node sent to leaders as a follower (each serves the reads that queued before it)",
+        ConstCounter::new(calls),
+    );
+    registry.register(
+        "nacosd_read_index_call_reads",
+        "Reads served by the ReadIndex calls this node sent to leaders",
+        ConstCounter::new(reads),
+    );
     if let Some(rss) = resident_bytes() {
         registry.register(
             "process_resident_memory_bytes",

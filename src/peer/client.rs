@@ -20,6 +20,7 @@ use crate::pb;
 use crate::pb::raft_peer_client::RaftPeerClient;
 use crate::peer::channels::{Lane, PeerChannels};
 use crate::peer::forward::Batches;
+use crate::peer::read_index::ReadIndexes;
 use crate::peer::wire::{self, Sender};
 use crate::raft::identity::IdentityCell;
 use crate::raft::types::{Command, LogId};
@@ -38,6 +39,8 @@ pub struct PeerClient {
     max_message: usize,
     /// Forwarded writes waiting to go, per leader and group (`peer::forward`).
     batches: Arc<Batches>,
+    /// Reads waiting for a leader's read index (`peer::read_index`).
+    read_indexes: Arc<ReadIndexes>,
 }
 
 /// Status codes with which the peer server refuses a call before its handler runs
@@ -64,11 +67,16 @@ impl PeerClient {
             identity,
             max_message,
             batches: Arc::default(),
+            read_indexes: Arc::default(),
         }
     }
 
     pub(crate) fn batches(&self) -> &Batches {
         &self.batches
+    }
+
+    pub(crate) fn read_indexes(&self) -> &ReadIndexes {
+        &self.read_indexes
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -164,8 +172,9 @@ impl PeerClient {
         decode_result(&reply.into_inner().result, "forwarded read reply")
     }
 
-    /// Ask the leader at `addr` for a read index.
-    pub async fn read_index(
+    /// Ask the leader at `addr` for a read index, in a call of its own (reads use the
+    /// coalesced [`PeerClient::read_index`]).
+    pub(crate) async fn read_index_once(
         &self,
         addr: &str,
         group: &str,

@@ -4,10 +4,10 @@
 //! own: at 256 clients spread over three nodes, two thirds of the writes were a peer
 //! HTTP/2 stream each, on the connection that also carries the heartbeats, and
 //! throughput fell to a third of what the same load reached sent to the leader alone.
-//! Now every (leader address, group) has a queue and a task that sends what has queued
-//! up as one `ForwardWrites` call, with at most [`IN_FLIGHT`] calls outstanding: under
-//! light load a write leaves at once, alone; under heavy load the calls fill up while
-//! the previous ones are in flight. No write ever waits for a timer.
+//! Now every (leader address, group) has a queue ([`super::coalesce`]) whose task sends
+//! what has queued up as one `ForwardWrites` call, with at most [`IN_FLIGHT`] calls
+//! outstanding: under light load a write leaves at once, alone; under heavy load the
+//! calls fill up while the previous ones are in flight. No write ever waits for a timer.
 //!
 //! Each write keeps its own deadline and its own result, and the rule of
 //! `peer::client` holds per write: `Unavailable` only when the call provably did not
@@ -15,33 +15,31 @@
 //! "unknown outcome". A write whose caller gave up while it was queued (its deadline
 //! passed, or the caller stopped waiting) is not sent. A leader that does not know
 //! `ForwardWrites` (an older build during a rolling upgrade) gets the writes one by one.
-//!
-//! A queue's task ends after [`IDLE`] without writes (a leader that stopped leading);
-//! the next write to that address starts a new one.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::client::{decode_result, write_failed, PeerClient, FORWARD_HEADROOM};
+use super::coalesce::{Coalescer, Limits, Queued};
 use crate::error::{Error, Result};
 use crate::pb;
 
-/// Most writes in one call.
-const MAX_WRITES: usize = 512;
-/// Most command bytes in one call (well under the peer message limit).
-const MAX_BYTES: usize = 2 << 20;
 /// Calls outstanding per leader and group.
 const IN_FLIGHT: usize = 4;
-/// A queue's task stops after this long without writes.
-const IDLE: Duration = Duration::from_secs(60);
-/// Writes waiting per leader and group before callers wait to enqueue.
-const QUEUE: usize = 8192;
+const LIMITS: Limits = Limits {
+    // Most writes in one call.
+    items: 512,
+    // Most command bytes in one call (well under the peer message limit).
+    bytes: 2 << 20,
+    in_flight: IN_FLIGHT,
+    idle: Duration::from_secs(60),
+    // Writes waiting per leader and group before callers wait to enqueue.
+    queue: 8192,
+};
 
 /// One write waiting to be forwarded.
 struct Pending {
@@ -50,9 +48,15 @@ struct Pending {
     reply: oneshot::Sender<Result<Vec<u8>>>,
 }
 
+impl Queued for Pending {
+    fn size(&self) -> usize {
+        self.command.len()
+    }
+}
+
 /// The queues, by (leader address, group), and what went through them.
 pub(crate) struct Batches {
-    queues: Mutex<HashMap<(String, String), mpsc::Sender<Pending>>>,
+    queues: Coalescer<Pending>,
     /// `ForwardWrites` calls sent.
     calls: AtomicU64,
     /// Writes sent in those calls.
@@ -64,7 +68,7 @@ pub(crate) struct Batches {
 impl Default for Batches {
     fn default() -> Self {
         Batches {
-            queues: Mutex::default(),
+            queues: Coalescer::new(LIMITS),
             calls: AtomicU64::default(),
             writes: AtomicU64::default(),
             sizes: Histogram::new(crate::metrics::count_buckets()),
@@ -87,21 +91,6 @@ impl Batches {
     }
 }
 
-impl Batches {
-    /// The open queue for `addr` and `group`, started if there is none.
-    fn queue(&self, client: &PeerClient, addr: &str, group: &str) -> mpsc::Sender<Pending> {
-        let mut queues = crate::lock(&self.queues);
-        let key = (addr.to_string(), group.to_string());
-        if let Some(q) = queues.get(&key).filter(|q| !q.is_closed()) {
-            return q.clone();
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(client.clone(), key.0.clone(), key.1.clone(), rx));
-        queues.insert(key, tx.clone());
-        tx
-    }
-}
-
 impl PeerClient {
     /// Propose `command` (already encoded) on the leader at `addr`, batched with the
     /// other writes forwarded there for `group`.
@@ -113,81 +102,38 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         let (reply, answer) = oneshot::channel();
-        let mut pending = Pending {
+        let pending = Pending {
             command,
             deadline: Instant::now() + timeout,
             reply,
         };
-        // A queue whose task just stopped for idleness refuses the write: start another.
-        for _ in 0..2 {
-            let queue = self.batches().queue(self, addr, group);
-            match queue.send(pending).await {
-                Ok(()) => {
-                    return answer.await.unwrap_or_else(|_| {
-                        Err(Error::UnknownOutcome(format!(
-                            "the forwarding of a write to leader {addr} (group {group}) stopped before it answered; it may or may not have been applied"
-                        )))
-                    })
-                }
-                Err(mpsc::error::SendError(p)) => pending = p,
-            }
-        }
-        Err(Error::unavailable(format!(
-            "no forwarding queue to leader {addr} (group {group})"
-        )))
-    }
-}
-
-/// The task of one queue: take what is waiting (up to the batch limits) whenever a
-/// call slot is free, and send it.
-async fn run(client: PeerClient, addr: String, group: String, mut rx: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let first = match tokio::time::timeout(IDLE, rx.recv()).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(_) => {
-                // Refuse new writes (their senders start a new queue), then send what
-                // slipped in before the close.
-                rx.close();
-                let rest: Vec<Pending> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-                if !rest.is_empty() {
-                    if let Ok(permit) = slots.clone().acquire_owned().await {
-                        send(&client, &addr, &group, rest, permit).await;
-                    }
-                }
-                return;
-            }
+        let (client, to, g) = (self.clone(), addr.to_string(), group.to_string());
+        let one_call = move |batch| {
+            let (client, to, g) = (client.clone(), to.clone(), g.clone());
+            async move { send(&client, &to, &g, batch).await }
         };
-        // While every slot is busy, writes pile up behind `first`: the next call takes
-        // them all.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = first.command.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.command.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
+        let key = format!("{addr} {group}");
+        if self
+            .batches()
+            .queues
+            .submit(&key, pending, one_call)
+            .await
+            .is_err()
+        {
+            return Err(Error::unavailable(format!(
+                "no forwarding queue to leader {addr} (group {group})"
+            )));
         }
-        let (client, addr, group) = (client.clone(), addr.clone(), group.clone());
-        tokio::spawn(async move { send(&client, &addr, &group, batch, permit).await });
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::UnknownOutcome(format!(
+                "the forwarding of a write to leader {addr} (group {group}) stopped before it answered; it may or may not have been applied"
+            )))
+        })
     }
 }
 
 /// Send one batch and hand every write its result.
-async fn send(
-    client: &PeerClient,
-    addr: &str,
-    group: &str,
-    batch: Vec<Pending>,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn send(client: &PeerClient, addr: &str, group: &str, batch: Vec<Pending>) {
     let now = Instant::now();
     let mut live = Vec::with_capacity(batch.len());
     for p in batch {

@@ -8,8 +8,11 @@
 //!   bulk lane, shared by every group.
 //! - `client`: the calling side, typed: forwarded writes and reads, read-index,
 //!   Hello, cluster operations; every reply decoded the same way.
-//! - `forward`: forwarded writes batched per leader and group, several calls in
-//!   flight, no timer.
+//! - `coalesce`: requests to a peer queued per key and sent together, several calls
+//!   in flight, no timer; used by:
+//! - `forward`: forwarded writes batched per leader and group;
+//! - `read_index`: followers' read indexes, one call for the reads that queued
+//!   before it.
 //! - `raft_network`: openraft's network for one group over that client (append
 //!   batches capped by bytes, size-aware deadlines, progress-bounded snapshots).
 //! - `server`: the receiving side, with admission by cluster identity first.
@@ -21,8 +24,10 @@
 
 pub mod channels;
 pub mod client;
+mod coalesce;
 mod forward;
 pub mod raft_network;
+mod read_index;
 pub(crate) mod server;
 pub(crate) mod wire;
 

@@ -1,0 +1,129 @@
+//! Followers' read indexes, coalesced per leader, group and policy.
+//!
+//! A linearizable read on a follower needs the leader's read index (its commit
+//! position, with its leadership confirmed) as of some moment after the read arrived.
+//! One `ReadIndex` call made after several reads arrived serves them all, so a
+//! follower no longer makes a peer call per read: reads queue per (leader, group,
+//! policy) in a [`Coalescer`], and every call carries the reads that queued before it
+//! left (the coalescer's guarantee). Under light load a read's call leaves at once; the
+//! leader coalesces the heartbeat rounds that confirm its leadership in the same way.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::client::PeerClient;
+use super::coalesce::{Coalescer, Limits, Queued};
+use crate::error::{Error, Result};
+use crate::raft::types::LogId;
+
+const LIMITS: Limits = Limits {
+    items: 4096,
+    bytes: usize::MAX,
+    in_flight: 4,
+    idle: Duration::from_secs(60),
+    queue: 8192,
+};
+
+/// One read waiting for a read index.
+struct Waiter {
+    deadline: Instant,
+    reply: oneshot::Sender<Result<LogId>>,
+}
+
+impl Queued for Waiter {
+    fn size(&self) -> usize {
+        0
+    }
+}
+
+/// The queues, and what went through them.
+pub(crate) struct ReadIndexes {
+    queues: Coalescer<Waiter>,
+    /// `ReadIndex` calls sent.
+    calls: AtomicU64,
+    /// Reads those calls served.
+    reads: AtomicU64,
+}
+
+impl Default for ReadIndexes {
+    fn default() -> Self {
+        ReadIndexes {
+            queues: Coalescer::new(LIMITS),
+            calls: AtomicU64::default(),
+            reads: AtomicU64::default(),
+        }
+    }
+}
+
+impl ReadIndexes {
+    /// `(calls, reads)` so far.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.reads.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl PeerClient {
+    /// The read index of the leader at `addr` for `group`, asked for after this call
+    /// began (shared with the other reads waiting for the same leader and group).
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        group: &str,
+        lease: bool,
+        timeout: Duration,
+    ) -> Result<LogId> {
+        let (reply, answer) = oneshot::channel();
+        let waiter = Waiter {
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        let (client, to, g) = (self.clone(), addr.to_string(), group.to_string());
+        let one_call = move |batch| {
+            let (client, to, g) = (client.clone(), to.clone(), g.clone());
+            async move { call(&client, &to, &g, lease, batch).await }
+        };
+        let key = format!("{addr} {group} {lease}");
+        if self
+            .read_indexes()
+            .queues
+            .submit(&key, waiter, one_call)
+            .await
+            .is_err()
+        {
+            return Err(Error::unavailable(format!(
+                "no read-index queue to leader {addr} (group {group})"
+            )));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::unavailable(format!(
+                "the read-index call to leader {addr} (group {group}) stopped before it answered"
+            )))
+        })
+    }
+}
+
+/// One `ReadIndex` call for every read of `batch` still waiting.
+async fn call(client: &PeerClient, addr: &str, group: &str, lease: bool, batch: Vec<Waiter>) {
+    let now = Instant::now();
+    let live: Vec<Waiter> = batch
+        .into_iter()
+        .filter(|w| !w.reply.is_closed() && w.deadline > now)
+        .collect();
+    // A waiter whose deadline passed is dropped: its caller has timed out already.
+    let Some(longest) = live.iter().map(|w| w.deadline - now).max() else {
+        return;
+    };
+    let counts = client.read_indexes();
+    counts.calls.fetch_add(1, Ordering::Relaxed);
+    counts.reads.fetch_add(live.len() as u64, Ordering::Relaxed);
+    let result = client.read_index_once(addr, group, lease, longest).await;
+    for w in live {
+        let _ = w.reply.send(result.clone());
+    }
+}
