@@ -15,7 +15,8 @@
 # Environment: ROUNDS (3), WORKLOAD (config-publish), CLIENTS (256), DURATION (10),
 # WARMUP (2), KEYS (10000), VALUE_SIZE (256), BIN_A/BIN_B (directory with nacosd and
 # nacosctl; default target/release, built if missing), ENV_A/ENV_B (VAR=value ... for
-# the servers of that variant), LEADER_ONLY (1: send everything to the config leader).
+# the servers of that variant), LEADER_ONLY (1: send everything to the config leader),
+# BENCH_FLAGS (more `nacosctl bench` flags, e.g. "--level stale").
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +38,9 @@ trap 'exit 130' INT TERM
 ticks() {
     local total=0 f
     for f in /proc/"$1"/task/*; do
-        if [ -z "${2:-}" ] || [[ "$(cat "$f/comm")" == "$2"* ]]; then
-            total=$((total + $(awk '{print $14 + $15}' "$f/stat")))
+        if [ -z "${2:-}" ] || [[ "$(cat "$f/comm" 2>/dev/null)" == "$2"* ]]; then
+            # A thread that ended since the listing counts nothing.
+            total=$((total + $(awk '{print $14 + $15}' "$f/stat" 2>/dev/null || echo 0)))
         fi
     done
     echo "$total"
@@ -75,7 +77,7 @@ run() { # label bin env flags
     report=$("$bin/nacosctl" bench --target nacosd --endpoints "$endpoints" \
         --workload "${WORKLOAD:-config-publish}" --clients "${CLIENTS:-256}" --connections 6 \
         --duration-secs "${DURATION:-10}" --warmup-secs "${WARMUP:-2}" \
-        --keys "${KEYS:-10000}" --value-size "${VALUE_SIZE:-256}" --json 2>/dev/null)
+        --keys "${KEYS:-10000}" --value-size "${VALUE_SIZE:-256}" ${BENCH_FLAGS:-} --json 2>/dev/null)
     local after=0 bg=0 rss="" kib
     for pid in "${pids[@]}"; do
         after=$((after + $(ticks "$pid")))
