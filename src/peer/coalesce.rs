@@ -22,6 +22,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
+use super::client::PeerClient;
+use crate::error::{Error, Result};
+
 /// One request waiting in a queue.
 pub(crate) trait Queued: Send + 'static {
     /// What it adds to a call's size (bytes), for [`Limits::bytes`].
@@ -92,6 +95,36 @@ impl<P: Queued> Coalescer<P> {
         tokio::spawn(run(self.limits, rx, send.clone()));
         queues.insert(key.to_string(), tx.clone());
         tx
+    }
+}
+
+impl PeerClient {
+    /// Queue `request` in `queues` for the leader at `addr` and `group` (`variant`
+    /// separates queues further, e.g. by read policy); `call(client, addr, group,
+    /// batch)` makes one call of a batch and answers its requests. `Unavailable` when
+    /// no queue takes the request (nothing was sent).
+    pub(crate) async fn enqueue<P, C, F>(
+        &self,
+        queues: &Coalescer<P>,
+        addr: &str,
+        group: &str,
+        variant: &str,
+        request: P,
+        call: C,
+    ) -> Result<()>
+    where
+        P: Queued,
+        C: Fn(PeerClient, String, String, Vec<P>) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (client, to, g) = (self.clone(), addr.to_string(), group.to_string());
+        let one_call = move |batch| call(client.clone(), to.clone(), g.clone(), batch);
+        let key = format!("{addr} {group} {variant}");
+        queues.submit(&key, request, one_call).await.map_err(|_| {
+            Error::unavailable(format!(
+                "no queue for calls to leader {addr} (group {group})"
+            ))
+        })
     }
 }
 

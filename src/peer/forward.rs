@@ -107,23 +107,15 @@ impl PeerClient {
             deadline: Instant::now() + timeout,
             reply,
         };
-        let (client, to, g) = (self.clone(), addr.to_string(), group.to_string());
-        let one_call = move |batch| {
-            let (client, to, g) = (client.clone(), to.clone(), g.clone());
-            async move { send(&client, &to, &g, batch).await }
-        };
-        let key = format!("{addr} {group}");
-        if self
-            .batches()
-            .queues
-            .submit(&key, pending, one_call)
-            .await
-            .is_err()
-        {
-            return Err(Error::unavailable(format!(
-                "no forwarding queue to leader {addr} (group {group})"
-            )));
-        }
+        self.enqueue(
+            &self.batches().queues,
+            addr,
+            group,
+            "",
+            pending,
+            |client, to, g, batch| async move { send(&client, &to, &g, batch).await },
+        )
+        .await?;
         answer.await.unwrap_or_else(|_| {
             Err(Error::UnknownOutcome(format!(
                 "the forwarding of a write to leader {addr} (group {group}) stopped before it answered; it may or may not have been applied"

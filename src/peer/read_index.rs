@@ -83,23 +83,16 @@ impl PeerClient {
             deadline: Instant::now() + timeout,
             reply,
         };
-        let (client, to, g) = (self.clone(), addr.to_string(), group.to_string());
-        let one_call = move |batch| {
-            let (client, to, g) = (client.clone(), to.clone(), g.clone());
-            async move { call(&client, &to, &g, lease, batch).await }
-        };
-        let key = format!("{addr} {group} {lease}");
-        if self
-            .read_indexes()
-            .queues
-            .submit(&key, waiter, one_call)
-            .await
-            .is_err()
-        {
-            return Err(Error::unavailable(format!(
-                "no read-index queue to leader {addr} (group {group})"
-            )));
-        }
+        let policy = if lease { "lease" } else { "read-index" };
+        self.enqueue(
+            &self.read_indexes().queues,
+            addr,
+            group,
+            policy,
+            waiter,
+            move |client, to, g, batch| async move { call(&client, &to, &g, lease, batch).await },
+        )
+        .await?;
         answer.await.unwrap_or_else(|_| {
             Err(Error::unavailable(format!(
                 "the read-index call to leader {addr} (group {group}) stopped before it answered"
