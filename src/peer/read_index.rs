@@ -104,11 +104,20 @@ impl PeerClient {
 /// One `ReadIndex` call for every read of `batch` still waiting.
 async fn call(client: &PeerClient, addr: &str, group: &str, lease: bool, batch: Vec<Waiter>) {
     let now = Instant::now();
-    let live: Vec<Waiter> = batch
-        .into_iter()
-        .filter(|w| !w.reply.is_closed() && w.deadline > now)
-        .collect();
-    // A waiter whose deadline passed is dropped: its caller has timed out already.
+    let mut live = Vec::with_capacity(batch.len());
+    for w in batch {
+        if w.reply.is_closed() {
+            continue;
+        }
+        if w.deadline <= now {
+            // Waited in the queue past its deadline (every call slot was busy).
+            let _ = w.reply.send(Err(Error::unavailable(format!(
+                "the read's deadline passed before a read index could be asked of leader {addr} (group {group})"
+            ))));
+            continue;
+        }
+        live.push(w);
+    }
     let Some(longest) = live.iter().map(|w| w.deadline - now).max() else {
         return;
     };
