@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # nacosd beside etcd, on this machine, in one run.
 #
-# Starts a 3-node nacosd cluster on loopback, runs the workloads below against it,
-# reads each node's RSS and stops it; then does the same with a 3-node etcd cluster
+# Starts a 3-node nacosd cluster on loopback, reads each node's RSS once every group
+# has a leader (idle), runs the workloads below against it, reads each node's RSS
+# again and stops it; then does the same with a 3-node etcd cluster
 # (Debian's etcd-server); then prints the side-by-side table with nacosd/etcd ratios.
 # One system runs at a time, so neither steals the other's CPU. Everything started is
 # stopped on exit, also on failure or Ctrl-C.
@@ -137,6 +138,7 @@ for i in 1 2 3; do
     wait_for "nacosd node $i to know every group's leader" 60 \
         curl -sf "http://127.0.0.1:$((base + i + 5))/readyz"
 done
+record_rss "nacosd (idle)" "${nacosd_pids[@]}"
 common_runs nacosd "$endpoints"
 bench nacosd "$endpoints" config-get 64 --level lease
 write_run nacosd "$endpoints" naming-register 64 naming_persistent
@@ -162,6 +164,7 @@ etcd_pids=("${pids[@]}")
 wait_for "etcd to elect a leader" 60 \
     "$nacosctl_bin" bench --target etcd --endpoints "$endpoints" --workload config-publish \
     --ops 1 --warmup-secs 0 --clients 1 --quiet
+record_rss "etcd (idle)" "${etcd_pids[@]}"
 common_runs etcd "$endpoints"
 record_rss etcd "${etcd_pids[@]}"
 stop_all
