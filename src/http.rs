@@ -342,6 +342,26 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         "Reads served by the ReadIndex calls this node sent to leaders",
         ConstCounter::new(reads),
     );
+    match node.storage_memory() {
+        Ok(m) => {
+            let parts = Family::<PartLabels, Gauge>::default();
+            for (part, bytes) in [
+                ("memtables", m.memtables),
+                ("block_cache", m.block_cache),
+                ("table_readers", m.table_readers),
+            ] {
+                parts
+                    .get_or_create(&PartLabels { part })
+                    .set(gauge_value(bytes));
+            }
+            registry.register(
+                "nacosd_storage_memory_bytes",
+                "RocksDB's memory by part: memtables and block cache (within --storage-memory-mib), table readers (index and filter blocks, outside it)",
+                parts,
+            );
+        }
+        Err(e) => tracing::debug!(error = %e, "reading RocksDB's memory usage"),
+    }
     if let Some(rss) = resident_bytes() {
         registry.register(
             "process_resident_memory_bytes",
@@ -357,6 +377,11 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         );
     }
     registry
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -10,8 +10,8 @@
 //!   path (proposed here or forwarded), read-index latency by group; the forwarding
 //!   batches are in `peer::forward`.
 //! - **Read at scrape time** (`http::render_metrics`): Raft state per group, the
-//!   consistency-layer counters, replication lag per follower, process memory and
-//!   open files.
+//!   consistency-layer counters, replication lag per follower, RocksDB's memory by
+//!   part, process memory and open files.
 //!
 //! prometheus-client ends every help text with a period of its own: ours have none.
 //! Every metric is listed, with what to watch, in docs/OPERATIONS.md; the Grafana

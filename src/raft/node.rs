@@ -466,6 +466,11 @@ fn force_new_cluster(db: &DB, config: &Config, stored: Option<&Identity>) -> io:
 }
 
 impl MultiRaft {
+    /// What the node's RocksDB holds in memory now (`nacosd_storage_memory_bytes`).
+    pub fn storage_memory(&self) -> io::Result<crate::raft::rocks::StorageMemory> {
+        self.db.memory()
+    }
+
     /// Open the data directory and build every group's Raft node. Groups of a node
     /// with no identity yet are left uninitialized: `cluster::bootstrap` decides.
     pub async fn start(config: &Config, registry: GroupRegistry) -> io::Result<Arc<Self>> {

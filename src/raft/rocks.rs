@@ -70,7 +70,21 @@ use crate::raft::keys;
 /// [`Db::closed`] resolves after the close has completed.
 pub struct Db {
     db: Option<DB>,
+    /// The block cache every column family shares, kept for [`Db::memory`].
+    cache: Cache,
     closed: watch::Sender<bool>,
+}
+
+/// What RocksDB holds in memory now ([`Db::memory`]), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageMemory {
+    /// Memtables of every column family, flushed or not yet (within the budget's share).
+    pub memtables: u64,
+    /// The shared block cache (within the budget's share).
+    pub block_cache: u64,
+    /// Index and filter blocks of open tables, outside the budget: they grow with the
+    /// data (see `open_with`).
+    pub table_readers: u64,
 }
 
 impl Deref for Db {
@@ -84,6 +98,17 @@ impl Db {
     /// A receiver that sees `true` once the database is closed.
     pub fn closed(&self) -> watch::Receiver<bool> {
         self.closed.subscribe()
+    }
+
+    /// RocksDB's memory by part (RocksDB's own approximation).
+    pub fn memory(&self) -> io::Result<StorageMemory> {
+        let stats = rocksdb::perf::get_memory_usage_stats(Some(&[&**self]), Some(&[&self.cache]))
+            .map_err(io::Error::other)?;
+        Ok(StorageMemory {
+            memtables: stats.mem_table_total,
+            block_cache: stats.cache_total,
+            table_readers: stats.mem_table_readers_total,
+        })
     }
 }
 
@@ -185,6 +210,7 @@ pub fn open_with(path: &Path, groups: &[&str], budget: StorageBudget) -> io::Res
     let (closed, _) = watch::channel(false);
     Ok(Arc::new(Db {
         db: Some(db),
+        cache,
         closed,
     }))
 }
@@ -254,5 +280,40 @@ impl WalSyncer {
         });
         rx.await
             .map_err(|_| io::Error::other("WAL syncer stopped"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_reports_memtables_and_block_cache() {
+        let td = tempfile::tempdir().unwrap();
+        let db = open_with(td.path(), &["g"], StorageBudget::from_mib(8)).unwrap();
+        let before = db.memory().unwrap();
+        let sm = cf(&db, &keys::sm_cf("g")).unwrap();
+        for i in 0..1000u32 {
+            db.put_cf(sm, format!("key-{i:05}"), [7u8; 512]).unwrap();
+        }
+        let written = db.memory().unwrap();
+        assert!(
+            written.memtables >= before.memtables + 1000 * 512,
+            "512 KB written, memtables {before:?} -> {written:?}"
+        );
+
+        // Flushed to a table and read back: the blocks read are in the block cache,
+        // the table's index and filter in its reader.
+        db.flush_cf(sm).unwrap();
+        for i in (0..1000u32).step_by(10) {
+            assert!(db.get_cf(sm, format!("key-{i:05}")).unwrap().is_some());
+        }
+        let read = db.memory().unwrap();
+        assert!(read.block_cache > 0, "{read:?}");
+        assert!(
+            read.block_cache <= 2 << 20,
+            "within the budget's quarter: {read:?}"
+        );
+        assert!(read.table_readers > 0, "{read:?}");
     }
 }

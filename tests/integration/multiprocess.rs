@@ -343,6 +343,8 @@ async fn standalone_node_and_nacosctl_status() {
         "nacosd_grpc_calls_total{method=\"/nacosd.v1.",
         "nacosd_grpc_seconds_bucket{",
         "nacosd_wal_sync_seconds_count ",
+        "nacosd_storage_memory_bytes{part=\"memtables\"} ",
+        "nacosd_storage_memory_bytes{part=\"block_cache\"} ",
         "process_resident_memory_bytes ",
         "process_open_fds ",
         "# EOF",
