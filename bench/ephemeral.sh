@@ -14,6 +14,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 bin="${BIN:-$root/target/release}"
 duration="${DURATION:-10}"
 warmup="${WARMUP:-2}"
@@ -21,7 +23,8 @@ clients="${CLIENTS:-64}"
 connections="${CONNECTIONS:-3}"
 keys="${KEYS:-100000}"
 services="${SERVICES:-100}"
-base="${BASE_PORT:-19840}"
+# The first free block of ports from BASE_PORT: base+1..3, +11..13, +21..23.
+base=$(port_base "${BASE_PORT:-19840}" 24)
 target="${TARGET:-nacosd}"
 
 if [ ! -x "$bin/nacosd" ] || [ ! -x "$bin/nacosctl" ]; then
@@ -29,12 +32,8 @@ if [ ! -x "$bin/nacosd" ] || [ ! -x "$bin/nacosctl" ]; then
 fi
 dir="$(mktemp -d)"
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$dir"' EXIT
+trap 'exit 130' INT TERM
 
 members=""
 for i in 1 2 3; do members="${members:+$members,}$i=127.0.0.1:$((base + 10 + i))"; done
@@ -47,16 +46,11 @@ for i in 1 2 3; do
     pids+=("$!")
     endpoints="${endpoints:+$endpoints,}127.0.0.1:$((base + i))"
 done
-for _ in $(seq 1 240); do
-    ready=0
-    for i in 1 2 3; do
-        curl -sf "127.0.0.1:$((base + 20 + i))/readyz" >/dev/null && ready=$((ready + 1))
-    done
-    [ "$ready" = 3 ] && break
-    sleep 0.5
+for i in 1 2 3; do
+    wait_for "node $i to be ready (see $dir/n$i.log)" 120 \
+        curl -sf "http://127.0.0.1:$((base + 20 + i))/readyz"
 done
-[ "$ready" = 3 ] || { echo "ephemeral.sh: the cluster did not become ready" >&2; exit 1; }
-rss_mib() { echo $(($(ps -o rss= -p "$1") / 1024)); }
+rss_mib() { echo $(($(rss_kib "$1") / 1024)); }
 rss_before=()
 for i in 1 2 3; do rss_before+=("$(rss_mib "${pids[$((i - 1))]}")"); done
 
@@ -64,15 +58,20 @@ for i in 1 2 3; do rss_before+=("$(rss_mib "${pids[$((i - 1))]}")"); done
     --clients "$clients" --connections "$connections" --duration-secs "$duration" \
     --warmup-secs "$warmup" --keys "$keys" --services "$services" --target "$target" --quiet
 end=$(date +%s.%N)
-# Convergence: poll until every node reports the same instance count.
-while :; do
+# Convergence: poll until every node reports the same instance count (at most 120 s).
+converged() {
     counts=()
+    local i
     for i in 1 2 3; do
         counts+=("$(curl -s "127.0.0.1:$((base + 20 + i))/metrics" |
             awk '/^nacosd_distro_ephemeral_instances /{print $2}')")
     done
-    if [ "${counts[0]}" = "${counts[1]}" ] && [ "${counts[1]}" = "${counts[2]}" ]; then
-        break
+    [ -n "${counts[0]}" ] && [ "${counts[0]}" = "${counts[1]}" ] && [ "${counts[1]}" = "${counts[2]}" ]
+}
+until converged; do
+    if [ "$(echo "$(date +%s.%N) - $end > 120" | bc)" = 1 ]; then
+        echo "ephemeral.sh: the nodes did not converge within 120 s: ${counts[*]}" >&2
+        exit 1
     fi
     sleep 0.1
 done
