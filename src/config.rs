@@ -853,12 +853,19 @@ impl Config {
             ));
         }
         self.validate_distro()?;
-        Ok(())
+        self.validate_nacos()
+    }
+
+    /// The Nacos front end's connection probes.
+    fn validate_nacos(&self) -> Result<()> {
+        at_least_10ms(&[
+            ("nacos-idle-probe-ms", self.nacos.idle_probe_after),
+            ("nacos-probe-timeout-ms", self.nacos.probe_timeout),
+        ])
     }
 
     fn validate_distro(&self) -> Result<()> {
         let d = &self.distro;
-        let ms = Duration::from_millis;
         if d.session_max_ttl < MIN_SESSION_TTL
             || d.session_ttl < MIN_SESSION_TTL
             || d.session_ttl > d.session_max_ttl
@@ -875,18 +882,12 @@ impl Config {
                 "session-unhealthy-percent must be between 1 and 100 (100: never unhealthy before expiry)",
             ));
         }
-        for (name, v) in [
+        at_least_10ms(&[
             ("distro-sync-retry-ms", d.sync_retry),
             ("distro-sync-timeout-ms", d.sync_timeout),
             ("distro-verify-interval-ms", d.verify_interval),
             ("distro-load-retry-ms", d.load_retry),
-            ("nacos-idle-probe-ms", self.nacos.idle_probe_after),
-            ("nacos-probe-timeout-ms", self.nacos.probe_timeout),
-        ] {
-            if v < ms(10) {
-                return Err(Error::invalid(format!("{name} must be at least 10")));
-            }
-        }
+        ])?;
         if d.replica_expiry <= d.verify_interval {
             return Err(Error::invalid(format!(
                 "distro-replica-expiry-ms ({}) must be longer than distro-verify-interval-ms ({}), or live replicas would expire between verifies",
@@ -911,6 +912,17 @@ impl Config {
 
     pub fn is_standalone(&self) -> bool {
         self.initial_members.len() <= 1
+    }
+}
+
+/// Each named interval must be at least 10 ms (shorter ones would spin).
+fn at_least_10ms(intervals: &[(&str, Duration)]) -> Result<()> {
+    match intervals
+        .iter()
+        .find(|(_, v)| *v < Duration::from_millis(10))
+    {
+        Some((name, _)) => Err(Error::invalid(format!("{name} must be at least 10"))),
+        None => Ok(()),
     }
 }
 
@@ -1166,6 +1178,45 @@ mod tests {
             c.client_tls.and_then(|t| t.ca),
             Some(PathBuf::from("clients.pem"))
         );
+    }
+
+    #[test]
+    fn intervals_under_10_ms_are_refused_by_name() {
+        for (args, name) in [
+            (
+                ConfigArgs {
+                    distro_sync_retry_ms: Some(5),
+                    ..Default::default()
+                },
+                "distro-sync-retry-ms",
+            ),
+            (
+                ConfigArgs {
+                    nacos_idle_probe_ms: Some(9),
+                    ..Default::default()
+                },
+                "nacos-idle-probe-ms",
+            ),
+            (
+                ConfigArgs {
+                    nacos_probe_timeout_ms: Some(0),
+                    ..Default::default()
+                },
+                "nacos-probe-timeout-ms",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{name} must be at least 10")),
+                "{err}"
+            );
+        }
+        let ok = ConfigArgs {
+            nacos_idle_probe_ms: Some(10),
+            distro_sync_retry_ms: Some(10),
+            ..Default::default()
+        };
+        assert!(ok.resolve().is_ok());
     }
 
     #[test]
