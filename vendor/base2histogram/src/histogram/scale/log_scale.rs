@@ -22,7 +22,8 @@ pub struct LogScale {
 // nacosd patch (see PATCHED.md): one table per width, each built the first time its width
 // is asked for. Upstream builds all sixteen at once, about 25 MiB (width 16 alone has
 // 1.6 million buckets), in every process that creates any histogram.
-static LOG_SCALES: [OnceLock<LogScale>; LogScaleConfig::MAX_WIDTH] = [const { OnceLock::new() }; LogScaleConfig::MAX_WIDTH];
+static LOG_SCALES: [OnceLock<LogScale>; LogScaleConfig::MAX_WIDTH] =
+    [const { OnceLock::new() }; LogScaleConfig::MAX_WIDTH];
 
 impl LogScale {
     pub const DEFAULT_WIDTH: usize = 3;
