@@ -17,10 +17,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use super::client::PeerClient;
 use crate::error::{Error, Result};
@@ -29,6 +31,75 @@ use crate::error::{Error, Result};
 pub(crate) trait Queued: Send + 'static {
     /// What it adds to a call's size (bytes), for [`Limits::bytes`].
     fn size(&self) -> usize;
+}
+
+/// A request whose caller waits for a `Result<R>` on `reply` until `deadline`; what the
+/// call carries for it is `payload`.
+pub(crate) struct Waiting<P, R> {
+    pub payload: P,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<R>>,
+}
+
+impl<P, R> Waiting<P, R> {
+    /// A request with `payload` that may wait `timeout` from now, and where its answer
+    /// arrives.
+    pub(crate) fn new(payload: P, timeout: Duration) -> (Self, oneshot::Receiver<Result<R>>) {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        let waiting = Waiting {
+            payload,
+            deadline,
+            reply,
+        };
+        (waiting, answer)
+    }
+}
+
+/// The requests of `batch` still worth a call at `now`, and the longest any of them may
+/// still wait (`None`: none left). A request whose caller stopped waiting is dropped;
+/// one past its deadline (it waited for a call slot) is answered with `expired()`.
+pub(crate) fn still_waiting<P, R>(
+    batch: Vec<Waiting<P, R>>,
+    now: Instant,
+    expired: impl Fn() -> Error,
+) -> Option<(Vec<Waiting<P, R>>, Duration)> {
+    let mut live = Vec::with_capacity(batch.len());
+    for w in batch {
+        if w.reply.is_closed() {
+            continue;
+        }
+        if w.deadline <= now {
+            let _ = w.reply.send(Err(expired()));
+            continue;
+        }
+        live.push(w);
+    }
+    let longest = live.iter().map(|w| w.deadline - now).max()?;
+    Some((live, longest))
+}
+
+/// Calls made and the requests they carried.
+#[derive(Default)]
+pub(crate) struct CallCounts {
+    calls: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl CallCounts {
+    /// One call carrying `requests`.
+    pub(crate) fn record(&self, requests: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+    }
+
+    /// `(calls, requests)` so far.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// How calls are formed.
@@ -181,7 +252,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::oneshot;
 
     struct Req {
         id: u32,
@@ -246,5 +316,38 @@ mod tests {
             sizes.push(a.await.expect("answered"));
         }
         assert_eq!(sizes, vec![1, 3, 3, 3, 1]);
+    }
+
+    #[tokio::test]
+    async fn still_waiting_drops_the_abandoned_and_answers_the_expired() {
+        let now = Instant::now();
+        let (gone, gone_answer) = Waiting::<u32, ()>::new(1, Duration::from_secs(5));
+        drop(gone_answer);
+        let (mut late, mut late_answer) = Waiting::<u32, ()>::new(2, Duration::from_secs(5));
+        late.deadline = now;
+        let (mut short, _short_answer) = Waiting::<u32, ()>::new(3, Duration::ZERO);
+        short.deadline = now + Duration::from_secs(1);
+        let (mut long, _long_answer) = Waiting::<u32, ()>::new(4, Duration::ZERO);
+        long.deadline = now + Duration::from_secs(3);
+
+        let (live, longest) = still_waiting(vec![gone, late, short, long], now, || {
+            Error::unavailable("too late")
+        })
+        .expect("two still wait");
+        assert_eq!(live.iter().map(|w| w.payload).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(longest, Duration::from_secs(3));
+        let err = late_answer.try_recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("too late"), "{err}");
+
+        let (late, _answer) = Waiting::<u32, ()>::new(5, Duration::ZERO);
+        assert!(still_waiting(vec![late], Instant::now(), || Error::unavailable("x")).is_none());
+    }
+
+    #[test]
+    fn call_counts_add_up() {
+        let counts = CallCounts::default();
+        counts.record(3);
+        counts.record(1);
+        assert_eq!(counts.get(), (2, 4));
     }
 }

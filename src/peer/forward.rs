@@ -16,15 +16,13 @@
 //! passed, or the caller stopped waiting) is not sent. A leader that does not know
 //! `ForwardWrites` (an older build during a rolling upgrade) gets the writes one by one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::client::{decode_result, write_failed, PeerClient, FORWARD_HEADROOM};
-use super::coalesce::{Coalescer, Limits, Queued};
+use super::coalesce::{still_waiting, CallCounts, Coalescer, Limits, Queued, Waiting};
 use crate::error::{Error, Result};
 use crate::pb;
 
@@ -41,26 +39,21 @@ const LIMITS: Limits = Limits {
     queue: 8192,
 };
 
-/// One write waiting to be forwarded.
-struct Pending {
-    command: Vec<u8>,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<u8>>>,
-}
+/// One write waiting to be forwarded: its encoded command, answered with the encoded
+/// reply.
+type Pending = Waiting<Vec<u8>, Vec<u8>>;
 
 impl Queued for Pending {
     fn size(&self) -> usize {
-        self.command.len()
+        self.payload.len()
     }
 }
 
 /// The queues, by (leader address, group), and what went through them.
 pub(crate) struct Batches {
     queues: Coalescer<Pending>,
-    /// `ForwardWrites` calls sent.
-    calls: AtomicU64,
-    /// Writes sent in those calls.
-    writes: AtomicU64,
+    /// `ForwardWrites` calls sent, and the writes they carried.
+    counts: CallCounts,
     /// Writes per call.
     sizes: Histogram,
 }
@@ -69,8 +62,7 @@ impl Default for Batches {
     fn default() -> Self {
         Batches {
             queues: Coalescer::new(LIMITS),
-            calls: AtomicU64::default(),
-            writes: AtomicU64::default(),
+            counts: CallCounts::default(),
             sizes: Histogram::new(crate::metrics::count_buckets()),
         }
     }
@@ -79,10 +71,7 @@ impl Default for Batches {
 impl Batches {
     /// `(calls, writes)` sent so far.
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.writes.load(Ordering::Relaxed),
-        )
+        self.counts.get()
     }
 
     /// Writes per `ForwardWrites` call (shared: observations made later show up).
@@ -101,12 +90,7 @@ impl PeerClient {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            command,
-            deadline: Instant::now() + timeout,
-            reply,
-        };
+        let (pending, answer) = Pending::new(command, timeout);
         self.enqueue(
             &self.batches().queues,
             addr,
@@ -127,20 +111,12 @@ impl PeerClient {
 /// Send one batch and hand every write its result.
 async fn send(client: &PeerClient, addr: &str, group: &str, batch: Vec<Pending>) {
     let now = Instant::now();
-    let mut live = Vec::with_capacity(batch.len());
-    for p in batch {
-        if p.reply.is_closed() {
-            continue;
-        }
-        if p.deadline <= now {
-            let _ = p.reply.send(Err(Error::unavailable(format!(
-                "the write's deadline passed before it could be forwarded to leader {addr} (group {group})"
-            ))));
-            continue;
-        }
-        live.push(p);
-    }
-    let Some(longest) = live.iter().map(|p| p.deadline - now).max() else {
+    let expired = || {
+        Error::unavailable(format!(
+            "the write's deadline passed before it could be forwarded to leader {addr} (group {group})"
+        ))
+    };
+    let Some((live, longest)) = still_waiting(batch, now, expired) else {
         return;
     };
     let message = pb::ForwardWritesRequest {
@@ -148,17 +124,14 @@ async fn send(client: &PeerClient, addr: &str, group: &str, batch: Vec<Pending>)
         writes: live
             .iter()
             .map(|p| pb::ForwardedWrite {
-                command: p.command.clone(),
+                command: p.payload.clone(),
                 timeout_ms: (p.deadline - now).as_millis() as u64,
             })
             .collect(),
     };
-    let counts = client.batches();
-    counts.calls.fetch_add(1, Ordering::Relaxed);
-    counts
-        .writes
-        .fetch_add(live.len() as u64, Ordering::Relaxed);
-    counts.sizes.observe(live.len() as f64);
+    let batches = client.batches();
+    batches.counts.record(live.len());
+    batches.sizes.observe(live.len() as f64);
     let req = client.request(message, Some(longest + FORWARD_HEADROOM));
     let call = match client.raft(addr, super::channels::Lane::Control) {
         Ok(mut c) => c.forward_writes(req).await,
@@ -188,7 +161,7 @@ async fn send(client: &PeerClient, addr: &str, group: &str, batch: Vec<Pending>)
         Err(status) if status.code() == tonic::Code::Unimplemented => {
             for p in live {
                 let timeout = p.deadline.saturating_duration_since(Instant::now());
-                let result = client.forward_one(addr, group, p.command, timeout).await;
+                let result = client.forward_one(addr, group, p.payload, timeout).await;
                 let _ = p.reply.send(result);
             }
         }

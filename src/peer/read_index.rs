@@ -8,14 +8,12 @@
 //! left (the coalescer's guarantee). Under light load a read's call leaves at once; the
 //! leader coalesces the heartbeat rounds that confirm its leadership in the same way.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::client::PeerClient;
-use super::coalesce::{Coalescer, Limits, Queued};
+use super::coalesce::{still_waiting, CallCounts, Coalescer, Limits, Queued, Waiting};
 use crate::error::{Error, Result};
 use crate::raft::types::LogId;
 
@@ -27,11 +25,8 @@ const LIMITS: Limits = Limits {
     queue: 8192,
 };
 
-/// One read waiting for a read index.
-struct Waiter {
-    deadline: Instant,
-    reply: oneshot::Sender<Result<LogId>>,
-}
+/// One read waiting for a read index (the call carries nothing for it).
+type Waiter = Waiting<(), LogId>;
 
 impl Queued for Waiter {
     fn size(&self) -> usize {
@@ -42,18 +37,15 @@ impl Queued for Waiter {
 /// The queues, and what went through them.
 pub(crate) struct ReadIndexes {
     queues: Coalescer<Waiter>,
-    /// `ReadIndex` calls sent.
-    calls: AtomicU64,
-    /// Reads those calls served.
-    reads: AtomicU64,
+    /// `ReadIndex` calls sent, and the reads they served.
+    counts: CallCounts,
 }
 
 impl Default for ReadIndexes {
     fn default() -> Self {
         ReadIndexes {
             queues: Coalescer::new(LIMITS),
-            calls: AtomicU64::default(),
-            reads: AtomicU64::default(),
+            counts: CallCounts::default(),
         }
     }
 }
@@ -61,10 +53,7 @@ impl Default for ReadIndexes {
 impl ReadIndexes {
     /// `(calls, reads)` so far.
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.reads.load(Ordering::Relaxed),
-        )
+        self.counts.get()
     }
 }
 
@@ -78,11 +67,7 @@ impl PeerClient {
         lease: bool,
         timeout: Duration,
     ) -> Result<LogId> {
-        let (reply, answer) = oneshot::channel();
-        let waiter = Waiter {
-            deadline: Instant::now() + timeout,
-            reply,
-        };
+        let (waiter, answer) = Waiter::new((), timeout);
         let policy = if lease { "lease" } else { "read-index" };
         self.enqueue(
             &self.read_indexes().queues,
@@ -103,27 +88,15 @@ impl PeerClient {
 
 /// One `ReadIndex` call for every read of `batch` still waiting.
 async fn call(client: &PeerClient, addr: &str, group: &str, lease: bool, batch: Vec<Waiter>) {
-    let now = Instant::now();
-    let mut live = Vec::with_capacity(batch.len());
-    for w in batch {
-        if w.reply.is_closed() {
-            continue;
-        }
-        if w.deadline <= now {
-            // Waited in the queue past its deadline (every call slot was busy).
-            let _ = w.reply.send(Err(Error::unavailable(format!(
-                "the read's deadline passed before a read index could be asked of leader {addr} (group {group})"
-            ))));
-            continue;
-        }
-        live.push(w);
-    }
-    let Some(longest) = live.iter().map(|w| w.deadline - now).max() else {
+    let expired = || {
+        Error::unavailable(format!(
+            "the read's deadline passed before a read index could be asked of leader {addr} (group {group})"
+        ))
+    };
+    let Some((live, longest)) = still_waiting(batch, Instant::now(), expired) else {
         return;
     };
-    let counts = client.read_indexes();
-    counts.calls.fetch_add(1, Ordering::Relaxed);
-    counts.reads.fetch_add(live.len() as u64, Ordering::Relaxed);
+    client.read_indexes().counts.record(live.len());
     let result = client.read_index_once(addr, group, lease, longest).await;
     for w in live {
         let _ = w.reply.send(result.clone());
