@@ -6,11 +6,12 @@
 #   ENV_B="MALLOC_ARENA_MAX=4" bench/ab.sh "" ""          # same flags, B with env
 #   BIN_B=/tmp/old/release bench/ab.sh "" ""              # two builds
 #
-# Per run it prints throughput, p50/p99, the three servers' CPU per acknowledged
-# operation (utime+stime over the run, warm-up and preload included, divided by the
-# measured operations: steadier than throughput on a saturated machine), the CPU of
-# RocksDB's flush and compaction threads, and RSS. Throughput on a 2-core machine
-# moves ±15 % from run to run: compare several rounds, not one.
+# Odd rounds run A first, even rounds B first. Per run it prints throughput, p50/p99,
+# the three servers' CPU per acknowledged operation (utime+stime over the run, warm-up
+# and preload included, divided by the measured operations: steadier than throughput
+# on a saturated machine), the CPU of RocksDB's flush and compaction threads, and RSS;
+# at the end, the medians and B/A round by round. Throughput on a 2-core machine moves
+# ±15 % from run to run: compare several rounds, not one.
 #
 # Environment: ROUNDS (3), WORKLOAD (config-publish), CLIENTS (256), DURATION (10),
 # WARMUP (2), KEYS (10000), VALUE_SIZE (256), BIN_A/BIN_B (directory with nacosd and
@@ -94,11 +95,45 @@ lat, ok = r["latency_ms"], max(1, r["ok"])
 print("%s  %9.0f ops/s  p50 %6.2f  p99 %6.2f ms  cpu/op %6.1f us  rocksdb bg %d ms  errors %d  rss%s MiB" % (
     label, r["throughput"], lat["p50"], lat["p99"], cpu_ticks * 1e4 / ok, bg_ticks * 10,
     sum(r["errors"].values()), rss))
-' "$label" "$((after - before))" "$bg" "$rss" <<<"$report"
+with open(sys.argv[5], "a") as out:
+    out.write("%s %s %f %f %f\n" % (sys.argv[6], label, r["throughput"], lat["p99"], cpu_ticks * 1e4 / ok))
+' "$label" "$((after - before))" "$bg" "$rss" "$work/results" "$round" <<<"$report"
 }
 
+# Odd rounds run A first, even rounds B first: a machine that speeds up or slows
+# down during the rounds then favours neither variant.
 for round in $(seq "$rounds"); do
     echo "round $round"
-    run A "${BIN_A:-$default_bin}" "${ENV_A:-}" "$1"
-    run B "${BIN_B:-$default_bin}" "${ENV_B:-}" "$2"
+    if [ $((round % 2)) -eq 1 ]; then
+        run A "${BIN_A:-$default_bin}" "${ENV_A:-}" "$1"
+        run B "${BIN_B:-$default_bin}" "${ENV_B:-}" "$2"
+    else
+        run B "${BIN_B:-$default_bin}" "${ENV_B:-}" "$2"
+        run A "${BIN_A:-$default_bin}" "${ENV_A:-}" "$1"
+    fi
 done
+
+# The summary: medians, and B against A round by round. On a shared 2-core machine
+# the same build moves ±15 % (sometimes more) between runs; a change is worth keeping
+# only when B/A stays on one side of 1 in (nearly) every round.
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rounds = {}
+for line in open(sys.argv[1]):
+    rnd, label, ops, p99, cpu = line.split()
+    rounds.setdefault(rnd, {})[label] = (float(ops), float(p99), float(cpu))
+pairs = [r for r in rounds.values() if "A" in r and "B" in r]
+if not pairs:
+    sys.exit(0)
+med = lambda xs: statistics.median(xs)
+print("summary over %d rounds (medians)" % len(pairs))
+for label in ("A", "B"):
+    print("%s  %9.0f ops/s  p99 %6.2f ms  cpu/op %6.1f us" % (
+        label, med([p[label][0] for p in pairs]), med([p[label][1] for p in pairs]),
+        med([p[label][2] for p in pairs])))
+ratios = [p["B"][0] / p["A"][0] for p in pairs if p["A"][0] > 0]
+if ratios:
+    above = sum(r > 1 for r in ratios)
+    print("B/A throughput per round: %s; median %.3f, B ahead in %d of %d" % (
+        " ".join("%.2f" % r for r in ratios), med(ratios), above, len(ratios)))
+PY
