@@ -68,13 +68,11 @@ converged() {
     done
     [ -n "${counts[0]}" ] && [ "${counts[0]}" = "${counts[1]}" ] && [ "${counts[1]}" = "${counts[2]}" ]
 }
-until converged; do
-    if [ "$(echo "$(date +%s.%N) - $end > 120" | bc)" = 1 ]; then
-        echo "ephemeral.sh: the nodes did not converge within 120 s: ${counts[*]}" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+# Polled every 0.1 s: the time it took is part of the report.
+if ! WAIT_INTERVAL=0.1 wait_for "the nodes to converge" 120 converged; then
+    echo "ephemeral.sh: instance counts per node: ${counts[*]}" >&2
+    exit 1
+fi
 echo "converged: ${counts[0]} instances on every node $(echo "$(date +%s.%N) - $end" | bc) s after the run"
 # Memory: each node's RSS growth over the run, for the instances it holds (its own
 # sessions' and every other node's replicas), scaled to 100,000 instances.

@@ -11,7 +11,8 @@ port_base() {
     echo "$base"
 }
 
-# wait_for WHAT DEADLINE_SECONDS COMMAND...: run COMMAND until it succeeds.
+# wait_for WHAT DEADLINE_SECONDS COMMAND...: run COMMAND until it succeeds, every
+# WAIT_INTERVAL seconds (0.2).
 wait_for() {
     local what=$1 secs=$2
     shift 2
@@ -21,7 +22,7 @@ wait_for() {
             echo "$(basename "$0"): timed out waiting for $what" >&2
             return 1
         fi
-        sleep 0.2
+        sleep "${WAIT_INTERVAL:-0.2}"
     done
 }
 
