@@ -319,7 +319,7 @@ async fn the_same_workloads_run_against_etcd() {
 }
 
 /// `bench/ab.sh` (two server variants on fresh clusters, in rounds) runs end to end on
-/// the debug binaries and reports both variants with no errors.
+/// the debug binaries and reports both variants with no errors, and the summary.
 #[test]
 fn the_ab_script_reports_both_variants() {
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_nacosd"))
@@ -354,4 +354,12 @@ fn the_ab_script_reports_both_variants() {
             "{line}"
         );
     }
+    // The summary pairs the variants round by round.
+    assert!(
+        stdout.contains("summary over 1 rounds")
+            && stdout
+                .lines()
+                .any(|l| l.starts_with("B/A throughput per round: ") && l.contains("of 1")),
+        "{stdout}"
+    );
 }
