@@ -60,10 +60,7 @@ run() { # label bin env flags
             --insecure-peer $flags >"$work/n$i.log" 2>&1 &
         pids+=($!)
     done
-    for i in 1 2 3; do
-        wait_for "node $i to be ready (see $work/n$i.log)" 60 \
-            curl -sf "http://127.0.0.1:$((base + 19 + i))/readyz"
-    done
+    wait_ready "$work" $((base + 20)) $((base + 21)) $((base + 22))
     if [ -n "${LEADER_ONLY:-}" ]; then
         for i in 1 2 3; do
             if curl -s "http://127.0.0.1:$((base + 19 + i))/metrics" |

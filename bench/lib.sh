@@ -26,6 +26,18 @@ wait_for() {
     done
 }
 
+# wait_ready DIR HTTP_PORT...: wait up to 60 s for each node's /readyz (node i on the
+# i-th port, its log in DIR/n<i>.log) to answer.
+wait_ready() {
+    local dir=$1 i=1 port
+    shift
+    for port in "$@"; do
+        wait_for "node $i to be ready (see $dir/n$i.log)" 60 \
+            curl -sf "http://127.0.0.1:$port/readyz"
+        i=$((i + 1))
+    done
+}
+
 # RSS of process $1 in KiB (empty if it is gone).
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 

@@ -44,10 +44,7 @@ for i in 1 2 3; do
         --insecure-peer >"$work/n$i.log" 2>&1 &
     pids+=($!)
 done
-for i in 1 2 3; do
-    wait_for "node $i to be ready (see $work/n$i.log)" 60 \
-        curl -sf "http://127.0.0.1:$((base + i + 5))/readyz"
-done
+wait_ready "$work" $((base + 6)) $((base + 7)) $((base + 8))
 
 # record DIR: the threads of every process and a perf sched recording of WINDOW s.
 record() {
