@@ -62,12 +62,9 @@ run() { # label bin env flags
     done
     wait_ready "$work" $((base + 20)) $((base + 21)) $((base + 22))
     if [ -n "${LEADER_ONLY:-}" ]; then
-        for i in 1 2 3; do
-            if curl -s "http://127.0.0.1:$((base + 19 + i))/metrics" |
-                grep -q '^nacosd_raft_is_leader{group="config"} 1'; then
-                endpoints="127.0.0.1:$((base + i - 1))"
-            fi
-        done
+        local leader
+        leader=$(leader_of config $((base + 20)) $((base + 21)) $((base + 22)))
+        if [ -n "$leader" ]; then endpoints="127.0.0.1:$((base + leader - 1))"; fi
     fi
     local before=0 pid
     for pid in "${pids[@]}"; do before=$((before + $(ticks "$pid"))); done

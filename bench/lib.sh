@@ -38,6 +38,21 @@ wait_ready() {
     done
 }
 
+# leader_of GROUP HTTP_PORT...: the number (1 for the first port, ...) of the node whose
+# /metrics says it leads GROUP; nothing when none does.
+leader_of() {
+    local group=$1 i=1 port metrics
+    shift
+    for port in "$@"; do
+        metrics=$(curl -sf "http://127.0.0.1:$port/metrics" || true)
+        if grep -q "^nacosd_raft_is_leader{group=\"$group\"} 1" <<<"$metrics"; then
+            echo "$i"
+            return 0
+        fi
+        i=$((i + 1))
+    done
+}
+
 # RSS of process $1 in KiB (empty if it is gone).
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 

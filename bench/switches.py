@@ -3,9 +3,10 @@
 
     bench/switches.py LOAD_DIR IDLE_DIR WINDOW_SECONDS
 
-Each directory holds `perf.data` (perf sched record -a), `threads` (node|client, tid,
-thread name of every thread of the servers and the load generator) and
-`leader-threads` (the tids of the group leader's process); LOAD_DIR also holds the
+Each directory holds `perf.data` (perf sched record -a), `threads` (owner, tid and
+thread name of every thread of the servers and the load generator; the owner is a
+server's process id, or `client`) and `leader` (the process id of the group's
+leader, empty if none was found); LOAD_DIR also holds the
 load generator's JSON report (`bench.json`), whose throughput gives the writes in
 the window. For each role (leader, followers summed, client) and thread kind (the
 thread name without its trailing digits), it prints switch-ins per second, the mean
@@ -33,8 +34,8 @@ def load(directory):
             parts = line.split(maxsplit=2)
             if len(parts) == 3:
                 threads[int(parts[1])] = (parts[0], parts[2].strip())
-    with open(f"{directory}/leader-threads", encoding="utf-8") as f:
-        leader = {int(t) for t in f.read().split() if t.isdigit()}
+    with open(f"{directory}/leader", encoding="utf-8") as f:
+        leader = f.read().strip()
     timehist = subprocess.run(
         ["perf", "sched", "timehist", "-i", f"{directory}/perf.data"],
         capture_output=True, text=True, check=True).stdout
@@ -43,9 +44,8 @@ def load(directory):
         m = LINE.match(line)
         if not m or int(m.group(1)) not in threads:
             continue
-        tid = int(m.group(1))
-        kind, name = threads[tid]
-        role = "client" if kind == "client" else ("leader" if tid in leader else "follower")
+        owner, name = threads[int(m.group(1))]
+        role = "client" if owner == "client" else ("leader" if owner == leader else "follower")
         t = totals[(role, re.sub(r"\d+$", "", name))]
         t[0] += 1
         t[1] += float(m.group(3))

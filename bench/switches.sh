@@ -46,23 +46,19 @@ for i in 1 2 3; do
 done
 wait_ready "$work" $((base + 6)) $((base + 7)) $((base + 8))
 
-# record DIR: the threads of every process and a perf sched recording of WINDOW s.
+# record DIR: a perf sched recording of WINDOW s, every thread of the servers (by
+# their process) and of the load generator, and which server process leads GROUP.
 record() {
-    local dir=$1 i pid t
-    for i in 1 2 3; do
-        curl -sf "http://127.0.0.1:$((base + i + 5))/metrics" |
-            grep -q "^nacosd_raft_is_leader{group=\"$group\"} 1" && echo "${pids[$((i - 1))]}" >"$dir/leader"
-    done
+    local dir=$1 leader pid t
+    leader=$(leader_of "$group" $((base + 6)) $((base + 7)) $((base + 8)))
+    echo "${leader:+${pids[$((leader - 1))]}}" >"$dir/leader"
     perf sched record -a -o "$dir/perf.data" -- sleep "$window" >/dev/null 2>&1
     for pid in "${pids[@]}"; do
-        for t in /proc/"$pid"/task/*; do echo "node ${t##*/} $(cat "$t/comm" 2>/dev/null)"; done
+        for t in /proc/"$pid"/task/*; do echo "$pid ${t##*/} $(cat "$t/comm" 2>/dev/null)"; done
     done >"$dir/threads"
     for pid in $(pgrep -f "nacosctl bench --target nacosd --endpoints $endpoints" || true); do
         for t in /proc/"$pid"/task/*; do echo "client ${t##*/} $(cat "$t/comm" 2>/dev/null)"; done
     done >>"$dir/threads"
-    # The leader's threads, for the role column.
-    for t in /proc/"$(cat "$dir/leader" 2>/dev/null || echo 0)"/task/*; do echo "${t##*/}"; done \
-        >"$dir/leader-threads" 2>/dev/null || true
 }
 
 sleep 2
