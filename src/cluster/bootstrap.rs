@@ -37,6 +37,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{membership, Cluster};
 use crate::config::{InitialClusterState, NodeId};
+use crate::distro::wire as distro_wire;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::raft::identity::{self, BootstrapRecord, ClusterId, Identity};
@@ -51,6 +52,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// initial members that have not yet taken the identity. A Hello that shows the asker
 /// took the identity confirms it.
 pub async fn hello(cluster: &Cluster, req: &pb::HelloRequest) -> pb::HelloReply {
+    if let Err(e) = distro_wire::check_protocol(
+        req.distro_protocol,
+        &format!("node {} at {}", req.node_id, req.advertise_peer),
+    ) {
+        tracing::warn!(error = %e, "a peer said hello");
+    }
     let mine = cluster.node.identity().cluster_id();
     let theirs = ClusterId::parse(&req.cluster_id);
     let mut offer = cluster.bootstrap.lock().await;
@@ -78,6 +85,7 @@ pub async fn hello(cluster: &Cluster, req: &pb::HelloRequest) -> pb::HelloReply 
         cluster_id: mine.map(|c| c.to_string()).unwrap_or_default(),
         advertise_peer: cluster.node.advertise_peer.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        distro_protocol: distro_wire::PROTOCOL,
         bootstrap: offer.as_ref().and_then(|r| {
             Some(pb::BootstrapOffer {
                 cluster_id: mine?.to_string(),

@@ -482,6 +482,7 @@ impl Distro {
         let n = items.len() as u64;
         match wire::send_sync(&self.node.peers, &addr, &items, self.settings.sync_timeout).await {
             Ok(need_full) => {
+                counters.call_succeeded();
                 inc(&counters.syncs_sent, n);
                 inc(&counters.full_syncs_sent, full as u64);
                 inc(&counters.sync_calls, 1);
@@ -507,7 +508,7 @@ impl Distro {
             }
             Err(e) => {
                 inc(&counters.syncs_failed, n);
-                tracing::debug!(target, error = %e, sessions = n, "distro sync failed; will retry");
+                counters.call_failed(target, "distro sync", &e);
                 let now = Instant::now();
                 let mut tasks = lock(&self.tasks);
                 for d in batch {
@@ -583,6 +584,7 @@ impl Distro {
                     .await
                     {
                         Ok(wanted) => {
+                            counters.call_succeeded();
                             inc(&counters.verify_mismatches, wanted.len() as u64);
                             // Sent at once, as a delta when the owner knows what the
                             // peer holds: under a steady load every verify finds the
@@ -599,7 +601,7 @@ impl Distro {
                         }
                         Err(e) => {
                             inc(&counters.verify_failures, 1);
-                            tracing::debug!(peer, error = %e, "distro verify failed");
+                            counters.call_failed(peer, "distro verify", &e);
                         }
                     }
                 });
@@ -629,6 +631,7 @@ impl Distro {
                 self.ready.store(true, Ordering::Release);
                 return;
             }
+            let mut refused_by_all = true;
             for (peer, addr) in &peers {
                 let this = self.clone();
                 let result = wire::fetch_snapshot(
@@ -646,9 +649,27 @@ impl Distro {
                     }
                     Err(e) => {
                         inc(&self.metrics.snapshot_load_failures, 1);
+                        if wire::is_protocol_refusal(&e) {
+                            inc(&self.metrics.peer(*peer).protocol_refusals, 1);
+                        } else {
+                            refused_by_all = false;
+                        }
                         tracing::warn!(peer, error = %e, "loading the ephemeral snapshot failed");
                     }
                 }
+            }
+            if refused_by_all {
+                // Every peer runs another Distro protocol version (a rolling upgrade
+                // that changes it): none of them will ever serve this node a snapshot,
+                // and waiting would hold the rollout on this node's readiness forever.
+                // The data arrives instead through the owners' verify rounds once the
+                // peers run this version too.
+                tracing::warn!(
+                    peers = peers.len(),
+                    "ephemeral data ready without a snapshot: every peer speaks another Distro protocol version"
+                );
+                self.ready.store(true, Ordering::Release);
+                return;
             }
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}

@@ -1,7 +1,7 @@
 //! Distro counters, and their part of `/metrics` (`http::render_all_metrics`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::NodeId;
 use crate::distro::Distro;
+use crate::error::Error;
 use crate::http::{counter_name, gauge_value, help_text};
 
 /// Counters about one peer.
@@ -35,6 +36,33 @@ pub struct PeerCounters {
     pub verify_mismatches: AtomicU64,
     /// Verify calls that failed.
     pub verify_failures: AtomicU64,
+    /// Calls the peer refused, or whose reply this node refused, because the two speak
+    /// different Distro protocol versions (`distro::wire::PROTOCOL`).
+    pub protocol_refusals: AtomicU64,
+    /// A refusal was logged since the last call to the peer that went through (so a
+    /// mismatch is logged once, not on every retry).
+    pub refusal_logged: AtomicBool,
+}
+
+impl PeerCounters {
+    /// Count a failed call `what` to `peer`. A refusal for another protocol version
+    /// (`distro::wire::is_protocol_refusal`) is logged as a warning once until a call
+    /// goes through again; other failures are retried and logged at debug.
+    pub fn call_failed(&self, peer: NodeId, what: &str, e: &Error) {
+        if !crate::distro::wire::is_protocol_refusal(e) {
+            tracing::debug!(peer, error = %e, "{what} failed; will retry");
+            return;
+        }
+        inc(&self.protocol_refusals, 1);
+        if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(peer, error = %e, "{what} refused; ephemeral data does not flow to this peer until the versions match (logged once)");
+        }
+    }
+
+    /// A call to the peer went through.
+    pub fn call_succeeded(&self) {
+        self.refusal_logged.store(false, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -71,7 +99,7 @@ pub fn inc(c: &AtomicU64, n: u64) {
 
 type PeerCounter = (&'static str, &'static str, fn(&PeerCounters) -> &AtomicU64);
 
-const PEER_COUNTERS: [PeerCounter; 8] = [
+const PEER_COUNTERS: [PeerCounter; 9] = [
     (
         "nacosd_distro_syncs_sent_total",
         "Sessions sent to the peer in successful syncs (changes and deletions).",
@@ -111,6 +139,11 @@ const PEER_COUNTERS: [PeerCounter; 8] = [
         "nacosd_distro_verify_failures_total",
         "Verify calls to the peer that failed.",
         |c| &c.verify_failures,
+    ),
+    (
+        "nacosd_distro_protocol_refusals_total",
+        "Distro calls to the peer refused because the two nodes speak different Distro protocol versions (a rolling upgrade in progress).",
+        |c| &c.protocol_refusals,
     ),
 ];
 
@@ -207,4 +240,37 @@ pub fn register(distro: &Distro, registry: &mut Registry) {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_every_time_and_logged_once_until_a_call_succeeds() {
+        let c = PeerCounters::default();
+        c.call_failed(2, "distro sync", &Error::unavailable("down"));
+        assert_eq!(c.protocol_refusals.load(Ordering::Relaxed), 0);
+        assert!(!c.refusal_logged.load(Ordering::Relaxed));
+        let refusal = crate::distro::wire::check_protocol(2, "node 2").unwrap_err();
+        c.call_failed(
+            2,
+            "distro sync",
+            &Error::FailedPrecondition("no identity".into()),
+        );
+        assert_eq!(
+            c.protocol_refusals.load(Ordering::Relaxed),
+            0,
+            "not a refusal"
+        );
+        c.call_failed(2, "distro sync", &refusal);
+        c.call_failed(2, "distro verify", &refusal);
+        assert_eq!(c.protocol_refusals.load(Ordering::Relaxed), 2);
+        assert!(c.refusal_logged.load(Ordering::Relaxed));
+        c.call_succeeded();
+        assert!(
+            !c.refusal_logged.load(Ordering::Relaxed),
+            "logged again next time"
+        );
+    }
 }

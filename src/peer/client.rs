@@ -213,14 +213,21 @@ impl PeerClient {
                     .map(|c| c.to_string())
                     .unwrap_or_default(),
                 advertise_peer: advertise.to_string(),
+                distro_protocol: crate::distro::wire::PROTOCOL,
             },
             Some(timeout),
         );
-        self.client(addr)?
+        let reply = self
+            .client(addr)?
             .hello(req)
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| Error::unavailable(format!("peer {addr}: {}", s.message())))
+            .map_err(|s| Error::unavailable(format!("peer {addr}: {}", s.message())))?;
+        let whom = format!("node {} at {addr}", reply.node_id);
+        if let Err(e) = crate::distro::wire::check_protocol(reply.distro_protocol, &whom) {
+            tracing::warn!(error = %e, "a peer answered hello");
+        }
+        Ok(reply)
     }
 
     /// Run a cluster operation on the node at `addr` (encoded by the caller).

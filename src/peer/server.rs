@@ -377,6 +377,7 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<pb::DistroReply>, Status> {
         let sender = self.admit(&req, "distro sync")?;
         let req = req.into_inner();
+        distro_wire::admit_protocol(&req, sender.node)?;
         Ok(Response::new(distro_wire::serve_sync(
             &self.distro,
             sender.node,
@@ -390,6 +391,7 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<pb::DistroReply>, Status> {
         let sender = self.admit(&req, "distro verify")?;
         let req = req.into_inner();
+        distro_wire::admit_protocol(&req, sender.node)?;
         Ok(Response::new(distro_wire::serve_verify(
             &self.distro,
             sender.node,
@@ -403,7 +405,8 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::DistroRequest>,
     ) -> Result<Response<Self::DistroSnapshotStream>, Status> {
-        self.admit(&req, "distro snapshot")?;
+        let sender = self.admit(&req, "distro snapshot")?;
+        distro_wire::admit_protocol(req.get_ref(), sender.node)?;
         Ok(Response::new(distro_wire::serve_snapshot(&self.distro)))
     }
 }

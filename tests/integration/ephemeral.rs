@@ -814,3 +814,82 @@ async fn both_sides_of_a_partition_accept_registrations_and_converge_after_heali
         }
     }
 }
+
+/// A Distro call written in another protocol version (a node of another release during
+/// a rolling upgrade) is refused with FAILED_PRECONDITION before its payload is looked
+/// at, on every Distro method; a call without the field (a node from before it existed,
+/// which spoke version 1) is served, and the reply names this node's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_distro_call_of_another_protocol_version_is_refused_before_decoding() {
+    let cluster = TestCluster::start(3, |r| r, fast).await;
+    cluster.wait_distro_ready().await;
+    let caller = cluster.node(1);
+    let target = cluster.node(2).advertise_peer.clone();
+    let mut client = caller
+        .peers
+        .raft(&target, nacosd::peer::channels::Lane::Bulk)
+        .unwrap();
+    let newer = |payload: Vec<u8>| {
+        caller.peers.request(
+            pb::DistroRequest {
+                payload,
+                protocol: 99,
+            },
+            Some(Duration::from_secs(5)),
+        )
+    };
+    let refused = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("version 99") && status.message().contains("node 1"),
+            "the refusal names the versions and the caller: {}",
+            status.message()
+        );
+    };
+    // Not even bincode: a receiver that decoded before checking would fail otherwise.
+    refused(
+        client
+            .distro_sync(newer(b"garbage".to_vec()))
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        client
+            .distro_verify(newer(b"garbage".to_vec()))
+            .await
+            .unwrap_err(),
+    );
+    refused(client.distro_snapshot(newer(vec![])).await.unwrap_err());
+
+    let legacy = caller.peers.request(
+        pb::DistroRequest {
+            payload: vec![],
+            protocol: 0,
+        },
+        Some(Duration::from_secs(5)),
+    );
+    let mut chunks = client.distro_snapshot(legacy).await.unwrap().into_inner();
+    while let Some(chunk) = chunks.next().await {
+        assert_eq!(chunk.unwrap().protocol, 1, "replies name version 1");
+    }
+    // Syncs between the nodes themselves still go through.
+    let mut s1 = sessions(&cluster, 1).await;
+    let mut n1 = naming(&cluster, 1).await;
+    let sid = open(&mut s1, 60_000).await;
+    n1.register_instance(register("proto", eph("10.9.0.1", 2000, &sid)))
+        .await
+        .unwrap();
+    wait_count(&cluster, &[2, 3], "proto", 1).await;
+    let s = cluster.server(1);
+    let text = nacosd::http::render_all_metrics(&s.node, &s.distro);
+    assert!(
+        text.lines()
+            .any(|l| l == "nacosd_distro_protocol_refusals_total{peer=\"2\"} 0"),
+        "the refusal counter is exported, and nothing was refused between the nodes:\n{}",
+        text.lines()
+            .filter(|l| l.contains("nacosd_distro_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    cluster.shutdown().await;
+}
