@@ -193,6 +193,12 @@ pub struct Config {
     /// Recently written state-machine values the apply path reads back, kept in memory
     /// per group, in MiB (0: none).
     pub state_cache_mib: usize,
+    /// Worker threads of the client runtime (client and HTTP ports, Distro, forwarding);
+    /// 0: one per CPU core.
+    pub client_threads: usize,
+    /// Worker threads of the control runtime (every group's Raft tasks and the peer
+    /// port, `raft::control`); at most the number of CPU cores.
+    pub raft_threads: usize,
     /// Largest configuration content accepted, in bytes (Nacos default: 100 KiB).
     pub max_config_bytes: usize,
     /// Revisions of history kept per configuration item.
@@ -295,6 +301,8 @@ impl Default for Config {
             storage_memory_mib: 16,
             log_cache_mib: 2,
             state_cache_mib: 16,
+            client_threads: 0,
+            raft_threads: 2,
             max_config_bytes: 100 * 1024,
             config_history_limit: 30,
             db_limits: DbLimits::default(),
@@ -409,6 +417,14 @@ pub struct ConfigArgs {
     /// MiB; 0 turns it off [default: 16].
     #[arg(long, env = "NACOSD_STATE_CACHE_MIB")]
     pub state_cache_mib: Option<usize>,
+    /// Worker threads for client requests (client and HTTP ports, Distro, forwarding);
+    /// 0 means one per CPU core [default: 0].
+    #[arg(long, env = "NACOSD_CLIENT_THREADS")]
+    pub client_threads: Option<usize>,
+    /// Worker threads for the Raft groups and the peer port, at most one per CPU core
+    /// [default: 2].
+    #[arg(long, env = "NACOSD_RAFT_THREADS")]
+    pub raft_threads: Option<usize>,
     /// Largest configuration content in bytes [default: 102400].
     #[arg(long, env = "NACOSD_MAX_CONFIG_BYTES")]
     pub max_config_bytes: Option<usize>,
@@ -542,6 +558,8 @@ impl ConfigArgs {
             storage_memory_mib: self.storage_memory_mib.or(other.storage_memory_mib),
             log_cache_mib: self.log_cache_mib.or(other.log_cache_mib),
             state_cache_mib: self.state_cache_mib.or(other.state_cache_mib),
+            client_threads: self.client_threads.or(other.client_threads),
+            raft_threads: self.raft_threads.or(other.raft_threads),
             max_config_bytes: self.max_config_bytes.or(other.max_config_bytes),
             config_history_limit: self.config_history_limit.or(other.config_history_limit),
             db_max_statements: self.db_max_statements.or(other.db_max_statements),
@@ -637,6 +655,8 @@ impl ConfigArgs {
             storage_memory_mib: args.storage_memory_mib.unwrap_or(d.storage_memory_mib),
             log_cache_mib: args.log_cache_mib.unwrap_or(d.log_cache_mib),
             state_cache_mib: args.state_cache_mib.unwrap_or(d.state_cache_mib),
+            client_threads: args.client_threads.unwrap_or(d.client_threads),
+            raft_threads: args.raft_threads.unwrap_or(d.raft_threads),
             max_config_bytes: args.max_config_bytes.unwrap_or(d.max_config_bytes),
             config_history_limit: args.config_history_limit.unwrap_or(d.config_history_limit),
             db_limits: DbLimits {
@@ -800,6 +820,18 @@ impl Config {
             if mib > 4096 {
                 return Err(Error::invalid(format!("{flag} {mib} is above 4096")));
             }
+        }
+        if self.client_threads > 1024 {
+            return Err(Error::invalid(format!(
+                "client-threads {} is above 1024 (0 means one per CPU core)",
+                self.client_threads
+            )));
+        }
+        if !(1..=64).contains(&self.raft_threads) {
+            return Err(Error::invalid(format!(
+                "raft-threads {} is outside 1..=64",
+                self.raft_threads
+            )));
         }
         if self.max_request_bytes < 1024 || self.max_request_bytes > 64 << 20 {
             return Err(Error::invalid(
@@ -1075,6 +1107,46 @@ mod tests {
             .resolve()
             .unwrap_err();
             assert!(err.to_string().contains("storage-memory-mib"), "{err}");
+        }
+    }
+
+    #[test]
+    fn thread_counts_default_layer_and_are_bounded() {
+        let d = ConfigArgs::default().resolve().unwrap();
+        assert_eq!((d.client_threads, d.raft_threads), (0, 2));
+        let td = tempfile::tempdir().unwrap();
+        let file = td.path().join("n.toml");
+        std::fs::write(&file, "client-threads = 3\nraft-threads = 1\n").unwrap();
+        let c = ConfigArgs {
+            config: Some(file),
+            raft_threads: Some(4),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (c.client_threads, c.raft_threads),
+            (3, 4),
+            "the file sets both, the flag wins for raft-threads"
+        );
+        for (args, flag) in [
+            (
+                ConfigArgs {
+                    client_threads: Some(5000),
+                    ..Default::default()
+                },
+                "client-threads 5000",
+            ),
+            (
+                ConfigArgs {
+                    raft_threads: Some(0),
+                    ..Default::default()
+                },
+                "raft-threads 0",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err();
+            assert!(err.to_string().contains(flag), "{err}");
         }
     }
 

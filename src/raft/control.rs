@@ -20,19 +20,18 @@ use std::sync::Mutex;
 
 use tokio::runtime::{Handle, Runtime};
 
-/// Worker threads of the control runtime (at most; fewer on a single core).
-const THREADS: usize = 2;
-
 pub struct ControlRuntime {
     handle: Handle,
     runtime: Mutex<Option<Runtime>>,
 }
 
 impl ControlRuntime {
-    pub fn start(node_id: u64) -> io::Result<Self> {
+    /// A runtime of `threads` workers (`--raft-threads`), never more than the CPU
+    /// cores: more would only add switches between threads that cannot all run.
+    pub fn start(node_id: u64, threads: usize) -> io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(THREADS.min(cores))
+            .worker_threads(threads.clamp(1, cores))
             .thread_name(format!("raft-n{node_id}"))
             .enable_all()
             .build()?;
@@ -79,7 +78,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn runs_futures_on_its_own_threads_and_stops_from_async_code() {
-        let control = ControlRuntime::start(7).unwrap();
+        let control = ControlRuntime::start(7, 2).unwrap();
         let name = control
             .run(async { std::thread::current().name().map(str::to_string) })
             .await

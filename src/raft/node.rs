@@ -492,7 +492,7 @@ impl MultiRaft {
             ),
             None => None,
         };
-        let control = Arc::new(ControlRuntime::start(config.node_id)?);
+        let control = Arc::new(ControlRuntime::start(config.node_id, config.raft_threads)?);
         let builder = GroupBuilder {
             config,
             db: db.clone(),
