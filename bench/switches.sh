@@ -12,7 +12,7 @@
 # Environment: BIN (directory of nacosd and nacosctl; default target/release, built if
 # missing), WORKLOAD (config-publish), GROUP (config: whose writes are counted),
 # CLIENTS (1), WINDOW (3, seconds recorded), OUT (where the recordings are kept; a
-# temporary directory by default).
+# temporary directory by default), FLAGS (extra server flags, e.g. "--raft-threads 1").
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +23,7 @@ workload="${WORKLOAD:-config-publish}"
 group="${GROUP:-config}"
 clients="${CLIENTS:-1}"
 window="${WINDOW:-3}"
+read -r -a flags <<<"${FLAGS:-}"
 command -v perf >/dev/null || { echo "switches.sh: perf is not installed" >&2; exit 1; }
 if [ ! -x "$bin/nacosd" ] || [ ! -x "$bin/nacosctl" ]; then
     (cd "$root" && cargo build --release --bins)
@@ -41,7 +42,7 @@ for i in 1 2 3; do
     NACOSD_LOG=warn "$bin/nacosd" --node-id "$i" --data-dir "$work/data/n$i" \
         --client-addr "127.0.0.1:$((base + i - 1))" --peer-addr "127.0.0.1:$((base + i + 2))" \
         --http-addr "127.0.0.1:$((base + i + 5))" --initial-members "$members" \
-        --insecure-peer >"$work/n$i.log" 2>&1 &
+        --insecure-peer "${flags[@]}" >"$work/n$i.log" 2>&1 &
     pids+=($!)
 done
 wait_ready "$work" $((base + 6)) $((base + 7)) $((base + 8))
