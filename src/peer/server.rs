@@ -271,25 +271,35 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<pb::ForwardWritesReply>, Status> {
         self.admit(&req, "forwarded writes")?;
         let req = req.into_inner();
-        let group = &req.group;
-        // Proposed concurrently: openraft takes them in arrival order and appends them
-        // in as few log batches as it can.
-        let writes = req.writes.into_iter().map(|w| async move {
-            let result = match codec::decode_message(&w.command, "forwarded command") {
+        // Proposed in one hand-off to the group's core (`write_many_on_leader`), in the
+        // order they came; a command that does not decode is answered on its own.
+        let mut results: Vec<Option<Vec<u8>>> = Vec::with_capacity(req.writes.len());
+        let mut proposed = Vec::with_capacity(req.writes.len());
+        for w in req.writes {
+            match codec::decode_message(&w.command, "forwarded command") {
                 Ok(command) => {
-                    consistency::write_on_leader(
-                        &self.node,
-                        group,
-                        command,
-                        timeout_of(w.timeout_ms),
-                    )
-                    .await
+                    proposed.push((command, timeout_of(w.timeout_ms)));
+                    results.push(None);
                 }
-                Err(e) => Err(Error::invalid(e.to_string())),
-            };
-            codec::encode(&result)
-        });
-        let results = futures::future::join_all(writes).await;
+                Err(e) => {
+                    let refused: Result<Vec<u8>, Error> = Err(Error::invalid(e.to_string()));
+                    results.push(Some(codec::encode(&refused)));
+                }
+            }
+        }
+        let mut answers = consistency::write_many_on_leader(&self.node, &req.group, proposed)
+            .await
+            .into_iter();
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    codec::encode(&answers.next().unwrap_or_else(|| {
+                        Err(Error::internal("fewer answers than forwarded writes"))
+                    }))
+                })
+            })
+            .collect();
         Ok(Response::new(pb::ForwardWritesReply { results }))
     }
 

@@ -224,6 +224,100 @@ async fn concurrent_writes_through_a_follower_share_forwarding_calls() {
     cluster.shutdown().await;
 }
 
+/// A batch of writes forwarded in one call is proposed on the leader in one hand-off
+/// and answered write by write, in its order: a write refused by the state machine
+/// (a failed compare-and-set) gets its own error between two that succeed; a node that
+/// does not lead refuses the whole batch with the leader's address; without a quorum
+/// each write ends at its own deadline with an unknown outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_proposed_on_the_leader_is_answered_write_by_write() {
+    use nacosd::groups::test_kv::{KvCommand, KvResponse};
+    let mut cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    let put = |k: &str, v: &str| KvCommand::Put {
+        key: k.into(),
+        value: v.into(),
+    };
+    let bad_cas = KvCommand::Cas {
+        key: b"a".to_vec(),
+        expected: Some(b"not what is there".to_vec()),
+        value: None,
+    };
+    let t = Duration::from_secs(10);
+    let batch = vec![
+        (put("a", "1").into_command(), t),
+        (bad_cas.into_command(), t),
+        (put("b", "2").into_command(), t),
+    ];
+    let results =
+        nacosd::consistency::write_many_on_leader(cluster.node(leader), KV, batch.clone()).await;
+    assert_eq!(results.len(), 3);
+    let index = |r: &nacosd::Result<Vec<u8>>| match nacosd::codec::decode_message::<KvResponse>(
+        r.as_ref().expect("applied"),
+        "kv reply",
+    )
+    .unwrap()
+    {
+        KvResponse::Written { index, .. } => index,
+        other => panic!("unexpected {other:?}"),
+    };
+    let (first, last) = (index(&results[0]), index(&results[2]));
+    assert!(first < last, "in log order: {first} then {last}");
+    match &results[1] {
+        Err(nacosd::Error::FailedPrecondition(_)) => {}
+        other => panic!("the failed compare-and-set has its own answer: {other:?}"),
+    }
+    assert_eq!(
+        get(cluster.node(leader), KV, "b", ReadLevel::Linearizable)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("2")
+    );
+
+    let follower = cluster.other_than(leader);
+    let refused =
+        nacosd::consistency::write_many_on_leader(cluster.node(follower), KV, batch).await;
+    assert_eq!(refused.len(), 3);
+    for r in &refused {
+        match r {
+            Err(nacosd::Error::Unavailable {
+                leader: Some((id, _)),
+                ..
+            }) => assert_eq!(*id, leader),
+            other => panic!("a follower refuses and names the leader: {other:?}"),
+        }
+    }
+
+    for id in cluster.running() {
+        if id != leader {
+            cluster.stop(id).await;
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let stranded = vec![
+        (put("c", "3").into_command(), Duration::from_millis(300)),
+        (put("d", "4").into_command(), Duration::from_millis(900)),
+    ];
+    let results =
+        nacosd::consistency::write_many_on_leader(cluster.node(leader), KV, stranded).await;
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        match r {
+            Err(nacosd::Error::UnknownOutcome(m)) => assert!(
+                m.contains("not applied within"),
+                "timed out at its own deadline: {m}"
+            ),
+            other => panic!("without a quorum nothing is applied: {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the batch is answered once its longest deadline passed"
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_through_a_follower_are_read_back_linearizably_everywhere() {
     let cluster = TestCluster::start(3, with_kv, |_| {}).await;
