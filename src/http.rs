@@ -182,11 +182,16 @@ const GAUGES: [GaugeSpec; 8] = [
 ];
 
 /// Per-group counters of the consistency layer.
-const COUNTERS: [CounterSpec; 8] = [
+const COUNTERS: [CounterSpec; 9] = [
     (
         "nacosd_writes_local_total",
         "Writes proposed on this node as leader.",
         |c| c.writes_local.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_proposal_batches_total",
+        "Batches of writes this node handed to the group's Raft core as leader, one message each; nacosd_writes_local_total divided by it is the writes per batch.",
+        |c| c.proposal_batches.load(Ordering::Relaxed),
     ),
     (
         "nacosd_writes_forwarded_total",

@@ -36,7 +36,7 @@ mod read;
 mod write;
 
 pub use read::{read, read_index_on_leader, read_on_leader, ReadLevel};
-pub use write::{write, write_many_on_leader, write_on_leader};
+pub use write::{write, write_many_on_leader, write_on_leader, Proposals};
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;

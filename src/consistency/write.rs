@@ -1,10 +1,11 @@
 //! The write path: propose on the leader, forward from followers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::errors::{ClientWriteError, RaftError};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Route;
@@ -30,7 +31,8 @@ pub async fn write(
             let (forwarded, result) = match route {
                 Route::Here => {
                     GroupCounters::inc(&group.counters.writes_local);
-                    (false, propose(group, cmd.clone(), remaining).await)
+                    let proposed = group.proposals.propose(group, cmd.clone(), remaining);
+                    (false, proposed.await)
                 }
                 Route::Leader(leader_id, addr) => {
                     GroupCounters::inc(&group.counters.writes_forwarded);
@@ -79,6 +81,7 @@ pub async fn write_many_on_leader(
         .counters
         .writes_local
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    GroupCounters::inc(&group.counters.proposal_batches);
     let started = Instant::now();
     let (cmds, timeouts): (Vec<Command>, Vec<Duration>) = cmds.into_iter().unzip();
     let mut stream = match group.raft.client_write_many(cmds).await {
@@ -119,6 +122,133 @@ pub async fn write_many_on_leader(
         results = waits => results,
         never = drive => never,
     }
+}
+
+/// Most writes in one batch of a group's proposal queue.
+const PROPOSAL_BATCH: usize = 1024;
+/// Writes waiting in a group's proposal queue before callers wait to enqueue.
+const PROPOSAL_QUEUE: usize = 8192;
+
+/// The client writes this node proposes as the leader of one group, handed to the
+/// group's Raft core in batches.
+///
+/// Every write that reached the leader used to be one `client_write`: one message from
+/// the client runtime to the group's core on the control runtime, which woke a control
+/// thread for each write, and one wake-up back for each result. Now a write goes into
+/// its group's queue; the queue's task takes everything waiting, proposes it with one
+/// `client_write_many`, and hands the batch's results, which come in log order, to a
+/// task that answers each write. Under light load a write leaves at once, alone; under
+/// load writes pile up while the task submits the previous batch, and the next batch
+/// takes them all. Nothing waits for a timer. Each write keeps its own deadline; one
+/// whose caller stopped waiting while it was queued is dropped, never proposed (the
+/// caller was told the outcome is unknown, which allows that).
+#[derive(Default)]
+pub struct Proposals {
+    queue: std::sync::OnceLock<mpsc::Sender<Proposal>>,
+}
+
+struct Proposal {
+    cmd: Command,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>>>,
+}
+
+impl Proposals {
+    /// Propose `cmd` on this node, the leader of `group`, within `timeout`.
+    pub async fn propose(
+        &self,
+        group: &Arc<Group>,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        let queue = self
+            .queue
+            .get_or_init(|| start_proposals(Arc::downgrade(group)));
+        let proposal = Proposal {
+            cmd,
+            deadline,
+            reply,
+        };
+        if queue.send(proposal).await.is_err() {
+            return Err(Error::unavailable(format!(
+                "group {} stopped on this node; the write was not proposed",
+                group.name
+            )));
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::UnknownOutcome(format!(
+                "group {} stopped on this node while handling the write; it may or may not have been applied",
+                group.name
+            ))),
+            Err(_) => outcome(group, None, timeout),
+        }
+    }
+}
+
+/// The task of a group's proposal queue (see [`Proposals`]). It holds the group weakly:
+/// the group owns the queue, and the task ends with it.
+fn start_proposals(group: std::sync::Weak<Group>) -> mpsc::Sender<Proposal> {
+    let (tx, mut rx) = mpsc::channel::<Proposal>(PROPOSAL_QUEUE);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < PROPOSAL_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let Some(group) = group.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let mut cmds = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                if p.reply.is_closed() {
+                    continue;
+                }
+                if p.deadline <= now {
+                    let _ = p.reply.send(Err(Error::DeadlineExceeded(format!(
+                        "the write to group {} waited in the proposal queue past its deadline; it was not proposed",
+                        group.name
+                    ))));
+                    continue;
+                }
+                cmds.push(p.cmd);
+                replies.push(p.reply);
+            }
+            if cmds.is_empty() {
+                continue;
+            }
+            GroupCounters::inc(&group.counters.proposal_batches);
+            let mut results = match group.raft.client_write_many(cmds).await {
+                Ok(stream) => stream,
+                Err(fatal) => {
+                    let e = outcome(&group, Some(Err(RaftError::Fatal(fatal))), Duration::ZERO);
+                    for reply in replies {
+                        let _ = reply.send(e.clone());
+                    }
+                    continue;
+                }
+            };
+            tokio::spawn(async move {
+                for reply in replies {
+                    let result = match results.next().await {
+                        Some(Ok(Ok(resp))) => Ok(resp.response),
+                        Some(Ok(Err(e))) => Err(RaftError::APIError(e)),
+                        Some(Err(fatal)) => Err(RaftError::Fatal(fatal)),
+                        None => Err(RaftError::Fatal(openraft::errors::Fatal::Stopped)),
+                    };
+                    let _ = reply.send(outcome(&group, Some(result), Duration::ZERO));
+                }
+            });
+        }
+    });
+    tx
 }
 
 async fn propose(group: &Group, cmd: Command, timeout: Duration) -> Result<Vec<u8>> {

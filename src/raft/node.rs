@@ -53,6 +53,9 @@ use crate::raft::types::{NodeId, Raft};
 pub struct GroupCounters {
     /// Writes proposed on this node as leader.
     pub writes_local: AtomicU64,
+    /// Batches of writes this node handed to the group's Raft core as leader (its own
+    /// clients' writes and forwarded ones, `consistency::write`), each one message.
+    pub proposal_batches: AtomicU64,
     /// Writes this node forwarded to the leader.
     pub writes_forwarded: AtomicU64,
     /// Write attempts retried because no leader took them.
@@ -108,6 +111,9 @@ pub struct Group {
     pub sm: Arc<dyn StateMachine>,
     pub snapshots: SnapshotDir,
     pub counters: GroupCounters,
+    /// The client writes this node proposes while it leads the group, batched
+    /// (`consistency::Proposals`).
+    pub proposals: crate::consistency::Proposals,
     node_id: NodeId,
     timing: Timing,
     epoch: Instant,
@@ -424,6 +430,7 @@ impl GroupBuilder<'_> {
             sm,
             snapshots,
             counters: GroupCounters::default(),
+            proposals: Default::default(),
             node_id: config.node_id,
             timing: self.timing,
             epoch: self.epoch,

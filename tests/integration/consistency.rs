@@ -224,6 +224,45 @@ async fn concurrent_writes_through_a_follower_share_forwarding_calls() {
     cluster.shutdown().await;
 }
 
+/// Concurrent client writes on the leader share proposal batches (one message to the
+/// group's core for many writes), and each still gets its own result: its own log
+/// index, its value readable afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_on_the_leader_share_proposal_batches() {
+    let cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    let node = cluster.node(leader).clone();
+    let before = (
+        metric(&node, "nacosd_writes_local_total{group=\"kv\"}"),
+        metric(&node, "nacosd_proposal_batches_total{group=\"kv\"}"),
+    );
+    let writes: Vec<_> = (0..300)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { put(&node, KV, &format!("p{i}"), &format!("v{i}")).await })
+        })
+        .collect();
+    let mut indexes = std::collections::BTreeSet::new();
+    for w in writes {
+        let index = w.await.unwrap().expect("every write is acknowledged");
+        assert!(indexes.insert(index), "index {index} answered twice");
+    }
+    for i in [0, 150, 299] {
+        let got = get(&node, KV, &format!("p{i}"), ReadLevel::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(got, Some(format!("v{i}")));
+    }
+    let writes = metric(&node, "nacosd_writes_local_total{group=\"kv\"}") - before.0;
+    let batches = metric(&node, "nacosd_proposal_batches_total{group=\"kv\"}") - before.1;
+    assert!(writes >= 300, "{writes} local writes");
+    assert!(
+        batches >= 1 && batches < writes,
+        "concurrent writes share batches: {batches} batches for {writes} writes"
+    );
+    cluster.shutdown().await;
+}
+
 /// A batch of writes forwarded in one call is proposed on the leader in one hand-off
 /// and answered write by write, in its order: a write refused by the state machine
 /// (a failed compare-and-set) gets its own error between two that succeed; a node that
