@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, Fatal, RaftError};
+use openraft::raft::WriteResult;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -108,11 +109,7 @@ pub async fn write_many_on_leader(
     let waits = futures::future::join_all(answers.into_iter().zip(timeouts).map(
         |(answer, timeout)| async move {
             let result = match tokio::time::timeout_at(started + timeout, answer).await {
-                Ok(Ok(Ok(Ok(resp)))) => Some(Ok(resp.response)),
-                Ok(Ok(Ok(Err(e)))) => Some(Err(RaftError::APIError(e))),
-                Ok(Ok(Err(fatal))) => Some(Err(RaftError::Fatal(fatal))),
-                // The stream ended before this write's result: the core stopped.
-                Ok(Err(_)) => Some(Err(RaftError::Fatal(openraft::errors::Fatal::Stopped))),
+                Ok(item) => Some(as_raft_result(item.ok())),
                 Err(_) => None,
             };
             outcome(group, result, timeout)
@@ -237,12 +234,7 @@ fn start_proposals(group: std::sync::Weak<Group>) -> mpsc::Sender<Proposal> {
             };
             tokio::spawn(async move {
                 for reply in replies {
-                    let result = match results.next().await {
-                        Some(Ok(Ok(resp))) => Ok(resp.response),
-                        Some(Ok(Err(e))) => Err(RaftError::APIError(e)),
-                        Some(Err(fatal)) => Err(RaftError::Fatal(fatal)),
-                        None => Err(RaftError::Fatal(openraft::errors::Fatal::Stopped)),
-                    };
+                    let result = as_raft_result(results.next().await);
                     let _ = reply.send(outcome(&group, Some(result), Duration::ZERO));
                 }
             });
@@ -257,6 +249,20 @@ async fn propose(group: &Group, cmd: Command, timeout: Duration) -> Result<Vec<u
         .ok()
         .map(|r| r.map(|resp| resp.data));
     outcome(group, result, timeout)
+}
+
+/// One item of a `client_write_many` stream as `client_write` would have answered it;
+/// `None` (the stream ended, or its item was lost, before this write's result) means
+/// the group's core stopped.
+fn as_raft_result(
+    item: Option<std::result::Result<WriteResult<TypeConfig>, Fatal<TypeConfig>>>,
+) -> std::result::Result<CommandResult, RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
+    match item {
+        Some(Ok(Ok(resp))) => Ok(resp.response),
+        Some(Ok(Err(e))) => Err(RaftError::APIError(e)),
+        Some(Err(fatal)) => Err(RaftError::Fatal(fatal)),
+        None => Err(RaftError::Fatal(Fatal::Stopped)),
+    }
 }
 
 /// What the client is told about a write proposed on this node: its result, or
