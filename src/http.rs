@@ -182,7 +182,7 @@ const GAUGES: [GaugeSpec; 8] = [
 ];
 
 /// Per-group counters of the consistency layer.
-const COUNTERS: [CounterSpec; 9] = [
+const COUNTERS: [CounterSpec; 10] = [
     (
         "nacosd_writes_local_total",
         "Writes proposed on this node as leader.",
@@ -227,6 +227,11 @@ const COUNTERS: [CounterSpec; 9] = [
         "nacosd_queries_blocking_total",
         "Local queries run on the blocking pool (data not all in memory, large queries, SQL).",
         |c| c.queries_blocking.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_append_streams_served_total",
+        "Pipelined replication streams (AppendStream) this node served as a follower, one per replication session of a leader; a count that keeps rising means sessions keep breaking.",
+        |c| c.append_streams_served.load(Ordering::Relaxed),
     ),
 ];
 

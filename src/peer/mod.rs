@@ -14,7 +14,9 @@
 //! - `read_index`: followers' read indexes, one call for the reads that queued
 //!   before it.
 //! - `raft_network`: openraft's network for one group over that client (append
-//!   batches capped by bytes, size-aware deadlines, progress-bounded snapshots).
+//!   batches capped by bytes, size-aware deadlines, progress-bounded snapshots);
+//! - `append_stream`: its replication sessions, pipelined on one bidirectional stream
+//!   each, both sides.
 //! - `server`: the receiving side, with admission by cluster identity first.
 //!
 //! Payloads are bincode through [`crate::codec`] inside the protobuf envelopes of
@@ -22,6 +24,7 @@
 //! build). What a forwarded write or read *means* is decided by `consistency`; what a
 //! cluster operation does, by `cluster`. This module only carries them.
 
+mod append_stream;
 pub mod channels;
 pub mod client;
 mod coalesce;

@@ -10,6 +10,9 @@
 //! travel on the control lane, bulk batches and snapshots on the bulk lane
 //! (`peer::channels`).
 //!
+//! Replication itself goes over a pipelined stream per session (`peer::append_stream`);
+//! heartbeats, large batches and peers of an older build use the unary append below.
+//!
 //! A snapshot transfer has no overall deadline: it lasts as long as it makes progress.
 //! Each chunk must be taken by the transport within [`SNAPSHOT_STALL`], the receiver
 //! applies the same bound between chunks, and HTTP/2 keep-alive pings detect a dead
@@ -21,11 +24,12 @@ use std::io::Read;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -33,6 +37,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::pb;
+use crate::peer::append_stream::{self, StreamSupport};
 use crate::peer::channels::{Lane, BULK_APPEND_BYTES};
 use crate::peer::client::PeerClient;
 use crate::raft::snapshot::SnapshotFile;
@@ -88,6 +93,8 @@ pub struct GroupNetworkFactory {
     group: String,
     client: PeerClient,
     book: AddressBook,
+    /// Peers that do not know the append stream (shared by this group's networks).
+    support: StreamSupport,
 }
 
 impl GroupNetworkFactory {
@@ -96,6 +103,19 @@ impl GroupNetworkFactory {
             group: group.to_string(),
             client,
             book,
+            support: StreamSupport::default(),
+        }
+    }
+
+    fn network(&self, target: NodeId, node: &BasicNode, streaming: bool) -> GroupNetwork {
+        GroupNetwork {
+            group: self.group.clone(),
+            target,
+            initial_addr: node.addr.clone(),
+            book: self.book.clone(),
+            client: self.client.clone(),
+            streaming,
+            support: self.support.clone(),
         }
     }
 }
@@ -104,17 +124,17 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        GroupNetwork {
-            group: self.group.clone(),
-            target,
-            initial_addr: node.addr.clone(),
-            book: self.book.clone(),
-            client: self.client.clone(),
-        }
+        self.network(target, node, true)
+    }
+
+    /// Heartbeats are single requests: a unary call each, not a stream.
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        self.network(target, node, false)
     }
 }
 
 /// Connection from one group's leader/candidate to one peer.
+#[derive(Clone)]
 pub struct GroupNetwork {
     group: String,
     target: NodeId,
@@ -122,6 +142,9 @@ pub struct GroupNetwork {
     initial_addr: String,
     book: AddressBook,
     client: PeerClient,
+    /// Whether replication sessions go over `AppendStream` (not for heartbeats).
+    streaming: bool,
+    support: StreamSupport,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -131,7 +154,7 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// How a failed call looks to openraft: a peer that is down, refusing, of another
 /// cluster or not yet admitted is `Unreachable` (openraft backs off); anything else a
 /// network error.
-fn status_to_rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {
+pub(crate) fn status_to_rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::FailedPrecondition | tonic::Code::Unknown => {
             RPCError::Unreachable(Unreachable::new(&s))
@@ -141,7 +164,9 @@ fn status_to_rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {
 }
 
 /// Decode a peer's reply into openraft's response type.
-fn decode_reply<T: DeserializeOwned>(reply: pb::RaftReply) -> Result<T, RPCError<TypeConfig>> {
+pub(crate) fn decode_reply<T: DeserializeOwned>(
+    reply: pb::RaftReply,
+) -> Result<T, RPCError<TypeConfig>> {
     match reply.result {
         Some(pb::raft_reply::Result::Ok(bytes)) => codec::decode_message(&bytes, "raft reply")
             .map_err(|e| RPCError::Network(NetworkError::new(&e))),
@@ -162,8 +187,23 @@ enum RaftCall {
 }
 
 impl GroupNetwork {
+    /// The group this network replicates.
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// This node's peer client.
+    pub(crate) fn peer(&self) -> &PeerClient {
+        &self.client
+    }
+
+    #[cfg(test)]
+    pub(crate) fn stream_support(&self) -> &StreamSupport {
+        &self.support
+    }
+
     /// The target's address now.
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         self.book
             .get(self.target)
             .unwrap_or_else(|| self.initial_addr.clone())
@@ -240,6 +280,30 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             }
             (_, other) => other,
         })
+    }
+
+    /// A replication session on one `AppendStream` call (`peer::append_stream`), or
+    /// openraft's one-request-at-a-time unary appends for heartbeats and for a peer
+    /// that does not know the stream.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        if !self.streaming || !self.support.usable(&self.addr()) {
+            return stream_append_sequential(self, input, option);
+        }
+        let answers = append_stream::pipeline(self.clone(), self.support.clone(), input, option);
+        Box::pin(std::future::ready(Ok(answers)))
     }
 
     async fn vote(

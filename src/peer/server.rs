@@ -36,6 +36,7 @@ use crate::distro::{wire as distro_wire, Distro};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::raft_peer_server::RaftPeer;
+use crate::peer::append_stream;
 use crate::peer::raft_network::SNAPSHOT_STALL;
 use crate::peer::wire::Sender;
 use crate::raft::node::{Group, GroupCounters, MultiRaft};
@@ -160,6 +161,22 @@ impl RaftPeer for PeerService {
             }
             Err(e) => err_reply(e),
         }
+    }
+
+    type AppendStreamStream = append_stream::Replies;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::RaftRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        self.admit(&req, "replication")?;
+        let mut incoming = req.into_inner();
+        // The first request names the group of the whole stream.
+        let Some(first) = incoming.message().await? else {
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        };
+        let group = self.group(&first.group)?.clone();
+        Ok(Response::new(append_stream::serve(group, first, incoming)))
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {

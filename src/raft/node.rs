@@ -72,6 +72,9 @@ pub struct GroupCounters {
     pub queries_in_memory: AtomicU64,
     /// Local queries run on the blocking pool.
     pub queries_blocking: AtomicU64,
+    /// Pipelined replication streams (`AppendStream`) this node served as a follower,
+    /// one per leader's replication session.
+    pub append_streams_served: AtomicU64,
 }
 
 impl GroupCounters {

@@ -629,3 +629,53 @@ async fn an_io_error_while_applying_stops_the_node_instead_of_diverging() {
     );
     cluster.shutdown().await;
 }
+
+/// A leader replicates to each follower over a long-lived pipelined stream per group
+/// (`AppendStream`), not one call per batch: a few streams served for hundreds of
+/// writes. A batch larger than the stream takes (256 KiB) still arrives, sent alone,
+/// and replication goes on over a new stream after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_are_replicated_over_append_streams() {
+    let cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    let node = cluster.node(leader).clone();
+    let followers: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let served = |id: u64| {
+        metric(
+            cluster.node(id),
+            "nacosd_append_streams_served_total{group=\"kv\"}",
+        )
+    };
+    let before: Vec<u64> = followers.iter().map(|id| served(*id)).collect();
+    for i in 0..200 {
+        put(&node, KV, &format!("s{i}"), &format!("v{i}"))
+            .await
+            .expect("acknowledged");
+    }
+    let big = "x".repeat(300 << 10);
+    put(&node, KV, "big", &big).await.expect("acknowledged");
+    let last = put(&node, KV, "after", "1").await.expect("acknowledged");
+    cluster.wait_applied(KV, last).await;
+    for (id, before) in followers.iter().zip(before) {
+        let follower = cluster.node(*id);
+        for (key, value) in [
+            ("s0", "v0"),
+            ("s199", "v199"),
+            ("big", big.as_str()),
+            ("after", "1"),
+        ] {
+            let got = get(follower, KV, key, ReadLevel::Stale).await.unwrap();
+            assert_eq!(got.as_deref(), Some(value), "{key} on node {id}");
+        }
+        let streams = served(*id) - before;
+        assert!(
+            (1..=20).contains(&streams),
+            "node {id} served {streams} append streams for 202 writes"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -1,0 +1,484 @@
+//! Pipelined replication: a leader's AppendEntries to one follower of one group over
+//! one bidirectional gRPC stream (`AppendStream`), both sides of it.
+//!
+//! Unary `AppendEntries` costs a new HTTP/2 stream per request (headers both ways, a
+//! stream slot, a hop through the channel's buffer task), and openraft's default
+//! replication sends a follower its next request only once the previous one is
+//! answered. On a stream each request is one DATA frame, and the next one leaves while
+//! the follower is still writing the one before: its fsync overlaps the next batch's
+//! transfer instead of preceding it.
+//!
+//! Calling side ([`pipeline`]), one stream per openraft replication session:
+//! - the stream opens with the session's first request and ends (half-closed) when
+//!   openraft's request stream does; answers come in request order;
+//! - at most [`WINDOW`] requests are unanswered at a time;
+//! - each request must be answered by its deadline ([`append_timeout`], counted from
+//!   when it was sent, and never earlier than the one before it, since answers come in
+//!   order); a missed deadline ends the session with a network error, as a unary call
+//!   would;
+//! - a batch whose encoding passes [`BULK_APPEND_BYTES`] does not go on the stream
+//!   (which runs on the control lane, beside heartbeats): the session stops reading
+//!   requests, waits for the answers it is owed, sends that batch alone as a unary
+//!   `AppendEntries` on the bulk lane (cut by bytes as before) and ends; openraft opens
+//!   the next session where that one got to;
+//! - a peer that answers `UNIMPLEMENTED` (a build from before this method) ends the
+//!   session with an error and is sent unary appends for [`RETRY_STREAM_AFTER`].
+//!
+//! Heartbeats stay unary (`GroupNetworkFactory::new_heartbeat_client`): each is a
+//! stream of one request, and openraft sends them on their own client so that
+//! replication never holds them up.
+//!
+//! Receiving side ([`serve`]): the requests are handed to openraft's own pipelined
+//! `Raft::stream_append`, which submits each to the group's core as it arrives and
+//! yields the results in order; leader contact is noted as for a unary append.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::codec;
+use crate::pb;
+use crate::peer::channels::{Lane, BULK_APPEND_BYTES};
+use crate::peer::raft_network::{append_timeout, decode_reply, status_to_rpc_error, GroupNetwork};
+use crate::raft::node::{Group, GroupCounters};
+use crate::raft::types::TypeConfig;
+
+/// Requests a leader may have unanswered on one stream.
+pub const WINDOW: usize = 32;
+/// How long a peer that did not know `AppendStream` gets unary appends before the
+/// stream is tried again (it may have been upgraded meanwhile).
+pub const RETRY_STREAM_AFTER: Duration = Duration::from_secs(300);
+
+/// What the stream yields to openraft for each request.
+type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+type Opening = BoxFuture<'static, Result<tonic::Response<Streaming<pb::RaftReply>>, Status>>;
+
+/// Peer addresses that answered `AppendStream` with `UNIMPLEMENTED`, and when.
+#[derive(Clone, Default)]
+pub struct StreamSupport(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl StreamSupport {
+    /// Whether appends to `addr` may go on a stream now.
+    pub fn usable(&self, addr: &str) -> bool {
+        crate::lock(&self.0)
+            .get(addr)
+            .is_none_or(|since| since.elapsed() >= RETRY_STREAM_AFTER)
+    }
+
+    fn refused(&self, addr: &str) {
+        crate::lock(&self.0).insert(addr.to_string(), Instant::now());
+    }
+}
+
+/// Replicate `input` to `network`'s target over one `AppendStream` call (see the module
+/// docs). The answers come in request order; the stream ends after the first refusal
+/// or error, or once `input` has ended and every request is answered.
+pub(crate) fn pipeline<S>(
+    network: GroupNetwork,
+    support: StreamSupport,
+    input: S,
+    option: RPCOption,
+) -> BoxStream<'static, Answer>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    let pipe = Pipe {
+        addr: network.addr(),
+        network,
+        support,
+        option,
+        input: Some(input),
+        requests: None,
+        opening: None,
+        replies: None,
+        deadlines: VecDeque::new(),
+        large: None,
+        finished: false,
+    };
+    Box::pin(futures::stream::unfold(pipe, |mut pipe| async move {
+        let answer = pipe.next().await?;
+        Some((answer, pipe))
+    }))
+}
+
+/// One replication session's stream.
+struct Pipe<S> {
+    network: GroupNetwork,
+    support: StreamSupport,
+    /// The target's address when the session began; the whole session uses it.
+    addr: String,
+    option: RPCOption,
+    /// openraft's requests; `None` once they ended or are no longer read.
+    input: Option<S>,
+    /// The gRPC request stream; dropped (half-close) when no more requests will follow.
+    requests: Option<mpsc::Sender<pb::RaftRequest>>,
+    /// The call, until the peer answered with its headers.
+    opening: Option<Opening>,
+    replies: Option<Streaming<pb::RaftReply>>,
+    /// The deadline of each unanswered request, oldest first.
+    deadlines: VecDeque<tokio::time::Instant>,
+    /// A batch too large for the stream, sent alone once the stream is drained.
+    large: Option<AppendEntriesRequest<TypeConfig>>,
+    finished: bool,
+}
+
+impl<S> Pipe<S>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    async fn next(&mut self) -> Option<Answer> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if self.input.is_none() && self.deadlines.is_empty() {
+                self.finished = true;
+                let large = self.large.take()?;
+                return Some(self.send_alone(large).await);
+            }
+            let deadline = self.deadlines.front().copied();
+            let may_send = self.deadlines.len() < WINDOW;
+            tokio::select! {
+                biased;
+                reply = next_reply(&mut self.replies), if !self.deadlines.is_empty() => {
+                    self.deadlines.pop_front();
+                    let answer = self.answer(reply);
+                    if !matches!(answer, Ok(Ok(_))) {
+                        self.finished = true;
+                    }
+                    return Some(answer);
+                }
+                opened = opened(&mut self.opening) => {
+                    self.opening = None;
+                    match opened {
+                        Ok(response) => self.replies = Some(response.into_inner()),
+                        Err(status) => {
+                            self.finished = true;
+                            if status.code() == tonic::Code::Unimplemented {
+                                tracing::info!(
+                                    peer = %self.addr,
+                                    "peer does not know AppendStream (an older build); replicating to it with unary appends for {RETRY_STREAM_AFTER:?}"
+                                );
+                                self.support.refused(&self.addr);
+                            }
+                            return Some(Err(status_to_rpc_error(status)));
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    self.finished = true;
+                    return Some(Err(RPCError::Network(NetworkError::from_string(format!(
+                        "peer {} did not answer an append of group {} in time ({} unanswered)",
+                        self.addr,
+                        self.network.group(),
+                        self.deadlines.len()
+                    )))));
+                }
+                request = next_request(&mut self.input), if may_send => match request {
+                    Some(rpc) => {
+                        if let Err(e) = self.send(rpc) {
+                            self.finished = true;
+                            return Some(Err(e));
+                        }
+                    }
+                    None => self.stop_reading(),
+                },
+            }
+        }
+    }
+
+    /// No more requests go on the stream: half-close it; the answers still come.
+    fn stop_reading(&mut self) {
+        self.input = None;
+        self.requests = None;
+    }
+
+    /// Put `rpc` on the stream (opening it first), or keep it aside when it is too
+    /// large for the stream.
+    fn send(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> Result<(), RPCError<TypeConfig>> {
+        let payload = codec::encode(&rpc);
+        if payload.len() > BULK_APPEND_BYTES {
+            self.large = Some(rpc);
+            self.stop_reading();
+            return Ok(());
+        }
+        if self.requests.is_none() {
+            self.open()?;
+        }
+        let timeout = append_timeout(&self.option, payload.len(), !rpc.entries.is_empty());
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        if let Some(last) = self.deadlines.back() {
+            deadline = deadline.max(*last);
+        }
+        let request = pb::RaftRequest {
+            group: self.network.group().to_string(),
+            payload,
+        };
+        // The channel holds more than WINDOW and at most WINDOW requests are
+        // unanswered, so it is never full; it is closed only with the connection.
+        let sent = self
+            .requests
+            .as_ref()
+            .map(|tx| tx.try_send(request).is_ok());
+        if sent != Some(true) {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "the append stream to {} closed",
+                self.addr
+            ))));
+        }
+        self.deadlines.push_back(deadline);
+        Ok(())
+    }
+
+    fn open(&mut self) -> Result<(), RPCError<TypeConfig>> {
+        let peer = self.network.peer();
+        let mut client = peer.raft(&self.addr, Lane::Control).map_err(|e| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "bad peer address {}: {e}",
+                self.addr
+            )))
+        })?;
+        let (tx, rx) = mpsc::channel(WINDOW + 1);
+        // No deadline on the call: it lasts as long as the session; each request has its own.
+        let request = peer.request(ReceiverStream::new(rx), None);
+        self.opening = Some(Box::pin(async move { client.append_stream(request).await }));
+        self.requests = Some(tx);
+        Ok(())
+    }
+
+    fn answer(&self, reply: Result<Option<pb::RaftReply>, Status>) -> Answer {
+        match reply {
+            Ok(Some(reply)) => decode_reply(reply),
+            Ok(None) => Err(RPCError::Network(NetworkError::from_string(format!(
+                "peer {} ended the append stream of group {} with {} answers owed",
+                self.addr,
+                self.network.group(),
+                self.deadlines.len() + 1
+            )))),
+            Err(status) => Err(status_to_rpc_error(status)),
+        }
+    }
+
+    /// A batch too large for the stream, as a unary append on the bulk lane.
+    async fn send_alone(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> Answer {
+        let prev = rpc.prev_log_id;
+        let last = rpc.entries.last().map(|e| e.log_id).or(prev);
+        let response = self
+            .network
+            .append_entries(rpc, self.option.clone())
+            .await?;
+        Ok(response.into_stream_result(prev, last))
+    }
+}
+
+async fn next_reply(
+    replies: &mut Option<Streaming<pb::RaftReply>>,
+) -> Result<Option<pb::RaftReply>, Status> {
+    match replies {
+        Some(replies) => replies.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn opened(
+    opening: &mut Option<Opening>,
+) -> Result<tonic::Response<Streaming<pb::RaftReply>>, Status> {
+    match opening {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_request<S>(input: &mut Option<S>) -> Option<AppendEntriesRequest<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    match input {
+        Some(input) => input.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The reply stream of an `AppendStream` call.
+pub type Replies = std::pin::Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Send>>;
+
+/// Serve one leader's pipelined replication of `group` (see the module docs). A
+/// request that does not decode, or names another group, ends the input; the reply
+/// stream then ends with that error after the answers to the requests before it.
+pub(crate) fn serve(
+    group: Arc<Group>,
+    first: pb::RaftRequest,
+    rest: Streaming<pb::RaftRequest>,
+) -> Replies {
+    GroupCounters::inc(&group.counters.append_streams_served);
+    let failure: Arc<Mutex<Option<Status>>> = Arc::default();
+    let failed = failure.clone();
+    let name = first.group.clone();
+    let requests = futures::stream::once(futures::future::ready(Ok(first)))
+        .chain(rest)
+        .scan((), move |_, message| {
+            let request = message.and_then(|m| decode_request(&name, m));
+            futures::future::ready(match request {
+                Ok(rpc) => Some(rpc),
+                Err(status) => {
+                    *crate::lock(&failed) = Some(status);
+                    None
+                }
+            })
+        });
+    let replies = group.raft.stream_append(requests).map(move |item| {
+        let result = match item {
+            Ok(result) => {
+                if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                    group.note_leader_contact();
+                }
+                pb::raft_reply::Result::Ok(codec::encode(&result))
+            }
+            Err(fatal) => pb::raft_reply::Result::Error(fatal.to_string()),
+        };
+        Ok(pb::RaftReply {
+            result: Some(result),
+        })
+    });
+    let failure = futures::stream::once(async move { crate::lock(&failure).take() })
+        .filter_map(|status| futures::future::ready(status.map(Err)));
+    Box::pin(replies.chain(failure))
+}
+
+fn decode_request(
+    group: &str,
+    message: pb::RaftRequest,
+) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
+    if message.group != group {
+        return Err(Status::invalid_argument(format!(
+            "an append stream of group {group} carried a request of group {}",
+            message.group
+        )));
+    }
+    codec::decode_message(&message.payload, "append-entries request")
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::channels::PeerChannels;
+    use crate::peer::raft_network::{AddressBook, GroupNetworkFactory};
+    use crate::peer::PeerClient;
+    use crate::raft::identity::IdentityCell;
+    use crate::raft::types::Vote;
+    use openraft::network::RaftNetworkFactory;
+    use openraft::BasicNode;
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    /// A server that knows gRPC health only: every `RaftPeer` method is unimplemented
+    /// there, as `AppendStream` is on a build from before it. Returns its address and
+    /// the methods called on it.
+    async fn old_peer() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tonic::codegen::http;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let called: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = called.clone();
+        let log =
+            tower::util::MapRequestLayer::new(move |req: http::Request<tonic::body::Body>| {
+                crate::lock(&record).push(req.uri().path().to_string());
+                req
+            });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(log)
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (addr, called)
+    }
+
+    /// A peer that takes connections and never says a word: the session's requests
+    /// must end at their deadlines, not hang replication to it.
+    #[tokio::test]
+    async fn an_unanswered_append_ends_the_session_at_its_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let client = PeerClient::new(1, IdentityCell::new(None), 4 << 20, PeerChannels::new(None));
+        let mut factory = GroupNetworkFactory::new("config", client, AddressBook::default());
+        let mut network = factory.new_client(2, &BasicNode { addr }).await;
+        let option = RPCOption::new(Duration::from_millis(300));
+        let input = futures::stream::iter(vec![heartbeat()]).chain(futures::stream::pending());
+        let mut answers = network.stream_append(input, option).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), answers.next())
+            .await
+            .expect("the deadline ends the wait")
+            .expect("an answer");
+        let error = answer.expect_err("no answer came").to_string();
+        assert!(error.contains("did not answer"), "{error}");
+        assert!(answers.next().await.is_none(), "the session ends there");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_unary_appends_for_a_while() {
+        let (addr, called) = old_peer().await;
+        let client = PeerClient::new(1, IdentityCell::new(None), 4 << 20, PeerChannels::new(None));
+        let mut factory = GroupNetworkFactory::new("config", client, AddressBook::default());
+        let node = BasicNode { addr: addr.clone() };
+        let mut network = factory.new_client(2, &node).await;
+        let option = RPCOption::new(Duration::from_millis(500));
+
+        let input = futures::stream::iter(vec![heartbeat()]);
+        let mut answers = network.stream_append(input, option.clone()).await.unwrap();
+        let first = answers.next().await.expect("an answer");
+        let refused = first.expect_err("the stream is refused").to_string();
+        assert!(refused.contains("not implemented"), "{refused}");
+        assert!(answers.next().await.is_none(), "the session ends there");
+        drop(answers);
+        assert!(!network.stream_support().usable(&addr));
+
+        // The next session goes unary (which this peer does not know either).
+        let input = futures::stream::iter(vec![heartbeat()]);
+        let mut answers = network.stream_append(input, option).await.unwrap();
+        let unary = answers.next().await.expect("an answer");
+        assert!(unary.is_err(), "{unary:?}");
+        drop(answers);
+        assert_eq!(
+            *crate::lock(&called),
+            [
+                "/nacosd.v1.RaftPeer/AppendStream",
+                "/nacosd.v1.RaftPeer/AppendEntries"
+            ]
+        );
+        // Another address is unaffected.
+        assert!(network.stream_support().usable("127.0.0.1:1"));
+    }
+}
