@@ -607,9 +607,12 @@ fn watch_groups(
             let failure_tx = failure_tx.clone();
             let mut stop = stop.subscribe();
             tokio::spawn(async move {
-                let mut metrics = group.raft.metrics();
+                // Woken by the server metrics, which change rarely and whose sender is
+                // dropped when the group's core task ends; the full metrics, which say why
+                // it stopped, are sent at every turn of the core loop.
+                let mut server = group.raft.server_metrics();
                 loop {
-                    let state = metrics.borrow_watched().running_state.clone();
+                    let state = group.raft.metrics().borrow_watched().running_state.clone();
                     if let Err(fatal) = state {
                         if *stop.borrow() {
                             return;
@@ -620,7 +623,16 @@ fn watch_groups(
                         return;
                     }
                     tokio::select! {
-                        changed = metrics.changed() => if changed.is_err() { return },
+                        changed = server.changed() => if changed.is_err() {
+                            // The core task ended: one last look at why.
+                            let state = group.raft.metrics().borrow_watched().running_state.clone();
+                            if let (Err(fatal), false) = (state, *stop.borrow()) {
+                                let reason = format!("group {} stopped: {fatal}", group.name);
+                                tracing::error!(%reason, "node failing");
+                                let _ = failure_tx.send(Some(reason));
+                            }
+                            return;
+                        },
                         _ = stop.changed() => return,
                     }
                 }

@@ -97,7 +97,8 @@ async fn while_leader_is<T>(
     leader: NodeId,
     call: impl Future<Output = T>,
 ) -> std::result::Result<T, Option<NodeId>> {
-    let mut rx = group.raft.metrics();
+    // Server metrics: they change with the leader, not at every turn of the core loop.
+    let mut rx = group.raft.server_metrics();
     let moved_on = async move {
         loop {
             let current = rx.borrow_watched().current_leader;
@@ -125,7 +126,7 @@ fn describe_leader(leader: Option<NodeId>) -> String {
 
 /// Wait up to `wait` for this node to learn of a leader other than the one it knows.
 async fn wait_for_leader_change(group: &Group, wait: Duration) {
-    let mut rx = group.raft.metrics();
+    let mut rx = group.raft.server_metrics();
     let before = rx.borrow_watched().current_leader;
     let _ = tokio::time::timeout(wait, async {
         while rx.changed().await.is_ok() {

@@ -249,7 +249,7 @@ impl Group {
 
     /// Wait (at most `timeout`) until a node other than this one leads the group.
     pub async fn wait_leader_moved(&self, timeout: Duration) -> bool {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         tokio::time::timeout(timeout, async {
             loop {
                 let leader = rx.borrow_watched().current_leader;
@@ -701,10 +701,13 @@ impl MultiRaft {
     }
 }
 
-/// Keep `book` equal to the peer addresses of the group's latest membership.
+/// Keep `book` equal to the peer addresses of the group's latest membership. It
+/// watches openraft's server metrics (role, leader, vote, membership), which change
+/// only when those do, not the full metrics, which are sent again at every turn of
+/// the group's core loop, several times per write.
 fn spawn_address_watch(group: Arc<Group>, book: AddressBook, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut metrics = group.raft.metrics();
+        let mut metrics = group.raft.server_metrics();
         let mut seen = None;
         loop {
             let update = {
