@@ -364,6 +364,7 @@ fn serve_peer(
     let svc = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(
         cluster.clone(),
         distro.clone(),
+        stop.subscribe(),
     ))
     .max_decoding_message_size(config.peer_message_limit())
     .max_encoding_message_size(config.peer_message_limit());

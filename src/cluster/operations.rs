@@ -196,7 +196,9 @@ pub async fn transfer_leader(
         .map(|g| {
             (
                 g.name.to_string(),
-                g.raft.metrics().borrow_watched().current_leader,
+                // What `wait_leader_moved` saw: the server metrics (sent before the
+                // full metrics, which may not show the new leader yet).
+                g.raft.server_metrics().borrow_watched().current_leader,
             )
         })
         .collect())

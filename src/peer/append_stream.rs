@@ -10,7 +10,9 @@
 //!
 //! Calling side ([`pipeline`]), one stream per openraft replication session:
 //! - the stream opens with the session's first request and ends (half-closed) when
-//!   openraft's request stream does; answers come in request order;
+//!   openraft's request stream does; answers come in request order; when the peer ends
+//!   the stream (it does when it stops), so does the session, at once, even with
+//!   nothing owed: the peer's graceful stop waits until this side lets go;
 //! - at most [`WINDOW`] requests are unanswered at a time;
 //! - each request must be answered by its deadline ([`append_timeout`], counted from
 //!   when it was sent, and never earlier than the one before it, since answers come in
@@ -150,7 +152,19 @@ where
             let may_send = self.deadlines.len() < WINDOW;
             tokio::select! {
                 biased;
-                reply = next_reply(&mut self.replies), if !self.deadlines.is_empty() => {
+                reply = next_reply(&mut self.replies) => {
+                    if self.deadlines.is_empty() {
+                        // Nothing is owed: the peer ended the stream (it is stopping; its
+                        // graceful stop waits for this side to let go) or broke it.
+                        self.finished = true;
+                        return match reply {
+                            Ok(None) => None,
+                            Ok(Some(_)) => Some(Err(RPCError::Network(NetworkError::from_string(
+                                format!("peer {} sent an answer to no request", self.addr),
+                            )))),
+                            Err(status) => Some(Err(status_to_rpc_error(status))),
+                        };
+                    }
                     self.deadlines.pop_front();
                     let answer = self.answer(reply);
                     if !matches!(answer, Ok(Ok(_))) {
@@ -321,11 +335,14 @@ pub type Replies = std::pin::Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Sta
 
 /// Serve one leader's pipelined replication of `group` (see the module docs). A
 /// request that does not decode, or names another group, ends the input; the reply
-/// stream then ends with that error after the answers to the requests before it.
+/// stream then ends with that error after the answers to the requests before it. The
+/// reply stream also ends once `stop` turns true (the server is stopping): the leader
+/// sees its session end and retries elsewhere or later.
 pub(crate) fn serve(
     group: Arc<Group>,
     first: pb::RaftRequest,
     rest: Streaming<pb::RaftRequest>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Replies {
     GroupCounters::inc(&group.counters.append_streams_served);
     let failure: Arc<Mutex<Option<Status>>> = Arc::default();
@@ -359,7 +376,10 @@ pub(crate) fn serve(
     });
     let failure = futures::stream::once(async move { crate::lock(&failure).take() })
         .filter_map(|status| futures::future::ready(status.map(Err)));
-    Box::pin(replies.chain(failure))
+    let stopping = async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    Box::pin(replies.chain(failure).take_until(stopping))
 }
 
 fn decode_request(

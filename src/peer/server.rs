@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -47,6 +48,10 @@ pub struct PeerService {
     cluster: Arc<Cluster>,
     distro: Arc<Distro>,
     node: Arc<MultiRaft>,
+    /// True once the server is stopping: long-lived streams (a leader's append
+    /// stream) end then, or the graceful stop would wait for them to its deadline
+    /// while this node, cut off from new calls, runs for election.
+    stop: watch::Receiver<bool>,
     /// When each kind of refusal was last logged, per sender: refusals repeat with every
     /// heartbeat, the log should say it once in a while.
     refusal_log: Mutex<HashMap<(Option<u64>, &'static str), Instant>>,
@@ -74,11 +79,12 @@ fn timeout_of(ms: u64) -> Duration {
 }
 
 impl PeerService {
-    pub fn new(cluster: Arc<Cluster>, distro: Arc<Distro>) -> Self {
+    pub fn new(cluster: Arc<Cluster>, distro: Arc<Distro>, stop: watch::Receiver<bool>) -> Self {
         PeerService {
             node: cluster.node.clone(),
             cluster,
             distro,
+            stop,
             refusal_log: Mutex::default(),
         }
     }
@@ -176,7 +182,12 @@ impl RaftPeer for PeerService {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
         let group = self.group(&first.group)?.clone();
-        Ok(Response::new(append_stream::serve(group, first, incoming)))
+        Ok(Response::new(append_stream::serve(
+            group,
+            first,
+            incoming,
+            self.stop.clone(),
+        )))
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {

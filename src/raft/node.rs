@@ -139,7 +139,9 @@ impl Group {
     /// the leader's address is not known yet (a new member that has the leader's vote
     /// but not yet the membership it was sent).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics();
+        // The server metrics: the waits on a leader change watch them, and openraft
+        // sends them before the full metrics, so they are never the older of the two.
+        let metrics = self.raft.server_metrics();
         let m = metrics.borrow_watched();
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
