@@ -26,9 +26,10 @@
 //! - a peer that answers `UNIMPLEMENTED` (a build from before this method) ends the
 //!   session with an error and is sent unary appends for [`RETRY_STREAM_AFTER`].
 //!
-//! Heartbeats stay unary (`GroupNetworkFactory::new_heartbeat_client`): each is a
-//! stream of one request, and openraft sends them on their own client so that
-//! replication never holds them up.
+//! Heartbeats go on a stream of their own (`GroupNetworkFactory::new_heartbeat_client`,
+//! [`Line`]): openraft sends them, and the leadership confirmations of linearizable
+//! reads, on their own client so that replication never holds them up, one request at
+//! a time; the line stays open between them.
 //!
 //! Receiving side ([`serve`]): the requests are handed to openraft's own pipelined
 //! `Raft::stream_append`, which submits each to the group's core as it arrives and
@@ -330,6 +331,139 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// A heartbeat client's `AppendStream` to one peer, kept open between heartbeats:
+/// openraft's heartbeat worker (the periodic heartbeat and the leadership
+/// confirmations of linearizable reads) sends one request per call and the next only
+/// after the answer, so a line carries one request at a time, without a new HTTP/2
+/// stream for each. Any failure drops the line; the next heartbeat opens another.
+#[derive(Clone, Default)]
+pub struct Line(Arc<tokio::sync::Mutex<Option<OpenLine>>>);
+
+struct OpenLine {
+    requests: mpsc::Sender<pb::RaftRequest>,
+    replies: Streaming<pb::RaftReply>,
+}
+
+impl Line {
+    /// Send each request of `input` on the line, one after the other, each answered
+    /// (or failed) before the next; the answers end after the first failure.
+    pub(crate) fn send_all<S>(
+        &self,
+        network: GroupNetwork,
+        support: StreamSupport,
+        input: S,
+        option: RPCOption,
+    ) -> BoxStream<'static, Answer>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let line = self.clone();
+        Box::pin(futures::stream::unfold(Some(input), move |input| {
+            let (line, network, support, option) = (
+                line.clone(),
+                network.clone(),
+                support.clone(),
+                option.clone(),
+            );
+            async move {
+                let mut input = input?;
+                let rpc = input.next().await?;
+                let answer = line.send(&network, &support, rpc, option).await;
+                let more = matches!(answer, Ok(Ok(_))).then_some(input);
+                Some((answer, more))
+            }
+        }))
+    }
+
+    async fn send(
+        &self,
+        network: &GroupNetwork,
+        support: &StreamSupport,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Answer {
+        let addr = network.addr();
+        let payload = codec::encode(&rpc);
+        let timeout = append_timeout(&option, payload.len(), !rpc.entries.is_empty());
+        let request = pb::RaftRequest {
+            group: network.group().to_string(),
+            payload,
+        };
+        let mut open = self.0.lock().await;
+        let exchanged = tokio::time::timeout(
+            timeout,
+            exchange(&mut open, network, support, &addr, request),
+        )
+        .await;
+        let answer = match exchanged {
+            Ok(Ok(reply)) => decode_reply(reply),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RPCError::Network(NetworkError::from_string(format!(
+                "peer {addr} did not answer a heartbeat of group {} within {timeout:?}",
+                network.group()
+            )))),
+        };
+        // After a refusal the peer ends the stream; after an error its state is unknown.
+        if !matches!(answer, Ok(Ok(_))) {
+            *open = None;
+        }
+        answer
+    }
+}
+
+/// One request and its answer on `open`, or on a new line when there is none or the
+/// open one broke (the peer ended it, as it does when stopping). Sending a heartbeat
+/// twice is harmless: it carries no entries.
+async fn exchange(
+    open: &mut Option<OpenLine>,
+    network: &GroupNetwork,
+    support: &StreamSupport,
+    addr: &str,
+    request: pb::RaftRequest,
+) -> Result<pb::RaftReply, RPCError<TypeConfig>> {
+    if let Some(line) = open.as_mut() {
+        if line.requests.try_send(request.clone()).is_ok() {
+            if let Ok(Some(reply)) = line.replies.message().await {
+                return Ok(reply);
+            }
+        }
+        *open = None;
+    }
+    let peer = network.peer();
+    let mut client = peer.raft(addr, Lane::Control).map_err(|e| {
+        RPCError::Unreachable(Unreachable::from_string(format!(
+            "bad peer address {addr}: {e}"
+        )))
+    })?;
+    let (tx, rx) = mpsc::channel(2);
+    // A new channel with room for two: this cannot fail.
+    let _ = tx.try_send(request);
+    let response = client
+        .append_stream(peer.request(ReceiverStream::new(rx), None))
+        .await
+        .map_err(|status| {
+            if status.code() == tonic::Code::Unimplemented {
+                support.refused(addr);
+            }
+            status_to_rpc_error(status)
+        })?;
+    let mut replies = response.into_inner();
+    match replies.message().await {
+        Ok(Some(reply)) => {
+            *open = Some(OpenLine {
+                requests: tx,
+                replies,
+            });
+            Ok(reply)
+        }
+        Ok(None) => Err(RPCError::Network(NetworkError::from_string(format!(
+            "peer {addr} ended the heartbeat stream of group {} without an answer",
+            network.group()
+        )))),
+        Err(status) => Err(status_to_rpc_error(status)),
+    }
+}
+
 /// The reply stream of an `AppendStream` call.
 pub type Replies = std::pin::Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Send>>;
 
@@ -500,5 +634,32 @@ mod tests {
         );
         // Another address is unaffected.
         assert!(network.stream_support().usable("127.0.0.1:1"));
+
+        // A heartbeat client of another group tries its line, is refused the same way,
+        // and then goes unary too.
+        let mut factory = GroupNetworkFactory::new(
+            "naming",
+            PeerClient::new(1, IdentityCell::new(None), 4 << 20, PeerChannels::new(None)),
+            AddressBook::default(),
+        );
+        let mut heartbeats = factory.new_heartbeat_client(2, &node).await;
+        let option = RPCOption::new(Duration::from_millis(500));
+        for _ in 0..2 {
+            let input = futures::stream::iter(vec![heartbeat()]);
+            let mut answers = heartbeats
+                .stream_append(input, option.clone())
+                .await
+                .unwrap();
+            assert!(answers.next().await.expect("an answer").is_err());
+            assert!(answers.next().await.is_none());
+        }
+        assert!(!heartbeats.stream_support().usable(&addr));
+        assert_eq!(
+            crate::lock(&called)[2..],
+            [
+                "/nacosd.v1.RaftPeer/AppendStream",
+                "/nacosd.v1.RaftPeer/AppendEntries"
+            ]
+        );
     }
 }

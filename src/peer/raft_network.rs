@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::pb;
-use crate::peer::append_stream::{self, StreamSupport};
+use crate::peer::append_stream::{self, Line, StreamSupport};
 use crate::peer::channels::{Lane, BULK_APPEND_BYTES};
 use crate::peer::client::PeerClient;
 use crate::raft::snapshot::SnapshotFile;
@@ -116,6 +116,7 @@ impl GroupNetworkFactory {
             client: self.client.clone(),
             streaming,
             support: self.support.clone(),
+            line: Line::default(),
         }
     }
 }
@@ -127,7 +128,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
         self.network(target, node, true)
     }
 
-    /// Heartbeats are single requests: a unary call each, not a stream.
+    /// Heartbeats are single requests, one at a time: they go on a line of their own
+    /// (`append_stream::Line`), never behind a replication batch.
     async fn new_heartbeat_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         self.network(target, node, false)
     }
@@ -142,9 +144,11 @@ pub struct GroupNetwork {
     initial_addr: String,
     book: AddressBook,
     client: PeerClient,
-    /// Whether replication sessions go over `AppendStream` (not for heartbeats).
+    /// Replication sessions (pipelined on a stream each), or heartbeats (one request
+    /// at a time on a kept-open `line`).
     streaming: bool,
     support: StreamSupport,
+    line: Line,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -282,9 +286,9 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         })
     }
 
-    /// A replication session on one `AppendStream` call (`peer::append_stream`), or
-    /// openraft's one-request-at-a-time unary appends for heartbeats and for a peer
-    /// that does not know the stream.
+    /// A replication session on one `AppendStream` call (`peer::append_stream`), a
+    /// heartbeat on the client's kept-open line, or openraft's one-request-at-a-time
+    /// unary appends for a peer that does not know the stream.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -299,10 +303,15 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        if !self.streaming || !self.support.usable(&self.addr()) {
+        if !self.support.usable(&self.addr()) {
             return stream_append_sequential(self, input, option);
         }
-        let answers = append_stream::pipeline(self.clone(), self.support.clone(), input, option);
+        let answers = if self.streaming {
+            append_stream::pipeline(self.clone(), self.support.clone(), input, option)
+        } else {
+            self.line
+                .send_all(self.clone(), self.support.clone(), input, option)
+        };
         Box::pin(std::future::ready(Ok(answers)))
     }
 

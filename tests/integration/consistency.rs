@@ -631,8 +631,8 @@ async fn an_io_error_while_applying_stops_the_node_instead_of_diverging() {
 }
 
 /// A leader replicates to each follower over a long-lived pipelined stream per group
-/// (`AppendStream`), not one call per batch: a few streams served for hundreds of
-/// writes. A batch larger than the stream takes (256 KiB) still arrives, sent alone,
+/// (`AppendStream`), and heartbeats over another kept-open one, not one call per batch
+/// or heartbeat: a few streams served for hundreds of writes and tens of heartbeats. A batch larger than the stream takes (256 KiB) still arrives, sent alone,
 /// and replication goes on over a new stream after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn followers_are_replicated_over_append_streams() {
