@@ -390,44 +390,48 @@ impl Line {
             payload,
         };
         let mut open = self.0.lock().await;
-        let exchanged = tokio::time::timeout(
-            timeout,
-            exchange(&mut open, network, support, &addr, request),
-        )
-        .await;
-        let answer = match exchanged {
-            Ok(Ok(reply)) => decode_reply(reply),
+        // The line is out of the cell while a request is unanswered on it, and goes back
+        // only with its answer: if this call is given up (openraft bounds each
+        // heartbeat), the line is dropped with it, so a late answer can never be taken
+        // for the answer to the next heartbeat.
+        let line = open.take();
+        let exchanged =
+            tokio::time::timeout(timeout, exchange(line, network, support, &addr, request)).await;
+        match exchanged {
+            Ok(Ok((reply, line))) => {
+                let answer = decode_reply(reply);
+                // After a refusal the peer ends the stream: only a success keeps it.
+                if matches!(answer, Ok(Ok(_))) {
+                    *open = Some(line);
+                }
+                answer
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(RPCError::Network(NetworkError::from_string(format!(
                 "peer {addr} did not answer a heartbeat of group {} within {timeout:?}",
                 network.group()
             )))),
-        };
-        // After a refusal the peer ends the stream; after an error its state is unknown.
-        if !matches!(answer, Ok(Ok(_))) {
-            *open = None;
         }
-        answer
     }
 }
 
 /// One request and its answer on `open`, or on a new line when there is none or the
-/// open one broke (the peer ended it, as it does when stopping). Sending a heartbeat
-/// twice is harmless: it carries no entries.
+/// open one broke (the peer ended it, as it does when stopping); the line it was
+/// answered on comes back with the answer. Sending a heartbeat twice is harmless: it
+/// carries no entries.
 async fn exchange(
-    open: &mut Option<OpenLine>,
+    open: Option<OpenLine>,
     network: &GroupNetwork,
     support: &StreamSupport,
     addr: &str,
     request: pb::RaftRequest,
-) -> Result<pb::RaftReply, RPCError<TypeConfig>> {
-    if let Some(line) = open.as_mut() {
+) -> Result<(pb::RaftReply, OpenLine), RPCError<TypeConfig>> {
+    if let Some(mut line) = open {
         if line.requests.try_send(request.clone()).is_ok() {
             if let Ok(Some(reply)) = line.replies.message().await {
-                return Ok(reply);
+                return Ok((reply, line));
             }
         }
-        *open = None;
     }
     let peer = network.peer();
     let mut client = peer.raft(addr, Lane::Control).map_err(|e| {
@@ -449,13 +453,13 @@ async fn exchange(
         })?;
     let mut replies = response.into_inner();
     match replies.message().await {
-        Ok(Some(reply)) => {
-            *open = Some(OpenLine {
+        Ok(Some(reply)) => Ok((
+            reply,
+            OpenLine {
                 requests: tx,
                 replies,
-            });
-            Ok(reply)
-        }
+            },
+        )),
         Ok(None) => Err(RPCError::Network(NetworkError::from_string(format!(
             "peer {addr} ended the heartbeat stream of group {} without an answer",
             network.group()
