@@ -227,7 +227,12 @@ async fn concurrent_writes_through_a_follower_share_forwarding_calls() {
 /// Concurrent client writes on the leader share proposal batches (one message to the
 /// group's core for many writes), and each still gets its own result: its own log
 /// index, its value readable afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+///
+/// On a current-thread runtime, and with the writes polled together (`join_all`), every
+/// write is queued before the queue's task (spawned on this runtime by the first one)
+/// can run: the batching does not depend on how fast that task is scheduled, which on
+/// a multi-threaded runtime made it a race (a fast task took the writes one by one).
+#[tokio::test]
 async fn concurrent_writes_on_the_leader_share_proposal_batches() {
     let cluster = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = cluster.wait_for_leader(KV).await;
@@ -236,15 +241,13 @@ async fn concurrent_writes_on_the_leader_share_proposal_batches() {
         metric(&node, "nacosd_writes_local_total{group=\"kv\"}"),
         metric(&node, "nacosd_proposal_batches_total{group=\"kv\"}"),
     );
-    let writes: Vec<_> = (0..300)
-        .map(|i| {
-            let node = node.clone();
-            tokio::spawn(async move { put(&node, KV, &format!("p{i}"), &format!("v{i}")).await })
-        })
+    let keys: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("p{i}"), format!("v{i}")))
         .collect();
+    let writes = futures::future::join_all(keys.iter().map(|(k, v)| put(&node, KV, k, v))).await;
     let mut indexes = std::collections::BTreeSet::new();
     for w in writes {
-        let index = w.await.unwrap().expect("every write is acknowledged");
+        let index = w.expect("every write is acknowledged");
         assert!(indexes.insert(index), "index {index} answered twice");
     }
     for i in [0, 150, 299] {
