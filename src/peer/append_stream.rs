@@ -78,9 +78,42 @@ impl StreamSupport {
             .is_none_or(|since| since.elapsed() >= RETRY_STREAM_AFTER)
     }
 
-    fn refused(&self, addr: &str) {
-        crate::lock(&self.0).insert(addr.to_string(), Instant::now());
+    /// What a failed `AppendStream` call to `addr` means for openraft; a peer that does
+    /// not know the method (an older build) is noted, so that it gets unary appends
+    /// and heartbeats for [`RETRY_STREAM_AFTER`].
+    fn opening_failed(&self, addr: &str, status: Status) -> RPCError<TypeConfig> {
+        if status.code() == tonic::Code::Unimplemented {
+            tracing::info!(
+                peer = %addr,
+                "peer does not know AppendStream (an older build); replicating to it with unary calls for {RETRY_STREAM_AFTER:?}"
+            );
+            crate::lock(&self.0).insert(addr.to_string(), Instant::now());
+        }
+        status_to_rpc_error(status)
     }
+}
+
+/// Start an `AppendStream` call to `addr` on the control lane: the sender of its
+/// requests (room for `room`) and the call, which resolves once the peer answers with
+/// its headers, after it has the first request. No deadline on the call: it lasts as
+/// long as its user keeps it; each request has its own.
+fn open_call(
+    network: &GroupNetwork,
+    addr: &str,
+    room: usize,
+) -> Result<(mpsc::Sender<pb::RaftRequest>, Opening), RPCError<TypeConfig>> {
+    let peer = network.peer();
+    let mut client = peer.raft(addr, Lane::Control).map_err(|e| {
+        RPCError::Unreachable(Unreachable::from_string(format!(
+            "bad peer address {addr}: {e}"
+        )))
+    })?;
+    let (tx, rx) = mpsc::channel(room);
+    let request = peer.request(ReceiverStream::new(rx), None);
+    Ok((
+        tx,
+        Box::pin(async move { client.append_stream(request).await }),
+    ))
 }
 
 /// Replicate `input` to `network`'s target over one `AppendStream` call (see the module
@@ -179,14 +212,7 @@ where
                         Ok(response) => self.replies = Some(response.into_inner()),
                         Err(status) => {
                             self.finished = true;
-                            if status.code() == tonic::Code::Unimplemented {
-                                tracing::info!(
-                                    peer = %self.addr,
-                                    "peer does not know AppendStream (an older build); replicating to it with unary appends for {RETRY_STREAM_AFTER:?}"
-                                );
-                                self.support.refused(&self.addr);
-                            }
-                            return Some(Err(status_to_rpc_error(status)));
+                            return Some(Err(self.support.opening_failed(&self.addr, status)));
                         }
                     }
                 }
@@ -256,18 +282,9 @@ where
     }
 
     fn open(&mut self) -> Result<(), RPCError<TypeConfig>> {
-        let peer = self.network.peer();
-        let mut client = peer.raft(&self.addr, Lane::Control).map_err(|e| {
-            RPCError::Unreachable(Unreachable::from_string(format!(
-                "bad peer address {}: {e}",
-                self.addr
-            )))
-        })?;
-        let (tx, rx) = mpsc::channel(WINDOW + 1);
-        // No deadline on the call: it lasts as long as the session; each request has its own.
-        let request = peer.request(ReceiverStream::new(rx), None);
-        self.opening = Some(Box::pin(async move { client.append_stream(request).await }));
-        self.requests = Some(tx);
+        let (requests, opening) = open_call(&self.network, &self.addr, WINDOW + 1)?;
+        self.opening = Some(opening);
+        self.requests = Some(requests);
         Ok(())
     }
 
@@ -433,24 +450,12 @@ async fn exchange(
             }
         }
     }
-    let peer = network.peer();
-    let mut client = peer.raft(addr, Lane::Control).map_err(|e| {
-        RPCError::Unreachable(Unreachable::from_string(format!(
-            "bad peer address {addr}: {e}"
-        )))
-    })?;
-    let (tx, rx) = mpsc::channel(2);
+    let (tx, opening) = open_call(network, addr, 2)?;
     // A new channel with room for two: this cannot fail.
     let _ = tx.try_send(request);
-    let response = client
-        .append_stream(peer.request(ReceiverStream::new(rx), None))
+    let response = opening
         .await
-        .map_err(|status| {
-            if status.code() == tonic::Code::Unimplemented {
-                support.refused(addr);
-            }
-            status_to_rpc_error(status)
-        })?;
+        .map_err(|status| support.opening_failed(addr, status))?;
     let mut replies = response.into_inner();
     match replies.message().await {
         Ok(Some(reply)) => Ok((
