@@ -14,6 +14,12 @@
 //!   the stream (it does when it stops), so does the session, at once, even with
 //!   nothing owed: the peer's graceful stop waits until this side lets go;
 //! - at most [`WINDOW`] requests are unanswered at a time;
+//! - an answer that acknowledges more than its own request (a request without
+//!   entries, sent while the one before it was unanswered, ends where that one does)
+//!   is not handed to openraft: the answer to the later request is. openraft would
+//!   otherwise credit the leader's lease and read-index confirmations with the later
+//!   request's sending time, a contact the follower has not confirmed yet
+//!   ([`Owed::credited_by`]);
 //! - each request must be answered by its deadline ([`append_timeout`], counted from
 //!   when it was sent, and never earlier than the one before it, since answers come in
 //!   order); a missed deadline ends the session with a network error, as a unary call
@@ -53,7 +59,7 @@ use crate::pb;
 use crate::peer::channels::{Lane, BULK_APPEND_BYTES};
 use crate::peer::raft_network::{append_timeout, decode_reply, status_to_rpc_error, GroupNetwork};
 use crate::raft::node::{Group, GroupCounters};
-use crate::raft::types::TypeConfig;
+use crate::raft::types::{LogId, TypeConfig};
 
 /// Requests a leader may have unanswered on one stream.
 pub const WINDOW: usize = 32;
@@ -137,7 +143,7 @@ where
         requests: None,
         opening: None,
         replies: None,
-        deadlines: VecDeque::new(),
+        owed: VecDeque::new(),
         large: None,
         finished: false,
     };
@@ -161,11 +167,39 @@ struct Pipe<S> {
     /// The call, until the peer answered with its headers.
     opening: Option<Opening>,
     replies: Option<Streaming<pb::RaftReply>>,
-    /// The deadline of each unanswered request, oldest first.
-    deadlines: VecDeque<tokio::time::Instant>,
+    /// The unanswered requests, oldest first.
+    owed: VecDeque<Owed>,
     /// A batch too large for the stream, sent alone once the stream is drained.
     large: Option<AppendEntriesRequest<TypeConfig>>,
     finished: bool,
+}
+
+/// A request on the stream, not answered yet.
+struct Owed {
+    /// Its deadline: [`append_timeout`] from when it was sent, never before the
+    /// deadline of the request before it (the answers come in order).
+    deadline: tokio::time::Instant,
+    /// The log id before its entries, and its last one (`prev` when it has none).
+    prev: Option<LogId>,
+    last: Option<LogId>,
+}
+
+impl Owed {
+    /// Whether openraft, handed an acknowledgement up to `matching` while this request
+    /// is unanswered, would credit the leader with this request's sending time.
+    ///
+    /// openraft keeps the sending time of each request of a session and, on an
+    /// acknowledgement, takes the latest among the requests the acknowledged log id
+    /// reaches: every one whose last log id it reaches, and one it reaches into. That
+    /// time is the leader's proof of a quorum's contact (its lease, and the
+    /// confirmation a read-index waits for). With one request at a time it is the
+    /// acknowledged request's own; on a stream, a request without entries (the
+    /// commit-only append that follows a commit) sent while the one before it is
+    /// unanswered ends at the same log id as that one, and the earlier answer would
+    /// credit the later sending time: a contact the follower has not confirmed.
+    fn credited_by(&self, matching: &Option<LogId>) -> bool {
+        *matching >= self.last || *matching > self.prev
+    }
 }
 
 impl<S> Pipe<S>
@@ -177,17 +211,17 @@ where
             if self.finished {
                 return None;
             }
-            if self.input.is_none() && self.deadlines.is_empty() {
+            if self.input.is_none() && self.owed.is_empty() {
                 self.finished = true;
                 let large = self.large.take()?;
                 return Some(self.send_alone(large).await);
             }
-            let deadline = self.deadlines.front().copied();
-            let may_send = self.deadlines.len() < WINDOW;
+            let deadline = self.owed.front().map(|o| o.deadline);
+            let may_send = self.owed.len() < WINDOW;
             tokio::select! {
                 biased;
                 reply = next_reply(&mut self.replies) => {
-                    if self.deadlines.is_empty() {
+                    if self.owed.is_empty() {
                         // Nothing is owed: the peer ended the stream (it is stopping; its
                         // graceful stop waits for this side to let go) or broke it.
                         self.finished = true;
@@ -199,10 +233,16 @@ where
                             Err(status) => Some(Err(status_to_rpc_error(status))),
                         };
                     }
-                    self.deadlines.pop_front();
+                    self.owed.pop_front();
                     let answer = self.answer(reply);
-                    if !matches!(answer, Ok(Ok(_))) {
-                        self.finished = true;
+                    match &answer {
+                        Ok(Ok(matching)) if self.owed.front().is_some_and(|next| next.credited_by(matching)) => {
+                            // Not for openraft yet: the answer to that next request, which
+                            // covers at least as much, goes instead (module docs).
+                            continue;
+                        }
+                        Ok(Ok(_)) => {}
+                        _ => self.finished = true,
                     }
                     return Some(answer);
                 }
@@ -222,7 +262,7 @@ where
                         "peer {} did not answer an append of group {} in time ({} unanswered)",
                         self.addr,
                         self.network.group(),
-                        self.deadlines.len()
+                        self.owed.len()
                     )))));
                 }
                 request = next_request(&mut self.input), if may_send => match request {
@@ -258,9 +298,14 @@ where
         }
         let timeout = append_timeout(&self.option, payload.len(), !rpc.entries.is_empty());
         let mut deadline = tokio::time::Instant::now() + timeout;
-        if let Some(last) = self.deadlines.back() {
-            deadline = deadline.max(*last);
+        if let Some(before) = self.owed.back() {
+            deadline = deadline.max(before.deadline);
         }
+        let owed = Owed {
+            deadline,
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+        };
         let request = pb::RaftRequest {
             group: self.network.group().to_string(),
             payload,
@@ -277,7 +322,7 @@ where
                 self.addr
             ))));
         }
-        self.deadlines.push_back(deadline);
+        self.owed.push_back(owed);
         Ok(())
     }
 
@@ -295,7 +340,7 @@ where
                 "peer {} ended the append stream of group {} with {} answers owed",
                 self.addr,
                 self.network.group(),
-                self.deadlines.len() + 1
+                self.owed.len() + 1
             )))),
             Err(status) => Err(status_to_rpc_error(status)),
         }
@@ -581,6 +626,41 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         (addr, called)
+    }
+
+    fn log_id(term: u64, index: u64) -> Option<LogId> {
+        use openraft::vote::RaftLeaderIdExt;
+        Some(LogId::new(
+            <TypeConfig as openraft::RaftTypeConfig>::LeaderId::new_committed(term, 1),
+            index,
+        ))
+    }
+
+    fn owed(prev: Option<LogId>, last: Option<LogId>) -> Owed {
+        Owed {
+            deadline: tokio::time::Instant::now(),
+            prev,
+            last,
+        }
+    }
+
+    /// An answer is held back exactly when openraft would take it for the next
+    /// unanswered request's too: the commit-only append after a batch ends where the
+    /// batch does, so the batch's answer must not stand for it.
+    #[tokio::test]
+    async fn an_answer_is_held_back_while_it_would_stand_for_a_later_request() {
+        let batch_end = log_id(2, 20);
+        // A commit-only append after the batch 11..=20, and two of them in a row.
+        assert!(owed(batch_end, batch_end).credited_by(&batch_end));
+        // The next batch (21..=30): the answer up to 20 says nothing of it.
+        assert!(!owed(batch_end, log_id(2, 30)).credited_by(&batch_end));
+        // An acknowledgement reaching into a request (openraft takes its sending time
+        // too) or past it.
+        assert!(owed(batch_end, log_id(2, 30)).credited_by(&log_id(2, 25)));
+        assert!(owed(batch_end, log_id(2, 30)).credited_by(&log_id(3, 31)));
+        // A first probe (nothing matched yet) and the empty log.
+        assert!(owed(None, None).credited_by(&None));
+        assert!(!owed(None, log_id(1, 1)).credited_by(&None));
     }
 
     /// A peer that takes connections and never says a word: the session's requests
