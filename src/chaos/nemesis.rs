@@ -172,7 +172,7 @@ impl Nemesis {
             FaultKind::KillNode | FaultKind::KillLeader => {
                 let (id, who) = if kind == FaultKind::KillNode {
                     let id = self.node(cluster);
-                    (id, format!("node {id}"))
+                    (id, describe_node(cluster, id).await)
                 } else {
                     self.leader(cluster).await
                 };
@@ -186,7 +186,7 @@ impl Nemesis {
             FaultKind::PauseNode | FaultKind::PauseLeader => {
                 let (id, who) = if kind == FaultKind::PauseNode {
                     let id = self.node(cluster);
-                    (id, format!("node {id}"))
+                    (id, describe_node(cluster, id).await)
                 } else {
                     self.leader(cluster).await
                 };
@@ -197,7 +197,7 @@ impl Nemesis {
             FaultKind::IsolateNode | FaultKind::IsolateLeader => {
                 let (id, who) = if kind == FaultKind::IsolateNode {
                     let id = self.node(cluster);
-                    (id, format!("node {id}"))
+                    (id, describe_node(cluster, id).await)
                 } else {
                     self.leader(cluster).await
                 };
@@ -299,6 +299,22 @@ impl Nemesis {
             }
         }
         Ok(None)
+    }
+}
+
+/// `node {id}`, with the groups it leads as the fault begins: a fault drawn for any
+/// node may still hit a leader, and a violation's story often turns on that.
+async fn describe_node(cluster: &Cluster, id: usize) -> String {
+    let mut led = Vec::new();
+    for group in GROUPS {
+        if cluster.leader_of(group).await == Some(id) {
+            led.push(group);
+        }
+    }
+    if led.is_empty() {
+        format!("node {id}")
+    } else {
+        format!("node {id}, leader of {}", led.join(" and "))
     }
 }
 
