@@ -663,6 +663,161 @@ mod tests {
         assert!(!owed(None, log_id(1, 1)).credited_by(&None));
     }
 
+    /// A follower that reads a session's first two requests and only then answers:
+    /// the first only (then ends the stream), or both.
+    struct TwoRequestFollower {
+        answer_both: bool,
+    }
+
+    /// `RaftPeer` for `$peer`: the items given, and every other method refused. (The
+    /// whole impl comes from the macro so that `async_trait` sees every method.)
+    macro_rules! peer_refusing_the_rest {
+        ($peer:ty; { $($given:tt)* } $($method:ident($request:ty) -> $reply:ty;)*) => {
+            #[tonic::async_trait]
+            impl pb::raft_peer_server::RaftPeer for $peer {
+                $($given)*
+                $(
+                    async fn $method(
+                        &self,
+                        _: tonic::Request<$request>,
+                    ) -> Result<tonic::Response<$reply>, Status> {
+                        Err(Status::unimplemented(stringify!($method)))
+                    }
+                )*
+            }
+        };
+    }
+
+    peer_refusing_the_rest! { TwoRequestFollower; {
+        type AppendStreamStream = Replies;
+        type DistroSnapshotStream = futures::stream::Empty<Result<pb::DistroReply, Status>>;
+
+        async fn append_stream(
+            &self,
+            request: tonic::Request<Streaming<pb::RaftRequest>>,
+        ) -> Result<tonic::Response<Replies>, Status> {
+            let mut requests = request.into_inner();
+            let answers = if self.answer_both { 2 } else { 1 };
+            let (tx, rx) = mpsc::channel(2);
+            tokio::spawn(async move {
+                let mut lasts = Vec::new();
+                while lasts.len() < 2 {
+                    let Ok(Some(message)) = requests.message().await else {
+                        return;
+                    };
+                    let rpc: AppendEntriesRequest<TypeConfig> =
+                        codec::decode_message(&message.payload, "append").expect("a request");
+                    lasts.push(rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id));
+                }
+                for last in lasts.into_iter().take(answers) {
+                    let result: StreamAppendResult<TypeConfig> = Ok(last);
+                    let reply = pb::RaftReply {
+                        result: Some(pb::raft_reply::Result::Ok(codec::encode(&result))),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+                // Dropping `tx` ends the reply stream.
+            });
+            Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+
+        async fn distro_snapshot(
+            &self,
+            _: tonic::Request<pb::DistroRequest>,
+        ) -> Result<tonic::Response<Self::DistroSnapshotStream>, Status> {
+            Err(Status::unimplemented("distro_snapshot"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<Streaming<pb::SnapshotChunk>>,
+        ) -> Result<tonic::Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+    }
+        append_entries(pb::RaftRequest) -> pb::RaftReply;
+        vote(pb::RaftRequest) -> pb::RaftReply;
+        pre_vote(pb::RaftRequest) -> pb::RaftReply;
+        transfer_leader(pb::RaftRequest) -> pb::RaftReply;
+        forward_write(pb::ForwardWriteRequest) -> pb::ForwardWriteReply;
+        forward_writes(pb::ForwardWritesRequest) -> pb::ForwardWritesReply;
+        forward_read(pb::ForwardReadRequest) -> pb::ForwardReadReply;
+        read_index(pb::ReadIndexRequest) -> pb::ReadIndexReply;
+        hello(pb::HelloRequest) -> pb::HelloReply;
+        admin(pb::AdminRequest) -> pb::AdminReply;
+        distro_sync(pb::DistroRequest) -> pb::DistroReply;
+        distro_verify(pb::DistroRequest) -> pb::DistroReply;
+    }
+
+    /// A batch (entries 11..=20) and the commit-only append after it, both on the
+    /// stream before the follower answers either; the answers the replication session
+    /// yields to openraft.
+    async fn batch_then_commit_only(answer_both: bool) -> Vec<Answer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_peer_server::RaftPeerServer::new(
+                    TwoRequestFollower { answer_both },
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = PeerClient::new(1, IdentityCell::new(None), 4 << 20, PeerChannels::new(None));
+        let mut factory = GroupNetworkFactory::new("config", client, AddressBook::default());
+        let mut network = factory.new_client(2, &BasicNode { addr }).await;
+        let batch = AppendEntriesRequest {
+            entries: (11..=20)
+                .map(|i| crate::raft::types::Entry {
+                    log_id: log_id(2, i).unwrap(),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+            prev_log_id: log_id(2, 10),
+            ..heartbeat()
+        };
+        let commit_only = AppendEntriesRequest {
+            prev_log_id: log_id(2, 20),
+            leader_commit: log_id(2, 20),
+            ..heartbeat()
+        };
+        let requests = futures::stream::iter(vec![batch, commit_only]);
+        // With one answer the session must not end for want of requests first.
+        let input: BoxStream<'static, _> = if answer_both {
+            Box::pin(requests)
+        } else {
+            Box::pin(requests.chain(futures::stream::pending()))
+        };
+        let option = RPCOption::new(Duration::from_secs(30));
+        let answers = network.stream_append(input, option).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), answers.collect::<Vec<_>>())
+            .await
+            .expect("the session ends")
+    }
+
+    /// The regression behind a stale LEASE read (docs/FAULTS.md): the batch's answer
+    /// must not reach openraft while the commit-only append, which ends at the same log
+    /// id, is unanswered.
+    #[tokio::test]
+    async fn the_batch_answer_does_not_stand_for_the_commit_only_append_after_it() {
+        let answers = batch_then_commit_only(false).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        let error = answers[0]
+            .as_ref()
+            .expect_err("no acknowledgement")
+            .to_string();
+        assert!(error.contains("1 answers owed"), "{error}");
+
+        // Answered both: openraft gets one acknowledgement up to 20, the second answer.
+        let answers = batch_then_commit_only(true).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        match &answers[0] {
+            Ok(Ok(matching)) => assert_eq!(*matching, log_id(2, 20)),
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+
     /// A peer that takes connections and never says a word: the session's requests
     /// must end at their deadlines, not hang replication to it.
     #[tokio::test]
