@@ -101,6 +101,11 @@ fn report(result: &RunResult, seed: u64) -> ExitCode {
     if result.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
+        // The output directory may not outlive the machine (CI): the violations'
+        // story goes into the console too.
+        if let Some(violations) = &result.violations {
+            println!("\n{violations}");
+        }
         eprintln!(
             "nacosd-chaos: {} problem(s) found with seed {seed}",
             result.problems.len()

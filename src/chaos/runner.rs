@@ -29,6 +29,9 @@ use super::verify;
 use super::workload::{Workload, WorkloadSpec};
 use crate::pb;
 
+/// Lines of `violations.txt` a run's result carries for the console.
+const VIOLATION_LINES: usize = 150;
+
 /// Options of a run (and of `--measure-failover`).
 #[derive(Debug, Clone, Args)]
 pub struct Options {
@@ -143,6 +146,9 @@ pub struct RunResult {
     /// Problems found (violations, divergences, crashes); empty for a clean run.
     pub problems: Vec<String>,
     pub out: PathBuf,
+    /// The beginning of `violations.txt` when the run found problems: a console (a CI
+    /// log) keeps it after the output directory is gone.
+    pub violations: Option<String>,
 }
 
 impl Options {
@@ -438,13 +444,18 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         ));
     }
     let found = !problems.is_empty() || !report.violations.is_empty();
-    let violations_file = if found {
+    let (violations_file, violations) = if found {
         let path = out.join("violations.txt");
         let text = summary::violations_report(seed, &run_id, &report, &problems, &faults);
         write_file(&path, &text)?;
-        Some(path.display().to_string())
+        let head = format!(
+            "{} (first {VIOLATION_LINES} lines):\n{}",
+            path.display(),
+            summary::head(&text, VIOLATION_LINES)
+        );
+        (Some(path.display().to_string()), Some(head))
     } else {
-        None
+        (None, None)
     };
     let summary = summary::render(&Findings {
         history: &history,
@@ -471,6 +482,7 @@ pub async fn run(opts: Options, seed: u64, run_id: String) -> Result<RunResult, 
         summary,
         problems,
         out,
+        violations,
     })
 }
 
@@ -677,5 +689,6 @@ pub async fn measure_failover(opts: Options, run_id: String) -> Result<RunResult
         summary,
         problems,
         out,
+        violations: None,
     })
 }

@@ -327,9 +327,29 @@ pub fn violations_report(
     out
 }
 
+/// The first `lines` lines of `text`, and how many more there are: what of a report
+/// goes into the console, where a CI log keeps it after the run's files are gone.
+pub fn head(text: &str, lines: usize) -> String {
+    let total = text.lines().count();
+    let mut out: String = text.lines().take(lines).flat_map(|l| [l, "\n"]).collect();
+    if total > lines {
+        let _ = writeln!(out, "... {} more lines", total - lines);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_of_a_report_says_how_much_it_left_out() {
+        let text = "a\nb\nc\n";
+        assert_eq!(head(text, 5), "a\nb\nc\n");
+        assert_eq!(head(text, 3), "a\nb\nc\n");
+        assert_eq!(head(text, 2), "a\nb\n... 1 more lines\n");
+        assert_eq!(head("", 2), "");
+    }
 
     #[test]
     fn the_gap_counts_the_window_ends() {
