@@ -304,7 +304,7 @@ where
         let owed = Owed {
             deadline,
             prev: rpc.prev_log_id,
-            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            last: last_log_id(&rpc),
         };
         let request = pb::RaftRequest {
             group: self.network.group().to_string(),
@@ -348,14 +348,19 @@ where
 
     /// A batch too large for the stream, as a unary append on the bulk lane.
     async fn send_alone(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> Answer {
-        let prev = rpc.prev_log_id;
-        let last = rpc.entries.last().map(|e| e.log_id).or(prev);
+        let (prev, last) = (rpc.prev_log_id, last_log_id(&rpc));
         let response = self
             .network
             .append_entries(rpc, self.option.clone())
             .await?;
         Ok(response.into_stream_result(prev, last))
     }
+}
+
+/// The last log id a request covers: its last entry's, or `prev_log_id` when it has
+/// none (as openraft counts it).
+fn last_log_id(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<LogId> {
+    rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id)
 }
 
 async fn next_reply(
@@ -707,7 +712,7 @@ mod tests {
                     };
                     let rpc: AppendEntriesRequest<TypeConfig> =
                         codec::decode_message(&message.payload, "append").expect("a request");
-                    lasts.push(rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id));
+                    lasts.push(last_log_id(&rpc));
                 }
                 for last in lasts.into_iter().take(answers) {
                     let result: StreamAppendResult<TypeConfig> = Ok(last);
