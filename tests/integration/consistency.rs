@@ -318,6 +318,17 @@ async fn a_batch_proposed_on_the_leader_is_answered_write_by_write() {
     );
 
     let follower = cluster.other_than(leader);
+    // The refusal names the leader as the follower knows it (`Group::leader`); on busy
+    // cores a late heartbeat can leave it without one for a moment (CI: `leader: None`).
+    wait_until("the follower knows the leader", || {
+        cluster
+            .node(follower)
+            .group(KV)
+            .ok()
+            .and_then(|g| g.leader())
+            .is_some_and(|(id, _)| id == leader)
+    })
+    .await;
     let refused =
         nacosd::consistency::write_many_on_leader(cluster.node(follower), KV, batch).await;
     assert_eq!(refused.len(), 3);
