@@ -351,6 +351,17 @@ fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'sta
     }
 }
 
+/// Streams a peer may reset before this server has accepted them, on one connection,
+/// before h2 closes it (GOAWAY `ENHANCE_YOUR_CALM`, "too_many_resets"). h2's default,
+/// 20, guards against the rapid-reset attack; between peers it misfired: while this
+/// node was stopped or cut off, every call a peer gave up on (a heartbeat, a vote, a
+/// forwarded batch, a read index) was reset unread, and when the node resumed it read
+/// them all at once and closed the whole connection, failing the calls that were
+/// still good on it (docs/FAULTS.md, "Observations": 25 such GOAWAYs in a two-minute
+/// run of pauses, none with this limit). It stays a bound against anyone else who
+/// reaches the port; the client port keeps h2's default.
+const PEER_PENDING_ACCEPT_RESETS: usize = 1024;
+
 /// The peer port: Raft RPCs of every group, forwarding, Hello, cluster operations.
 /// Served on the control runtime (`raft::control`), beside the groups it feeds.
 fn serve_peer(
@@ -375,6 +386,7 @@ fn serve_peer(
             .initial_stream_window_size(8 << 20)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_ACCEPT_RESETS))
             .add_service(svc)
             .serve_with_incoming_shutdown(connections, stop)
             .await;
