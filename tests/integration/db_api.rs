@@ -61,6 +61,23 @@ async fn query(
     Ok(r.results.into_iter().next().unwrap())
 }
 
+/// A table of integer keys and text values, as the snapshot tests use it.
+const CREATE_KV: &str = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)";
+
+/// `n` nodes that snapshot every 20 entries and keep 5 behind, so a few dozen writes
+/// purge the log.
+async fn snapshotting_cluster(n: u64) -> TestCluster {
+    TestCluster::start(
+        n,
+        |r| r,
+        |c| {
+            c.snapshot_logs = 20;
+            c.snapshot_keep_logs = 5;
+        },
+    )
+    .await
+}
+
 fn as_int(v: &pb::Value) -> i64 {
     match v.value {
         Some(V::Integer(i)) => i,
@@ -471,27 +488,11 @@ async fn request_limits_come_from_the_configuration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
-    let mut cluster = TestCluster::start(
-        3,
-        |r| r,
-        |c| {
-            c.snapshot_logs = 20;
-            c.snapshot_keep_logs = 5;
-        },
-    )
-    .await;
+    let mut cluster = snapshotting_cluster(3).await;
     let leader = cluster.wait_for_leader(EMBEDDED_DB).await;
     let lagging = cluster.other_than(leader);
     let mut c = client(&cluster, leader).await;
-    exec(
-        &mut c,
-        vec![stmt(
-            "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)",
-            vec![],
-        )],
-    )
-    .await
-    .unwrap();
+    exec(&mut c, vec![stmt(CREATE_KV, vec![])]).await.unwrap();
     cluster.stop(lagging).await;
     for i in 0..60 {
         exec(
@@ -540,15 +541,7 @@ async fn a_node_restored_from_a_snapshot_answers_like_the_leader() {
 /// the cut leaves is one of the database's earlier committed states.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_lost_its_recent_commits_catches_up_when_it_starts() {
-    let mut cluster = TestCluster::start(
-        1,
-        |r| r,
-        |c| {
-            c.snapshot_logs = 20;
-            c.snapshot_keep_logs = 5;
-        },
-    )
-    .await;
+    let mut cluster = snapshotting_cluster(1).await;
     cluster.wait_for_leader(EMBEDDED_DB).await;
     let mut c = client(&cluster, 1).await;
     let insert = |i: i64| {
@@ -557,15 +550,7 @@ async fn a_database_that_lost_its_recent_commits_catches_up_when_it_starts() {
             vec![int(i), text(&format!("v{i}"))],
         )]
     };
-    exec(
-        &mut c,
-        vec![stmt(
-            "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)",
-            vec![],
-        )],
-    )
-    .await
-    .unwrap();
+    exec(&mut c, vec![stmt(CREATE_KV, vec![])]).await.unwrap();
     for i in 0..5 {
         exec(&mut c, insert(i)).await.unwrap();
     }
