@@ -22,7 +22,7 @@
 //! newer than the file's applied position and re-applies the committed log after it
 //! (tested: `a_database_that_lost_its_recent_commits_catches_up_when_it_starts`). One
 //! fsync less per apply batch on every node, in the apply that each write waits for:
-//! 9 % more db-insert throughput at 64 clients on a disk whose fsync takes 0.25 ms
+//! 9–15 % more db-insert throughput at 64 clients on a disk whose fsync takes 0.25 ms
 //! (docs/BENCHMARKS.md, "The embedded DB's fsync").
 
 pub mod client;
