@@ -570,14 +570,18 @@ async fn a_database_that_lost_its_recent_commits_catches_up_when_it_starts() {
         early[0].is_some(),
         "the database file is where the test looks"
     );
+    // Write the early files (those that existed) into `to`.
+    let put_early = |to: &std::path::Path| {
+        for (f, bytes) in files.iter().zip(&early) {
+            if let Some(bytes) = bytes {
+                std::fs::write(to.join(f), bytes).unwrap();
+            }
+        }
+    };
     {
         // The early state really lacks the later writes: 5 rows.
         let copy = tempfile::tempdir().unwrap();
-        for (f, bytes) in files.iter().zip(&early) {
-            if let Some(bytes) = bytes {
-                std::fs::write(copy.path().join(f), bytes).unwrap();
-            }
-        }
+        put_early(copy.path());
         let conn = rusqlite::Connection::open(copy.path().join(files[0])).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
@@ -605,11 +609,7 @@ async fn a_database_that_lost_its_recent_commits_catches_up_when_it_starts() {
     for ext in ["db.sqlite-wal", "db.sqlite-shm"] {
         let _ = std::fs::remove_file(dir.join(ext));
     }
-    for (f, bytes) in files.iter().zip(&early) {
-        if let Some(bytes) = bytes {
-            std::fs::write(dir.join(f), bytes).unwrap();
-        }
-    }
+    put_early(&dir);
 
     cluster.restart(1).await;
     cluster.wait_for_leader(EMBEDDED_DB).await;
