@@ -290,6 +290,27 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         }
         registry.register(name, help_text(help), family);
     }
+    let cache_bytes = Family::<GroupLabels, Gauge>::default();
+    let cache_entries = Family::<GroupLabels, Gauge>::default();
+    for (g, _) in &statuses {
+        let cache = crate::lock(&g.log_cache);
+        cache_bytes
+            .get_or_create(&label(&g.name))
+            .set(gauge_value(cache.bytes() as u64));
+        cache_entries
+            .get_or_create(&label(&g.name))
+            .set(gauge_value(cache.len() as u64));
+    }
+    registry.register(
+        "nacosd_log_cache_bytes",
+        "Encoded bytes of the newest log entries kept in memory (within --log-cache-mib, for at most a second after their append)",
+        cache_bytes,
+    );
+    registry.register(
+        "nacosd_log_cache_entries",
+        "Newest log entries kept in memory",
+        cache_entries,
+    );
     for (name, help, f) in COUNTERS {
         let family = Family::<GroupLabels, Counter>::default();
         for (g, _) in &statuses {

@@ -100,6 +100,11 @@ impl RocksLogStore {
         crate::lock(&self.cache)
     }
 
+    /// The cache of the newest entries, for its expiry timer and the metrics.
+    pub fn cache_handle(&self) -> Arc<std::sync::Mutex<LogCache>> {
+        self.cache.clone()
+    }
+
     fn edge_entry(&self, mode: IteratorMode<'_>) -> io::Result<Option<Entry>> {
         let log = cf(&self.db, &self.log_cf)?;
         match self.db.iterator_cf(log, mode).next() {
@@ -316,9 +321,10 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         if let (Some((first, _)), Some((last, _))) = (written.first(), written.last()) {
             self.clock.appended(first.log_id.index, last.log_id.index);
         }
+        let now = std::time::Instant::now();
         let mut cache = self.cache();
         for (entry, len) in written {
-            cache.appended(entry, len);
+            cache.appended(entry, len, now);
         }
         drop(cache);
         self.syncer

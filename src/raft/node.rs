@@ -41,6 +41,7 @@ use crate::peer::PeerClient;
 use crate::raft::control::ControlRuntime;
 use crate::raft::group::{GroupContext, GroupRegistry, GroupSpec, StateMachine};
 use crate::raft::identity::{self, Identity, IdentityCell};
+use crate::raft::log_cache::LogCache;
 use crate::raft::log_store::RocksLogStore;
 use crate::raft::rocks::{self, Db, WalSyncer};
 use crate::raft::snapshot::SnapshotDir;
@@ -117,6 +118,8 @@ pub struct Group {
     /// The client writes this node proposes while it leads the group, batched
     /// (`consistency::Proposals`).
     pub proposals: crate::consistency::Proposals,
+    /// The newest entries of the group's log, kept in memory (`log_cache`).
+    pub log_cache: Arc<std::sync::Mutex<LogCache>>,
     node_id: NodeId,
     timing: Timing,
     epoch: Instant,
@@ -417,6 +420,7 @@ impl GroupBuilder<'_> {
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(name))?;
         let gsm = GroupStateMachine::new(name, sm.clone(), snapshots.clone(), clock);
         let book = AddressBook::default();
+        let log_cache = log.cache_handle();
         // On the control runtime: every task openraft spawns for the group stays there.
         let raft = self
             .control
@@ -436,6 +440,7 @@ impl GroupBuilder<'_> {
             snapshots,
             counters: GroupCounters::default(),
             proposals: Default::default(),
+            log_cache: log_cache.clone(),
             node_id: config.node_id,
             timing: self.timing,
             epoch: self.epoch,
@@ -447,6 +452,7 @@ impl GroupBuilder<'_> {
             config.snapshot_interval,
             self.shutdown.subscribe(),
         );
+        spawn_log_cache_expiry(log_cache, self.shutdown.subscribe());
         Ok(group)
     }
 }
@@ -737,6 +743,22 @@ fn spawn_address_watch(group: Arc<Group>, book: AddressBook, mut stop: watch::Re
 
 /// Build a snapshot every `interval` if anything was applied since the last one
 /// (the count-based policy is openraft's `SnapshotPolicy`).
+/// Drops the log cache's entries as they age (`LogCache::expire`), twice per
+/// `log_cache::MAX_AGE`, until the node shuts down.
+fn spawn_log_cache_expiry(cache: Arc<std::sync::Mutex<LogCache>>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(crate::raft::log_cache::MAX_AGE / 2);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            crate::lock(&cache).expire(std::time::Instant::now());
+        }
+    });
+}
+
 fn spawn_snapshot_timer(group: Arc<Group>, interval: Duration, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);

@@ -183,6 +183,65 @@ async fn every_metric_of_the_dashboard_exists() {
     cluster.shutdown().await;
 }
 
+/// The log cache holds a group's newest entries while it is written to, and lets them
+/// go once it falls quiet (`log_cache::MAX_AGE`): a quiet group keeps no copy of its
+/// last writes in memory. Seen on the leader and on a follower, in the group's state
+/// and in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_groups_log_cache_empties() {
+    let cluster = TestCluster::start(3, with_kv, |_| {}).await;
+    let leader = cluster.wait_for_leader(KV).await;
+    let follower = cluster.other_than(leader);
+    let cached = |id: u64| cached_entries(&cluster, id);
+    assert!(
+        write_until_cached(&cluster, leader, "k").await,
+        "no write's entry was ever in the leader's cache"
+    );
+    let gauge = |id: u64| {
+        let text = nacosd::http::render_metrics(cluster.node(id));
+        let line = format!("nacosd_log_cache_entries{{group=\"{KV}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{line} missing from /metrics"))
+    };
+    wait_until("the leader's and a follower's caches to empty", || {
+        cached(leader) == (0, 0) && cached(follower) == (0, 0)
+    })
+    .await;
+    assert_eq!(gauge(leader), 0);
+    assert_eq!(gauge(follower), 0);
+    // Writes resume: the cache fills again from the new entries.
+    assert!(
+        write_until_cached(&cluster, leader, "again").await,
+        "no write after the quiet spell had its entry cached"
+    );
+    cluster.shutdown().await;
+}
+
+/// Entries and encoded bytes in node `id`'s log cache of the KV group.
+fn cached_entries(cluster: &TestCluster, id: u64) -> (usize, usize) {
+    let group = cluster.node(id).group(KV).unwrap();
+    let cache = group.log_cache.lock().unwrap();
+    (cache.len(), cache.bytes())
+}
+
+/// Writes through `leader` until, right after one, the leader's cache holds entries
+/// (one check in time is enough: a stall of a second between a write and the check is
+/// not a failure); false if none of 100 writes got there.
+async fn write_until_cached(cluster: &TestCluster, leader: u64, prefix: &str) -> bool {
+    for i in 0..100 {
+        put(cluster.node(leader), KV, &format!("{prefix}{i}"), "v")
+            .await
+            .unwrap();
+        let (entries, bytes) = cached_entries(cluster, leader);
+        if entries > 0 {
+            assert!(bytes > 0, "{entries} entries of 0 bytes");
+            return true;
+        }
+    }
+    false
+}
+
 /// Writes a follower forwards at the same time share `ForwardWrites` calls (one call
 /// per write was what collapsed throughput at 256 clients), and every one of them gets
 /// its own result.
