@@ -303,7 +303,7 @@ fn raft_registry(node: &MultiRaft) -> Registry {
     }
     registry.register(
         "nacosd_log_cache_bytes",
-        "Encoded bytes of the newest log entries kept in memory (within --log-cache-mib, for at most a second after their append)",
+        "Encoded bytes of the newest log entries kept in memory (within --log-cache-mib, for at most ten seconds after their append)",
         cache_bytes,
     );
     registry.register(

@@ -743,11 +743,11 @@ fn spawn_address_watch(group: Arc<Group>, book: AddressBook, mut stop: watch::Re
 
 /// Build a snapshot every `interval` if anything was applied since the last one
 /// (the count-based policy is openraft's `SnapshotPolicy`).
-/// Drops the log cache's entries as they age (`LogCache::expire`), twice per
-/// `log_cache::MAX_AGE`, until the node shuts down.
+/// Drops the log cache's entries as they age (`LogCache::expire`), every
+/// `log_cache::EXPIRY_TICK`, until the node shuts down.
 fn spawn_log_cache_expiry(cache: Arc<std::sync::Mutex<LogCache>>, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(crate::raft::log_cache::MAX_AGE / 2);
+        let mut ticker = tokio::time::interval(crate::raft::log_cache::EXPIRY_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
