@@ -741,8 +741,6 @@ fn spawn_address_watch(group: Arc<Group>, book: AddressBook, mut stop: watch::Re
     });
 }
 
-/// Build a snapshot every `interval` if anything was applied since the last one
-/// (the count-based policy is openraft's `SnapshotPolicy`).
 /// Drops the log cache's entries as they age (`LogCache::expire`), every
 /// `log_cache::EXPIRY_TICK`, until the node shuts down.
 fn spawn_log_cache_expiry(cache: Arc<std::sync::Mutex<LogCache>>, mut stop: watch::Receiver<bool>) {
@@ -759,6 +757,8 @@ fn spawn_log_cache_expiry(cache: Arc<std::sync::Mutex<LogCache>>, mut stop: watc
     });
 }
 
+/// Build a snapshot every `interval` if anything was applied since the last one
+/// (the count-based policy is openraft's `SnapshotPolicy`).
 fn spawn_snapshot_timer(group: Arc<Group>, interval: Duration, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
