@@ -197,13 +197,8 @@ async fn a_quiet_groups_log_cache_empties() {
         write_until_cached(&cluster, leader, "k").await,
         "no write's entry was ever in the leader's cache"
     );
-    let gauge = |id: u64| {
-        let text = nacosd::http::render_metrics(cluster.node(id));
-        let line = format!("nacosd_log_cache_entries{{group=\"{KV}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{line} missing from /metrics"))
-    };
+    let gauge_name = format!("nacosd_log_cache_entries{{group=\"{KV}\"}}");
+    let gauge = |id: u64| metric(cluster.node(id), &gauge_name);
     wait_until("the leader's and a follower's caches to empty", || {
         cached(leader) == (0, 0) && cached(follower) == (0, 0)
     })
