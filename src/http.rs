@@ -292,6 +292,7 @@ fn raft_registry(node: &MultiRaft) -> Registry {
     }
     let cache_bytes = Family::<GroupLabels, Gauge>::default();
     let cache_entries = Family::<GroupLabels, Gauge>::default();
+    let log_reads = Family::<LogReadLabels, Counter>::default();
     for (g, _) in &statuses {
         let cache = crate::lock(&g.log_cache);
         cache_bytes
@@ -300,6 +301,15 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         cache_entries
             .get_or_create(&label(&g.name))
             .set(gauge_value(cache.len() as u64));
+        let (hits, misses) = cache.reads();
+        for (from, n) in [("cache", hits), ("storage", misses)] {
+            log_reads
+                .get_or_create(&LogReadLabels {
+                    group: g.name.to_string(),
+                    from,
+                })
+                .inc_by(n);
+        }
     }
     registry.register(
         "nacosd_log_cache_bytes",
@@ -310,6 +320,11 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         "nacosd_log_cache_entries",
         "Newest log entries kept in memory",
         cache_entries,
+    );
+    registry.register(
+        "nacosd_log_reads",
+        "Reads of log entries (by the apply and the replication streams), answered from the log cache or from RocksDB",
+        log_reads,
     );
     for (name, help, f) in COUNTERS {
         let family = Family::<GroupLabels, Counter>::default();
@@ -400,6 +415,19 @@ fn raft_registry(node: &MultiRaft) -> Registry {
             ConstGauge::new(gauge_value(rss)),
         );
     }
+    if let Some(stats) = allocator_bytes() {
+        let kinds = Family::<AllocatorLabels, Gauge>::default();
+        for (kind, bytes) in stats {
+            kinds
+                .get_or_create(&AllocatorLabels { kind })
+                .set(gauge_value(bytes));
+        }
+        registry.register(
+            "nacosd_allocator_bytes",
+            "The memory allocator's (jemalloc's) view of the heap: allocated (live objects), active (their pages), resident (pages it holds, including freed ones it has not yet returned), metadata, retained (address space kept for reuse, not resident)",
+            kinds,
+        );
+    }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         registry.register(
             "process_open_fds",
@@ -413,6 +441,17 @@ fn raft_registry(node: &MultiRaft) -> Registry {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartLabels {
     part: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AllocatorLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogReadLabels {
+    group: String,
+    from: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -433,6 +472,27 @@ pub(crate) fn counter_name(name: &str) -> &str {
 
 pub(crate) fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// jemalloc's statistics, refreshed for this read (`None` where nacosd does not use
+/// jemalloc, or if it refuses).
+#[cfg(target_os = "linux")]
+fn allocator_bytes() -> Option<[(&'static str, u64); 5]> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let read = |r: tikv_jemalloc_ctl::Result<usize>| r.ok().map(|v| v as u64);
+    Some([
+        ("allocated", read(stats::allocated::read())?),
+        ("active", read(stats::active::read())?),
+        ("resident", read(stats::resident::read())?),
+        ("metadata", read(stats::metadata::read())?),
+        ("retained", read(stats::retained::read())?),
+    ])
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allocator_bytes() -> Option<[(&'static str, u64); 5]> {
+    None
 }
 
 /// The process's resident set size, from /proc (Linux only; `None` elsewhere).

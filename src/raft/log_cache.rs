@@ -43,6 +43,10 @@ pub struct LogCache {
     entries: VecDeque<Cached>,
     bytes: usize,
     budget: usize,
+    /// Reads answered from memory, and reads it could not answer (they go to the log
+    /// in RocksDB), since the start.
+    hits: u64,
+    misses: u64,
 }
 
 #[derive(Debug)]
@@ -60,7 +64,14 @@ impl LogCache {
             entries: VecDeque::new(),
             bytes: 0,
             budget,
+            hits: 0,
+            misses: 0,
         }
+    }
+
+    /// Reads answered from memory and reads sent to RocksDB, since the start.
+    pub fn reads(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 
     fn first_index(&self) -> Option<u64> {
@@ -151,8 +162,17 @@ impl LogCache {
 
     /// The entries with `start <= index < end` (`end` None: to the last), if the
     /// cache holds all of them the log holds: `start` must be within the cached run or
-    /// just past it (then there is nothing to return).
-    pub fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+    /// just past it (then there is nothing to return). Counted in [`Self::reads`].
+    pub fn get(&mut self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let found = self.lookup(start, end);
+        match found {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        found
+    }
+
+    fn lookup(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
         let first = self.first_index()?;
         let last = self.last_index()?;
         if start < first || start > last + 1 {
@@ -205,7 +225,7 @@ mod tests {
 
     #[test]
     fn reads_inside_the_run_are_served_and_others_are_not() {
-        let c = cache_of(1000, 5..=9);
+        let mut c = cache_of(1000, 5..=9);
         assert_eq!(indexes(c.get(5, Some(8))), Some(vec![5, 6, 7]));
         assert_eq!(indexes(c.get(7, None)), Some(vec![7, 8, 9]));
         assert_eq!(
@@ -217,11 +237,10 @@ mod tests {
         assert_eq!(indexes(c.get(6, Some(6))), Some(vec![]), "empty range");
         assert_eq!(indexes(c.get(4, Some(6))), None, "starts before the run");
         assert_eq!(indexes(c.get(11, None)), None, "beyond the log");
-        assert_eq!(
-            indexes(LogCache::new(1000).get(1, None)),
-            None,
-            "empty cache"
-        );
+        assert_eq!(c.reads(), (5, 2), "five answered, two sent to the log");
+        let mut empty = LogCache::new(1000);
+        assert_eq!(indexes(empty.get(1, None)), None, "empty cache");
+        assert_eq!(empty.reads(), (0, 1));
     }
 
     #[test]

@@ -186,7 +186,7 @@ async fn every_metric_of_the_dashboard_exists() {
 /// The log cache holds a group's newest entries while it is written to, and lets them
 /// go once it falls quiet (`log_cache::MAX_AGE`): a quiet group keeps no copy of its
 /// last writes in memory. Seen on the leader and on a follower, in the group's state
-/// and in /metrics.
+/// and in /metrics (with the reads the cache answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_groups_log_cache_empties() {
     let cluster = TestCluster::start(3, with_kv, |_| {}).await;
@@ -205,6 +205,11 @@ async fn a_quiet_groups_log_cache_empties() {
     .await;
     assert_eq!(gauge(leader), 0);
     assert_eq!(gauge(follower), 0);
+    // The writes' entries were read back (applied on both, replicated by the leader)
+    // from the cache, and /metrics counts those reads.
+    let from_cache = format!("nacosd_log_reads_total{{group=\"{KV}\",from=\"cache\"}}");
+    assert!(metric(cluster.node(leader), &from_cache) > 0);
+    assert!(metric(cluster.node(follower), &from_cache) > 0);
     // Writes resume: the cache fills again from the new entries.
     assert!(
         write_until_cached(&cluster, leader, "again").await,
