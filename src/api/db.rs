@@ -93,13 +93,17 @@ fn statements(input: Vec<pb::Statement>) -> Result<Vec<Stmt>> {
     Ok(out)
 }
 
-/// Check a batch against the live schema with the same rules the apply enforces, on
-/// the blocking pool (it prepares SQL).
+/// Check a batch against the live schema with the same rules the apply enforces: here
+/// when it is short and the reader connection free, otherwise on the blocking pool (it
+/// prepares SQL; `SqliteStateMachine::try_check`).
 async fn check(
     db: Option<Arc<SqliteStateMachine>>,
     stmts: Vec<Stmt>,
     limits: DbLimits,
 ) -> Result<Vec<Stmt>> {
+    if let Some(done) = db.as_ref().and_then(|db| db.try_check(&stmts, &limits)) {
+        return done.map(|()| stmts);
+    }
     tokio::task::spawn_blocking(move || {
         match db {
             Some(db) => db.check(&stmts, &limits)?,

@@ -16,6 +16,11 @@ use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, 
 use crate::raft::types::{AppliedState, CommandResult};
 
 const DB_FILE: &str = "db.sqlite";
+
+/// The most SQL a batch may have for [`SqliteStateMachine::try_check`] to prepare it on
+/// the caller's thread: a few statements of ordinary length. Longer batches go to the
+/// blocking pool (preparing is linear in the SQL's length).
+pub const INLINE_CHECK_SQL_BYTES: usize = 4096;
 const META_TABLE: &str = "_nacosd_meta";
 
 pub struct SqliteStateMachine {
@@ -270,11 +275,36 @@ impl SqliteStateMachine {
     }
 
     /// Check a batch at the API edge, without running it: the same rules the apply
-    /// enforces.
+    /// enforces. Blocks while the reader connection is busy (a query, a snapshot copy).
     pub fn check(&self, statements: &[Stmt], limits: &rules::DbLimits) -> Result<()> {
         rules::check_limits(statements, limits)?;
-        let guard = Self::lock(&self.reader);
-        let conn = guard
+        Self::check_on(&Self::lock(&self.reader), statements)
+    }
+
+    /// [`Self::check`] without waiting: `None` when the batch's SQL is longer than
+    /// [`INLINE_CHECK_SQL_BYTES`] or the reader connection is busy, and the caller
+    /// should run [`Self::check`] where blocking is allowed. A short batch prepares in
+    /// microseconds, so an async caller may run this on its own thread: under an insert
+    /// load, sending every check to the blocking pool cost two thread hand-offs per
+    /// write and grew the pool by a thread per waiting call (docs/BENCHMARKS.md).
+    pub fn try_check(&self, statements: &[Stmt], limits: &rules::DbLimits) -> Option<Result<()>> {
+        let sql: usize = statements.iter().map(|s| s.sql.len()).sum();
+        if sql > INLINE_CHECK_SQL_BYTES {
+            return None;
+        }
+        if let Err(e) = rules::check_limits(statements, limits) {
+            return Some(Err(e));
+        }
+        let guard = match self.reader.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Self::check_on(&guard, statements))
+    }
+
+    fn check_on(reader: &Option<Connection>, statements: &[Stmt]) -> Result<()> {
+        let conn = reader
             .as_ref()
             .ok_or_else(|| Error::unavailable("database is being restored"))?;
         for (i, s) in statements.iter().enumerate() {
@@ -586,6 +616,47 @@ mod tests {
         }
         assert!(dir.path().join("keep.tmp").exists());
         assert!(dir.path().join(DB_FILE).exists());
+    }
+
+    /// A short batch is checked on the caller's thread when the reader connection is
+    /// free, with the verdicts of `check`; a long batch or a busy reader is left to
+    /// `check` (`None`).
+    #[test]
+    fn try_check_decides_short_batches_and_leaves_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = SqliteStateMachine::open(dir.path()).unwrap();
+        let limits = rules::DbLimits::default();
+        let stmt = |sql: &str| Stmt {
+            sql: sql.to_string(),
+            params: vec![],
+            named: Default::default(),
+        };
+        let fine = [stmt("CREATE TABLE t (x INTEGER)"), stmt("SELECT 1")];
+        assert!(matches!(sm.try_check(&fine, &limits), Some(Ok(()))));
+        let refused = [stmt("SELECT 1"), stmt("PRAGMA user_version = 3")];
+        let Some(Err(e)) = sm.try_check(&refused, &limits) else {
+            panic!("a PRAGMA must be refused right away");
+        };
+        assert!(e.to_string().contains("PRAGMA"), "{e}");
+        assert!(
+            matches!(sm.try_check(&[], &limits), Some(Err(_))),
+            "the limits are checked too"
+        );
+
+        let long = [stmt(&format!(
+            "SELECT 1 /* {} */",
+            "x".repeat(INLINE_CHECK_SQL_BYTES)
+        ))];
+        assert!(
+            sm.try_check(&long, &limits).is_none(),
+            "too long to check here"
+        );
+        assert!(sm.check(&long, &limits).is_ok());
+
+        let busy = SqliteStateMachine::lock(&sm.reader);
+        assert!(sm.try_check(&fine, &limits).is_none(), "the reader is busy");
+        drop(busy);
+        assert!(matches!(sm.try_check(&fine, &limits), Some(Ok(()))));
     }
 
     /// A restore whose incoming data is not a database fails without leaving the group
