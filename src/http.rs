@@ -389,23 +389,17 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         ConstCounter::new(reads),
     );
     match node.storage_memory() {
-        Ok(m) => {
-            let parts = Family::<PartLabels, Gauge>::default();
-            for (part, bytes) in [
+        Ok(m) => register_gauges(
+            &mut registry,
+            "nacosd_storage_memory_bytes",
+            "RocksDB's memory by part: memtables and block cache (within --storage-memory-mib), table readers (index and filter blocks, outside it)",
+            [
                 ("memtables", m.memtables),
                 ("block_cache", m.block_cache),
                 ("table_readers", m.table_readers),
-            ] {
-                parts
-                    .get_or_create(&PartLabels { part })
-                    .set(gauge_value(bytes));
-            }
-            registry.register(
-                "nacosd_storage_memory_bytes",
-                "RocksDB's memory by part: memtables and block cache (within --storage-memory-mib), table readers (index and filter blocks, outside it)",
-                parts,
-            );
-        }
+            ]
+            .map(|(part, bytes)| (PartLabels { part }, bytes)),
+        ),
         Err(e) => tracing::debug!(error = %e, "reading RocksDB's memory usage"),
     }
     if let Some(rss) = resident_bytes() {
@@ -416,16 +410,11 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         );
     }
     if let Some(stats) = allocator_bytes() {
-        let kinds = Family::<AllocatorLabels, Gauge>::default();
-        for (kind, bytes) in stats {
-            kinds
-                .get_or_create(&AllocatorLabels { kind })
-                .set(gauge_value(bytes));
-        }
-        registry.register(
+        register_gauges(
+            &mut registry,
             "nacosd_allocator_bytes",
             "The memory allocator's (jemalloc's) view of the heap: allocated (live objects), active (their pages), resident (pages it holds, including freed ones it has not yet returned), metadata, retained (address space kept for reuse, not resident)",
-            kinds,
+            stats.map(|(kind, bytes)| (AllocatorLabels { kind }, bytes)),
         );
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
@@ -436,6 +425,22 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         );
     }
     registry
+}
+
+/// Register `name` as a gauge with one series per `(labels, value)`.
+fn register_gauges<L>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    for (labels, value) in series {
+        family.get_or_create(&labels).set(gauge_value(value));
+    }
+    registry.register(name, help, family);
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
