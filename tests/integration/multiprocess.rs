@@ -177,13 +177,28 @@ async fn a_request_forwarded_to_a_silent_leader_is_abandoned_when_leadership_mov
         "abandoned because the leader changed: {status:?}"
     );
 
-    // A read through the same node, with the old leader still silent, is served.
-    let mut req = tonic::Request::new(pb::GetConfigRequest {
-        key: publish("before", "").key,
-        consistency: pb::Consistency::Linearizable as i32,
-    });
-    req.set_timeout(DEADLINE);
-    let item = client.get_config(req).await.unwrap().into_inner();
+    // A read through the same node, with the old leader still silent, is served once
+    // the survivors have their leader. The call above may have been abandoned as soon
+    // as the election started; until it ends, the node answers `Unavailable` (cut off
+    // from the group's majority, try another node), which a busy machine can stretch
+    // past the first read.
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let item = loop {
+        let mut req = tonic::Request::new(pb::GetConfigRequest {
+            key: publish("before", "").key,
+            consistency: pb::Consistency::Linearizable as i32,
+        });
+        req.set_timeout(DEADLINE);
+        match client.get_config(req).await {
+            Ok(item) => break item.into_inner(),
+            Err(s)
+                if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("the read through the follower was not served: {s:?}"),
+        }
+    };
     assert_eq!(item.content, "1");
 
     procs.iter().find(|p| p.id == leader).unwrap().resume();
