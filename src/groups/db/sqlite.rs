@@ -16,12 +16,12 @@ use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, 
 use crate::raft::types::{AppliedState, CommandResult};
 
 const DB_FILE: &str = "db.sqlite";
+const META_TABLE: &str = "_nacosd_meta";
 
 /// The most SQL a batch may have for [`SqliteStateMachine::try_check`] to prepare it on
 /// the caller's thread: a few statements of ordinary length. Longer batches go to the
 /// blocking pool (preparing is linear in the SQL's length).
 pub const INLINE_CHECK_SQL_BYTES: usize = 4096;
-const META_TABLE: &str = "_nacosd_meta";
 
 pub struct SqliteStateMachine {
     path: PathBuf,
