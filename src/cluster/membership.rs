@@ -85,13 +85,14 @@ pub async fn admit(
         )));
     }
     let _one_change_at_a_time = cluster.changes.lock().await;
-    let moved = node
-        .groups()
-        .filter_map(|g| address_of(g, id).filter(|a| a != addr))
-        .next();
+    let known: Vec<String> = node.groups().filter_map(|g| address_of(g, id)).collect();
+    let moved = known.iter().find(|a| *a != addr).cloned();
     let change = match (moved, asker) {
-        // The same member with its data, at a new address: keep its role.
-        (Some(_), Asker::Node { has_data: true }) => GroupChange::SetAddress {
+        // The same member with its data, at a new address — or at the address already
+        // recorded: a repeated announcement (its reply was lost, or the member's own
+        // view of the membership lagged behind) changes nothing. Keep its role: only
+        // an empty node is demoted to catch up.
+        (_, Asker::Node { has_data: true }) if !known.is_empty() => GroupChange::SetAddress {
             id,
             addr: addr.to_string(),
         },
@@ -102,7 +103,7 @@ pub async fn admit(
         }
         // An empty node (new, or back without its disk), or an operator's
         // replacement of a member by a new machine: catch up as a learner first.
-        (None, Asker::Node { .. }) | (Some(_), Asker::Operator) => GroupChange::AdmitLearner {
+        (_, Asker::Node { .. }) | (Some(_), Asker::Operator) => GroupChange::AdmitLearner {
             id,
             addr: addr.to_string(),
             empty: true,

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nacosd::cluster::membership;
 use nacosd::consistency::ReadLevel;
 use nacosd::pb;
 use nacosd::pb::cluster_service_client::ClusterServiceClient;
@@ -222,6 +223,26 @@ async fn a_dead_machine_is_replaced_and_a_moved_node_keeps_its_place() {
         all_voters_are(&c, &[1, 2, 3], &[1, 2, 3]),
         "moving kept its vote"
     );
+    // Node 2 announces again (its reply was lost, or its own view of the membership
+    // had not caught up yet): the address is recorded already, so nothing changes —
+    // above all, a member that kept its data is not demoted as if it were empty.
+    for via in [1, 3] {
+        membership::admit(
+            &c.server(via).cluster,
+            2,
+            &moved,
+            membership::Asker::Node { has_data: true },
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a repeated announcement is accepted");
+        // A demotion would show at least on each group's leader, which has appended
+        // it before admit returns.
+        assert!(
+            all_voters_are(&c, &[1, 2, 3], &[1, 2, 3]),
+            "a repeated announcement through node {via} kept node 2 a voter"
+        );
+    }
     let x3 = put(c.node(1), KV, "x3", "v").await.unwrap();
     wait_applied_on(&c, &[1, 2, 3], KV, x3).await;
     all_present(&c, &[2], &["x1".into(), "x2".into(), "x3".into()]).await;
