@@ -1,7 +1,9 @@
 //! How an empty data directory gets its cluster identity.
 //!
 //! A node whose data directory holds an identity simply runs: its groups have their
-//! logs, votes and membership. A node without one decides, in this order:
+//! logs, votes and membership (it only asks the members to record a new address, and
+//! to promote it where a restart interrupted its promotion). A node without one
+//! decides, in this order:
 //!
 //! 1. **Standalone** (no initial members, no `--join`): it creates a new cluster of one
 //!    at once, so `nacosd` with no flags serves immediately.
@@ -113,7 +115,12 @@ enum Probe {
 pub async fn run(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
     if cluster.node.identity().get().is_some() {
         // Decided long ago; only the address this node advertises may have changed.
-        membership::announce_address(cluster, stop).await;
+        membership::announce_address(cluster.clone(), stop.clone()).await;
+        // A node that stopped after its admission but before every group promoted it
+        // (a pod restarted while catching up) would otherwise stay a learner there.
+        if !cluster.learner {
+            membership::promote_when_caught_up(cluster, stop).await;
+        }
         return;
     }
     let node = &cluster.node;

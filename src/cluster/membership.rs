@@ -516,9 +516,11 @@ pub async fn join_cluster(
     }
 }
 
-/// Ask each group's leader to promote this node until it is a voter everywhere.
+/// Ask each group's leader to promote this node until it is a voter everywhere (at
+/// once if it is already).
 pub async fn promote_when_caught_up(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
     let node = &cluster.node;
+    let mut waited = false;
     loop {
         let mut waiting = false;
         for g in node.groups() {
@@ -539,9 +541,12 @@ pub async fn promote_when_caught_up(cluster: Arc<Cluster>, mut stop: watch::Rece
             }
         }
         if !waiting {
-            tracing::info!("a voter of every group");
+            if waited {
+                tracing::info!("a voter of every group");
+            }
             return;
         }
+        waited = true;
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.changed() => return,

@@ -251,6 +251,45 @@ async fn a_dead_machine_is_replaced_and_a_moved_node_keeps_its_place() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joined_node_restarted_before_its_promotion_is_promoted() {
+    let mut c = TestCluster::start(3, with_kv, |_| {}).await;
+    c.wait_for_leader(KV).await;
+    let x = put(c.node(1), KV, "x", "v").await.unwrap();
+    // Admitted and caught up, but still a learner when it stops — here held back by
+    // --learner, as a pod restarted during its catch-up would be.
+    c.add_joining(4, 1, |cfg| cfg.learner = true).await;
+    // On every node (node 4's own view too: it has taken the identity, then), every
+    // group has node 4 as a member and still voters 1-3 only.
+    wait_until(
+        "node 4 is a learner of every group, as every node sees it",
+        || {
+            [1, 2, 3, 4].iter().all(|on| {
+                c.node(*on).groups().all(|g| {
+                    let m = g.raft.metrics();
+                    let m = m.borrow_watched();
+                    let mem = m.membership_config.membership();
+                    mem.get_node(&4).is_some() && mem.voter_ids().eq([1, 2, 3])
+                })
+            })
+        },
+    )
+    .await;
+    wait_applied_on(&c, &[4], KV, x).await;
+    c.stop(4).await;
+    c.reconfigure(4, |cfg| cfg.learner = false);
+    c.restart(4).await;
+    wait_until(
+        "node 4 is promoted in every group after its restart",
+        || all_voters_are(&c, &[1, 2, 3, 4], &[1, 2, 3, 4]),
+    )
+    .await;
+    let y = put(c.node(4), KV, "y", "v").await.unwrap();
+    wait_applied_on(&c, &[1, 2, 3, 4], KV, y).await;
+    all_present(&c, &[4], &["x".into(), "y".into()]).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leadership_moves_per_group_and_for_every_group() {
     let c = TestCluster::start(3, with_kv, |_| {}).await;
     let leader = c.wait_for_leader(KV).await;
