@@ -40,6 +40,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between admission attempts and between promotion checks.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long a coordinator waits for the member at a recorded address to say who it is
+/// before it takes that address for abandoned (`still_there`).
+const WHO_IS_THERE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The answer to a successful [`AdminOp::Join`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Admitted {
@@ -87,7 +91,7 @@ pub async fn admit(
     let _one_change_at_a_time = cluster.changes.lock().await;
     let known: Vec<String> = node.groups().filter_map(|g| address_of(g, id)).collect();
     let moved = known.iter().find(|a| *a != addr).cloned();
-    let change = match (moved, asker) {
+    let change = match (moved.clone(), asker) {
         // The same member with its data, at a new address — or at the address already
         // recorded: a repeated announcement (its reply was lost, or the member's own
         // view of the membership lagged behind) changes nothing. Keep its role: only
@@ -116,6 +120,13 @@ pub async fn admit(
             empty: false,
         },
     };
+    if let (Some(existing), GroupChange::SetAddress { .. }) = (&moved, &change) {
+        if still_there(cluster, id, existing, addr).await {
+            return Err(Error::AlreadyExists(format!(
+                "node {id} of this cluster still answers at {existing}; the node at {addr} carries the same id (an old disk of a replaced machine, or a copied data directory) and is refused. If the node at {existing} is the one to drop, remove it first (`nacosctl member remove {id}`)"
+            )));
+        }
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     for g in node.groups() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -128,6 +139,32 @@ pub async fn admit(
         _ => tracing::info!(node = id, %addr, "admitted a node as a learner of every group"),
     }
     Ok(Admitted { cluster_id })
+}
+
+/// Whether node `id` of this cluster still runs at its recorded address `existing`,
+/// advertising an address other than `addr`. A member that kept its data and moved
+/// has left `existing` (nothing answers there, or another node does, or it is the
+/// same process reached by its old name); a node that answers there as `id` is a
+/// second machine with that id — typically the old disk of a machine an operator
+/// replaced (`member add`), back online. Raft needs one disk per id: that disk's old
+/// vote record could let the id vote twice in one term.
+async fn still_there(cluster: &Cluster, id: NodeId, existing: &str, addr: &str) -> bool {
+    let node = &cluster.node;
+    let Some(mine) = node.identity().cluster_id() else {
+        return false;
+    };
+    match node
+        .peers
+        .hello(existing, &node.advertise_peer, WHO_IS_THERE_TIMEOUT)
+        .await
+    {
+        Ok(r) => {
+            r.node_id == id
+                && ClusterId::parse(&r.cluster_id) == Some(mine)
+                && r.advertise_peer != addr
+        }
+        Err(_) => false,
+    }
 }
 
 /// The address `id` has in `g`'s membership, if it is a member.

@@ -198,6 +198,31 @@ async fn a_dead_machine_is_replaced_and_a_moved_node_keeps_its_place() {
     let x2 = put(c.node(2), KV, "x2", "v").await.unwrap();
     wait_applied_on(&c, &[1, 2, 3], KV, x2).await;
     all_present(&c, &[3], &["x1".into(), "x2".into()]).await;
+    // The replaced machine's old disk comes back somewhere and announces itself as
+    // node 3 (it carries the cluster's id): the new node 3 still answers at its
+    // address, so the claim is refused and the membership keeps the new machine.
+    let old_disk_at = "127.0.0.1:1";
+    let refused = membership::admit(
+        &c.server(1).cluster,
+        3,
+        old_disk_at,
+        membership::Asker::Node { has_data: true },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect_err("a second machine claiming a live member's id is refused");
+    assert!(
+        matches!(refused, nacosd::error::Error::AlreadyExists(ref m) if m.contains("still answers")),
+        "{refused:?}"
+    );
+    assert!(c.node(1).groups().all(|g| {
+        let m = g.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .get_node(&3)
+            .is_some_and(|n| n.addr == new_addr)
+    }));
 
     // Node 2 keeps its data and comes back at another address: the others record it.
     c.stop(2).await;
