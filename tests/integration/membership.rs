@@ -36,6 +36,18 @@ fn all_voters_are(c: &TestCluster, on: &[u64], want: &[u64]) -> bool {
         .all(|id| voters(c, *id).iter().all(|v| *v == want))
 }
 
+/// Whether every group, as node `on` sees it, has member `id` at `addr`.
+fn records_address(c: &TestCluster, on: u64, id: u64, addr: &str) -> bool {
+    c.node(on).groups().all(|g| {
+        let m = g.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .is_some_and(|n| n.addr == addr)
+    })
+}
+
 /// Write distinct keys through `node` until told to stop; the keys acknowledged.
 async fn write_until(node: Arc<MultiRaft>, mut stop: watch::Receiver<bool>) -> Vec<String> {
     let mut acked = Vec::new();
@@ -215,14 +227,7 @@ async fn a_dead_machine_is_replaced_and_a_moved_node_keeps_its_place() {
         matches!(refused, nacosd::error::Error::AlreadyExists(ref m) if m.contains("still answers")),
         "{refused:?}"
     );
-    assert!(c.node(1).groups().all(|g| {
-        let m = g.raft.metrics();
-        let m = m.borrow_watched();
-        m.membership_config
-            .membership()
-            .get_node(&3)
-            .is_some_and(|n| n.addr == new_addr)
-    }));
+    assert!(records_address(&c, 1, 3, &new_addr));
 
     // Node 2 keeps its data and comes back at another address: the others record it.
     c.stop(2).await;
@@ -231,16 +236,9 @@ async fn a_dead_machine_is_replaced_and_a_moved_node_keeps_its_place() {
     wait_until(
         "every group on every node holds node 2's new address",
         || {
-            [1, 2, 3].iter().all(|on| {
-                c.node(*on).groups().all(|g| {
-                    let m = g.raft.metrics();
-                    let m = m.borrow_watched();
-                    m.membership_config
-                        .membership()
-                        .get_node(&2)
-                        .is_some_and(|n| n.addr == moved)
-                })
-            })
+            [1, 2, 3]
+                .iter()
+                .all(|on| records_address(&c, *on, 2, &moved))
         },
     )
     .await;
