@@ -130,9 +130,7 @@ async fn count(
 /// One counter of a node's /metrics text.
 fn metric(node: &nacosd::raft::node::MultiRaft, name: &str) -> u64 {
     let text = nacosd::http::render_metrics(node);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    series_value(&text, name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
 }
 
 /// Every metric the Grafana dashboard (deploy/grafana/nacosd.json) queries exists on

@@ -121,9 +121,7 @@ async fn wait_count(cluster: &TestCluster, nodes: &[u64], service: &str, n: usiz
 fn metric(cluster: &TestCluster, id: u64, series: &str) -> u64 {
     let s = cluster.server(id);
     let text = nacosd::http::render_all_metrics(&s.node, &s.distro);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+    series_value(&text, series).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

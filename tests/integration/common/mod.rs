@@ -24,6 +24,14 @@ use tokio::net::TcpListener;
 /// Generous: CI runs on 2 busy cores.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The value of one series (its full name with labels, e.g.
+/// `nacosd_x_total{group="config"}`) in a /metrics text.
+pub fn series_value(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Poll `cond` until it holds or `DEADLINE` passes (then panic with `what`).
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
