@@ -236,7 +236,7 @@ const COUNTERS: [CounterSpec; 10] = [
 ];
 
 /// Node-wide counters.
-const NODE_COUNTERS: [NodeCounterSpec; 2] = [
+const NODE_COUNTERS: [NodeCounterSpec; 3] = [
     (
         "nacosd_peer_calls_refused_total",
         "Peer calls refused: another cluster, or this node has no cluster identity yet.",
@@ -246,6 +246,11 @@ const NODE_COUNTERS: [NodeCounterSpec; 2] = [
         "nacosd_bootstrap_probes_total",
         "Rounds of Hello probes of the initial members while bootstrapping.",
         |c| c.bootstrap_probes.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_idle_flushes_total",
+        "RocksDB memtable flushes done because the node fell quiet after writes (memtables holding 1 MiB or more).",
+        |c| c.idle_flushes.load(Ordering::Relaxed),
     ),
 ];
 
@@ -417,6 +422,17 @@ fn raft_registry(node: &MultiRaft) -> Registry {
             stats.map(|(kind, bytes)| (AllocatorLabels { kind }, bytes)),
         );
     }
+    let (purges, purged) = crate::idle::purge_counts();
+    registry.register(
+        "nacosd_allocator_idle_purges",
+        "Times the allocator's freed pages were returned to the system because a node fell quiet after writes",
+        ConstCounter::new(purges),
+    );
+    registry.register(
+        "nacosd_allocator_purged_bytes",
+        "Resident bytes the idle purges returned to the system",
+        ConstCounter::new(purged),
+    );
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         registry.register(
             "process_open_fds",

@@ -14,7 +14,7 @@
 //! - [`nacos`]: the Nacos 2.x client protocol beside `nacosd.v1` on the client port.
 //!
 //! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut; [`tls`]:
-//! TLS on every port);
+//! TLS on every port; [`idle`]: giving memory back when the node falls idle);
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
@@ -31,6 +31,7 @@ pub mod distro;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod nacos;
 pub mod pb;

@@ -267,6 +267,10 @@ pub async fn start(
             stop_tx.subscribe(),
         )),
     ];
+    background.push(tokio::spawn(crate::idle::run(
+        node.clone(),
+        stop_tx.subscribe(),
+    )));
     background.extend(watch_groups(&node, failure_tx, &stop_tx));
     background.extend(distro.start(&stop_tx));
     background.push(crate::nacos::start_pushes(&nacos, &stop_tx));

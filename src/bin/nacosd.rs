@@ -32,7 +32,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// threads. A load's buffers (connections, batches) are freed when it ends; with a
 /// decay of one second they were still counted in the RSS right after a benchmark
 /// (3-6 MiB per node more), at the same throughput and CPU per write
-/// (docs/BENCHMARKS.md, "Probes").
+/// (docs/BENCHMARKS.md, "Probes"). A node that falls idle also purges every arena at
+/// once (`nacosd::idle`).
 #[cfg(target_os = "linux")]
 #[no_mangle]
 #[allow(non_upper_case_globals)]

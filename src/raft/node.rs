@@ -92,7 +92,13 @@ pub struct NodeCounters {
     /// Rounds of Hello probes an empty node made while deciding how to get its
     /// cluster identity.
     pub bootstrap_probes: AtomicU64,
+    /// Memtable flushes done because the node fell idle (`crate::idle`).
+    pub idle_flushes: AtomicU64,
 }
+
+/// Memtables holding less than this are left alone when the node falls idle: not worth
+/// a table of their own (tables that small only make work for compaction).
+pub const IDLE_FLUSH_MIN: u64 = 1 << 20;
 
 /// Timing shared by every group of the node.
 #[derive(Debug, Clone, Copy)]
@@ -487,6 +493,15 @@ impl MultiRaft {
     /// What the node's RocksDB holds in memory now (`nacosd_storage_memory_bytes`).
     pub fn storage_memory(&self) -> io::Result<crate::raft::rocks::StorageMemory> {
         self.db.memory()
+    }
+
+    /// Flushes RocksDB's memtables to tables if they hold [`IDLE_FLUSH_MIN`] or more
+    /// (a quarter of their budget, if that is less); the bytes they held, or `None` if
+    /// they were left alone. Blocking: for the node's idle housekeeping
+    /// (`crate::idle`), on the blocking pool.
+    pub fn flush_memtables_if_large(&self) -> io::Result<Option<u64>> {
+        self.db
+            .flush_if_holding(IDLE_FLUSH_MIN.min(self.db.memtable_budget() / 4))
     }
 
     /// Open the data directory and build every group's Raft node. Groups of a node

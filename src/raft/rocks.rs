@@ -72,6 +72,9 @@ pub struct Db {
     db: Option<DB>,
     /// The block cache every column family shares, kept for [`Db::memory`].
     cache: Cache,
+    /// Every column family, for [`Db::flush_if_holding`].
+    families: Vec<String>,
+    budget: StorageBudget,
     closed: watch::Sender<bool>,
 }
 
@@ -109,6 +112,34 @@ impl Db {
             block_cache: stats.cache_total,
             table_readers: stats.mem_table_readers_total,
         })
+    }
+
+    /// The memory all memtables together may hold (`--storage-memory-mib`'s share).
+    pub fn memtable_budget(&self) -> u64 {
+        self.budget.memtables as u64
+    }
+
+    /// Flushes every column family's memtables to tables if together they hold at
+    /// least `min` bytes; returns the memtable bytes there were (`None`: below `min`,
+    /// nothing flushed). Blocks until the flush is done: run it off the async
+    /// workers. Used when the node falls idle (`crate::idle`): memtables are write
+    /// buffers, which an idle node need not hold, and a flushed memtable also shortens
+    /// the WAL a restart replays.
+    pub fn flush_if_holding(&self, min: u64) -> io::Result<Option<u64>> {
+        let held = self.memory()?.memtables;
+        if held < min {
+            return Ok(None);
+        }
+        let families = self
+            .families
+            .iter()
+            .map(|n| cf(self, n))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        self.flush_cfs_opt(&families, &opts)
+            .map_err(io::Error::other)?;
+        Ok(Some(held))
     }
 }
 
@@ -211,6 +242,8 @@ pub fn open_with(path: &Path, groups: &[&str], budget: StorageBudget) -> io::Res
     Ok(Arc::new(Db {
         db: Some(db),
         cache,
+        families: names,
+        budget,
         closed,
     }))
 }
@@ -315,5 +348,48 @@ mod tests {
             "within the budget's quarter: {read:?}"
         );
         assert!(read.table_readers > 0, "{read:?}");
+    }
+
+    #[test]
+    fn flushes_memtables_only_when_they_hold_enough() {
+        let td = tempfile::tempdir().unwrap();
+        // 16 MiB: 2 MiB memtables, which the writes below stay well within.
+        let db = open_with(td.path(), &["g"], StorageBudget::from_mib(16)).unwrap();
+        assert_eq!(db.memtable_budget(), 12 << 20);
+        let sm = cf(&db, &keys::sm_cf("g")).unwrap();
+        let log = cf(&db, &keys::log_cf("g")).unwrap();
+        let write = |cf, from: u32, n: u32| {
+            for i in from..from + n {
+                db.put_cf(cf, format!("key-{i:06}"), [7u8; 512]).unwrap();
+            }
+        };
+        let tables = |cf| {
+            db.property_int_value_cf(cf, "rocksdb.num-files-at-level0")
+                .unwrap()
+                .unwrap()
+        };
+        write(sm, 0, 100);
+        assert_eq!(
+            db.flush_if_holding(1 << 20).unwrap(),
+            None,
+            "50 KB: left alone"
+        );
+        assert_eq!(tables(sm), 0);
+
+        write(sm, 100, 900);
+        write(log, 0, 1000);
+        let held = db
+            .flush_if_holding(1 << 20)
+            .unwrap()
+            .expect("1 MB: flushed");
+        assert!(held >= 1 << 20, "{held}");
+        assert_eq!((tables(sm), tables(log)), (1, 1), "every family flushed");
+        let after = db.memory().unwrap().memtables;
+        assert!(after < held / 2, "memtables {held} -> {after}");
+        // Everything is still there.
+        for i in (0..1000u32).step_by(37) {
+            assert!(db.get_cf(sm, format!("key-{i:06}")).unwrap().is_some());
+            assert!(db.get_cf(log, format!("key-{i:06}")).unwrap().is_some());
+        }
     }
 }

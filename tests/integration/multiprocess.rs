@@ -363,6 +363,7 @@ async fn standalone_node_and_nacosctl_status() {
         "nacosd_allocator_bytes{kind=\"allocated\"} ",
         "nacosd_allocator_bytes{kind=\"resident\"} ",
         "nacosd_log_reads_total{group=\"config\",from=\"cache\"} ",
+        "nacosd_allocator_purged_bytes_total ",
         "process_resident_memory_bytes ",
         "process_open_fds ",
         "# EOF",
@@ -372,6 +373,16 @@ async fn standalone_node_and_nacosctl_status() {
             "{expected} missing from {metrics}"
         );
     }
+    // The binary gives the allocator's freed pages back once it falls idle after a
+    // busy spell (src/allocator.rs); its start-up counts as one.
+    wait_async("the idle node purges the allocator", DEADLINE, || async {
+        crate::common::series_value(
+            &http_get(&p.http, "/metrics").await,
+            "nacosd_allocator_idle_purges_total",
+        )
+        .is_some_and(|n| n >= 1)
+    })
+    .await;
 
     let st = p.terminate().unwrap();
     assert!(st.success(), "{}", p.log());
@@ -392,6 +403,68 @@ async fn standalone_node_and_nacosctl_status() {
         1,
         "the cluster is created on the first start only"
     );
+}
+
+/// An idle node gives back the write buffers a load left (src/idle.rs): after 1.5 MB
+/// of configuration published to a standalone node, it flushes its memtables once it
+/// falls quiet, and they shrink below the flush threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_flushes_its_write_buffers() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::new(1, dir.path());
+    p.start();
+    wait_async("standalone node leads every group", DEADLINE, || async {
+        p.status()
+            .await
+            .is_some_and(|s| s.groups.iter().all(|g| g.leader_id == Some(1)))
+    })
+    .await;
+    let metric = |text: &str, series: &str| crate::common::series_value(text, series);
+    let flushes_before = metric(
+        &http_get(&p.http, "/metrics").await,
+        "nacosd_idle_flushes_total",
+    )
+    .unwrap();
+
+    let mut client = ConfigServiceClient::connect(format!("http://{}", p.client))
+        .await
+        .unwrap();
+    // 96 items of 16 KiB, incompressible: each log entry carries one, so the log's
+    // memtable alone takes 1.5 MiB (below a memtable's own flush size, 2 MiB).
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..96 {
+        let content: String = (0..16 << 10)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + (seed >> 59) as u8 % 26)
+            })
+            .collect();
+        let mut req = tonic::Request::new(publish(&format!("big-{i}"), &content));
+        req.set_timeout(DEADLINE);
+        client.publish_config(req).await.unwrap();
+    }
+
+    wait_async("the idle node flushes its memtables", DEADLINE, || async {
+        let text = http_get(&p.http, "/metrics").await;
+        let flushed =
+            metric(&text, "nacosd_idle_flushes_total").is_some_and(|n| n > flushes_before);
+        let memtables = metric(&text, "nacosd_storage_memory_bytes{part=\"memtables\"}");
+        flushed && memtables.is_some_and(|m| m < nacosd::raft::node::IDLE_FLUSH_MIN)
+    })
+    .await;
+    // Nothing was lost on the way to the tables.
+    let mut req = tonic::Request::new(pb::GetConfigRequest {
+        key: publish("big-0", "").key,
+        consistency: pb::Consistency::Linearizable as i32,
+    });
+    req.set_timeout(DEADLINE);
+    let item = client.get_config(req).await.unwrap().into_inner();
+    assert_eq!(item.content.len(), 16 << 10);
+    let st = p.terminate().unwrap();
+    assert!(st.success(), "{}", p.log());
 }
 
 /// Minimal HTTP/1.1 GET (keeps the test free of an HTTP client dependency).
