@@ -3,7 +3,9 @@
 #
 # Starts a 3-node nacosd cluster on loopback, reads each node's RSS once every group
 # has a leader (idle), runs the workloads below against it, reads each node's RSS
-# again and stops it; then does the same with a 3-node etcd cluster
+# again right after the last run and once more SETTLE seconds later (an idle nacosd
+# flushes its write buffers and returns freed memory within about a second,
+# src/idle.rs), and stops it; then does the same with a 3-node etcd cluster
 # (Debian's etcd-server); then prints the side-by-side table with nacosd/etcd ratios.
 # One system runs at a time, so neither steals the other's CPU. Everything started is
 # stopped on exit, also on failure or Ctrl-C.
@@ -11,7 +13,7 @@
 #   bench/compare.sh                 # 10 s per run after a 2 s warm-up
 #   DURATION=3 WARMUP=1 bench/compare.sh
 #
-# Environment: DURATION, WARMUP (seconds), KEYS (10000), VALUE_SIZE (256),
+# Environment: DURATION, WARMUP, SETTLE (2) (seconds), KEYS (10000), VALUE_SIZE (256),
 # CONNECTIONS (per run, spread over the 3 endpoints; 6), CLIENTS ("1 64": the client
 # counts of the put/get runs), OUT (results directory; target/bench/<time>),
 # NACOSD_BIN/NACOSCTL_BIN (default: target/release, built if missing), ETCD_BIN.
@@ -24,6 +26,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/bench/lib.sh"
 duration="${DURATION:-10}"
 warmup="${WARMUP:-2}"
+settle="${SETTLE:-2}"
 keys="${KEYS:-10000}"
 value_size="${VALUE_SIZE:-256}"
 connections="${CONNECTIONS:-6}"
@@ -144,6 +147,8 @@ bench nacosd "$endpoints" config-get 64 --level lease
 write_run nacosd "$endpoints" naming-register 64 naming_persistent
 write_run nacosd "$endpoints" db-insert 64 embedded_db
 record_rss nacosd "${nacosd_pids[@]}"
+sleep "$settle"
+record_rss "nacosd ($settle s later)" "${nacosd_pids[@]}"
 stop_all
 
 # ---- etcd ---------------------------------------------------------------------
@@ -167,6 +172,8 @@ wait_for "etcd to elect a leader" 60 \
 record_rss "etcd (idle)" "${etcd_pids[@]}"
 common_runs etcd "$endpoints"
 record_rss etcd "${etcd_pids[@]}"
+sleep "$settle"
+record_rss "etcd ($settle s later)" "${etcd_pids[@]}"
 stop_all
 
 echo

@@ -373,8 +373,8 @@ async fn standalone_node_and_nacosctl_status() {
             "{expected} missing from {metrics}"
         );
     }
-    // The binary gives the allocator's freed pages back once it falls idle after a
-    // busy spell (src/allocator.rs); its start-up counts as one.
+    // A node gives the allocator's freed pages back once it falls quiet after writes
+    // (src/idle.rs); its start-up counts as such a spell.
     wait_async("the idle node purges the allocator", DEADLINE, || async {
         crate::common::series_value(
             &http_get(&p.http, "/metrics").await,
