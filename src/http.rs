@@ -182,7 +182,7 @@ const GAUGES: [GaugeSpec; 8] = [
 ];
 
 /// Per-group counters of the consistency layer.
-const COUNTERS: [CounterSpec; 10] = [
+const COUNTERS: [CounterSpec; 11] = [
     (
         "nacosd_writes_local_total",
         "Writes proposed on this node as leader.",
@@ -232,6 +232,11 @@ const COUNTERS: [CounterSpec; 10] = [
         "nacosd_append_streams_served_total",
         "Pipelined replication streams (AppendStream) this node served as a follower, one per replication session of a leader; a count that keeps rising means sessions keep breaking.",
         |c| c.append_streams_served.load(Ordering::Relaxed),
+    ),
+    (
+        "nacosd_group_idle_flushes_total",
+        "Flushes of this group's RocksDB memtables because it fell quiet while other groups still wrote (memtables holding 1 MiB or more); a quiet node flushes every group at once (nacosd_idle_flushes_total).",
+        |c| c.idle_flushes.load(Ordering::Relaxed),
     ),
 ];
 
@@ -295,6 +300,22 @@ fn raft_registry(node: &MultiRaft) -> Registry {
         }
         registry.register(name, help_text(help), family);
     }
+    let memtables = Family::<GroupLabels, Gauge>::default();
+    for (g, _) in &statuses {
+        match node.group_memtables(&g.name) {
+            Ok(bytes) => {
+                memtables
+                    .get_or_create(&label(&g.name))
+                    .set(gauge_value(bytes));
+            }
+            Err(e) => tracing::debug!(error = %e, group = %g.name, "reading a group's memtables"),
+        }
+    }
+    registry.register(
+        "nacosd_group_memtable_bytes",
+        "RocksDB memtable bytes of the group's column families (its log and state machine), within the memtables of nacosd_storage_memory_bytes",
+        memtables,
+    );
     let cache_bytes = Family::<GroupLabels, Gauge>::default();
     let cache_entries = Family::<GroupLabels, Gauge>::default();
     let log_reads = Family::<LogReadLabels, Counter>::default();

@@ -9,13 +9,22 @@
 //! [`WINDOW`] passed in which no group appended an entry, it does, once, on the
 //! blocking pool:
 //!
-//! 1. flush every column family's memtables to tables if together they hold 1 MiB or
+//! 1. drop every group's log cache (`raft::log_cache`): its readers, the apply and
+//!    the replication streams, have had the entries; a follower still behind reads
+//!    them from RocksDB;
+//! 2. flush every column family's memtables to tables if together they hold 1 MiB or
 //!    more (`raft::node::IDLE_FLUSH_MIN`; a quarter of their budget if that is less),
 //!    so that a light load does not write tiny tables; a flushed memtable also
 //!    shortens the WAL a restart replays;
-//! 2. purge every jemalloc arena's freed pages (`arena.<all>.purge`): what the flush
+//! 3. purge every jemalloc arena's freed pages (`arena.<all>.purge`): what the flush
 //!    freed, and whatever else the load left, returned now instead of over jemalloc's
 //!    decay time (src/bin/nacosd.rs).
+//!
+//! A group that falls quiet while others still write gets steps 1 and 2 alone, for its
+//! own cache and column families: otherwise its cache (2 MiB by default) and last
+//! memtables (up to two of a few MiB each) would stay for as long as any other group
+//! keeps writing (the cache's entries for ten seconds, `log_cache::MAX_AGE`). The purge
+//! waits for the whole node: under load, freed pages are reused at once.
 //!
 //! A node that stays busy keeps its buffers; one that stops gives them back within
 //! about a window. Writes, not the process's CPU time, say "busy": a share of a core
@@ -24,9 +33,11 @@
 //! ephemeral registrations) grow no memtable, and the allocator's decay returns what
 //! they free within a quarter second. A light write load runs the housekeeping after
 //! each write followed by a quiet window: the purge then finds a few pages
-//! (microseconds), and the flush waits for 1 MiB. `nacosd_idle_flushes_total`, `nacosd_allocator_idle_purges_total`
-//! and `nacosd_allocator_purged_bytes_total` count them (docs/OPERATIONS.md).
+//! (microseconds), and the flush waits for 1 MiB. `nacosd_idle_flushes_total`,
+//! `nacosd_group_idle_flushes_total`, `nacosd_allocator_idle_purges_total` and
+//! `nacosd_allocator_purged_bytes_total` count them (docs/OPERATIONS.md).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,25 +90,77 @@ impl IdleDetector {
     }
 }
 
-/// The sum of every group's last log index on this node: it grows with every entry
-/// appended, as leader or follower.
-fn log_position(node: &MultiRaft) -> u64 {
+/// What is due after a window ([`Watcher::window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Housekeeping {
+    /// Nothing: writes go on, or nothing was written since the last housekeeping.
+    Nothing,
+    /// The node fell quiet: flush every group's memtables, purge the allocator.
+    Node,
+    /// These groups fell quiet while others still write: flush their memtables.
+    Groups(Vec<Arc<str>>),
+}
+
+/// Each group's log position and [`IdleDetector`], and the node's.
+#[derive(Debug)]
+pub struct Watcher {
+    node: IdleDetector,
+    groups: BTreeMap<Arc<str>, (u64, IdleDetector)>,
+}
+
+impl Watcher {
+    /// Starts from the groups' current log positions (`(group, last log index)`).
+    pub fn new(positions: impl IntoIterator<Item = (Arc<str>, u64)>) -> Self {
+        Watcher {
+            node: IdleDetector::default(),
+            groups: positions
+                .into_iter()
+                .map(|(g, at)| (g, (at, IdleDetector::default())))
+                .collect(),
+        }
+    }
+
+    /// One window, given the groups' log positions at its end.
+    pub fn window(&mut self, positions: impl IntoIterator<Item = (Arc<str>, u64)>) -> Housekeeping {
+        let mut written = false;
+        let mut quiet = Vec::new();
+        for (group, at) in positions {
+            let (last, detector) = self
+                .groups
+                .entry(group.clone())
+                .or_insert((at, IdleDetector { armed: false }));
+            let wrote = at != *last;
+            *last = at;
+            written |= wrote;
+            if detector.window(wrote) {
+                quiet.push(group);
+            }
+        }
+        if self.node.window(written) {
+            Housekeeping::Node
+        } else if quiet.is_empty() {
+            Housekeeping::Nothing
+        } else {
+            Housekeeping::Groups(quiet)
+        }
+    }
+}
+
+/// Every group's last log index on this node: it grows with every entry appended, as
+/// leader or follower.
+fn log_positions(node: &MultiRaft) -> Vec<(Arc<str>, u64)> {
     node.groups()
         .map(|g| {
-            g.raft
-                .metrics()
-                .borrow_watched()
-                .last_log_index
-                .unwrap_or(0)
+            let at = g.raft.metrics().borrow_watched().last_log_index;
+            (g.name.clone(), at.unwrap_or(0))
         })
-        .sum()
+        .collect()
 }
 
 /// Watches the groups' logs and does the housekeeping of the module docs whenever
-/// the node falls quiet after writes, until `stop`.
+/// the node, or one of its groups, falls quiet after writes, until `stop`.
 pub async fn run(node: Arc<MultiRaft>, mut stop: watch::Receiver<bool>) {
-    let mut detector = IdleDetector::default();
-    let mut last = log_position(&node);
+    let mut watcher = Watcher::new(log_positions(&node));
     let mut ticker = tokio::time::interval(WINDOW);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -106,33 +169,66 @@ pub async fn run(node: Arc<MultiRaft>, mut stop: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let now = log_position(&node);
-        let written = now != last;
-        last = now;
-        if !detector.window(written) {
+        let due = watcher.window(log_positions(&node));
+        if due == Housekeeping::Nothing {
             continue;
         }
         let node = node.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || housekeep(&node)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || housekeep(&node, due)).await {
             tracing::warn!(error = %e, "the idle housekeeping task failed");
         }
     }
 }
 
-/// The flush, then the purge (module docs). Failures are logged: both only give
-/// memory back, nothing depends on them.
-fn housekeep(node: &MultiRaft) {
-    match node.flush_memtables_if_large() {
+/// What `due` asks for: the flush, then the purge, of a quiet node; the flushes of
+/// quiet groups' memtables (module docs). Failures are logged: both only give memory
+/// back, nothing depends on them.
+fn housekeep(node: &MultiRaft, due: Housekeeping) {
+    match due {
+        Housekeeping::Nothing => {}
+        Housekeeping::Node => {
+            for g in node.groups() {
+                crate::lock(&g.log_cache).release();
+            }
+            flushed(node.flush_memtables_if_large(), "every group", || {
+                node.counters.idle_flushes.fetch_add(1, Ordering::Relaxed);
+            });
+            purge_now();
+        }
+        Housekeeping::Groups(groups) => {
+            for name in groups {
+                if let Ok(g) = node.group(&name) {
+                    crate::lock(&g.log_cache).release();
+                }
+                flushed(node.flush_group_memtables_if_large(&name), &name, || {
+                    if let Ok(g) = node.group(&name) {
+                        g.counters.idle_flushes.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Logs a flush's outcome; `count` when it flushed.
+fn flushed(outcome: std::io::Result<Option<u64>>, what: &str, count: impl FnOnce()) {
+    match outcome {
         Ok(Some(held)) => {
-            node.counters.idle_flushes.fetch_add(1, Ordering::Relaxed);
+            count();
             tracing::debug!(
                 memtable_bytes = held,
-                "flushed the memtables: the node is idle"
+                groups = what,
+                "flushed the memtables: idle"
             );
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "flushing the memtables of an idle node"),
+        Err(e) => {
+            tracing::warn!(error = %e, groups = what, "flushing the memtables of idle groups")
+        }
     }
+}
+
+fn purge_now() {
     match purge() {
         Ok(returned) => {
             PURGES.fetch_add(1, Ordering::Relaxed);
@@ -202,5 +298,56 @@ mod tests {
         assert!(!d.window(false));
         assert!(!d.window(true));
         assert!(d.window(false));
+    }
+
+    fn at(positions: &[(&str, u64)]) -> Vec<(Arc<str>, u64)> {
+        positions.iter().map(|&(g, i)| (Arc::from(g), i)).collect()
+    }
+
+    #[test]
+    fn flushes_a_group_that_falls_quiet_while_others_write() {
+        use Housekeeping::*;
+        let mut w = Watcher::new(at(&[("config", 5), ("naming", 7)]));
+        assert_eq!(
+            w.window(at(&[("config", 5), ("naming", 7)])),
+            Node,
+            "start-up"
+        );
+        assert_eq!(w.window(at(&[("config", 5), ("naming", 7)])), Nothing);
+        assert_eq!(w.window(at(&[("config", 9), ("naming", 9)])), Nothing);
+        assert_eq!(
+            w.window(at(&[("config", 9), ("naming", 30)])),
+            Groups(vec![Arc::from("config")]),
+            "config stopped, naming goes on"
+        );
+        assert_eq!(
+            w.window(at(&[("config", 9), ("naming", 40)])),
+            Nothing,
+            "once"
+        );
+        assert_eq!(
+            w.window(at(&[("config", 9), ("naming", 40)])),
+            Node,
+            "all quiet"
+        );
+        assert_eq!(w.window(at(&[("config", 9), ("naming", 40)])), Nothing);
+        // Both stop in the same window: the node's housekeeping covers them.
+        assert_eq!(w.window(at(&[("config", 10), ("naming", 41)])), Nothing);
+        assert_eq!(w.window(at(&[("config", 10), ("naming", 41)])), Node);
+        // A group seen for the first time starts from where it is, with nothing to
+        // give back yet.
+        assert_eq!(
+            w.window(at(&[("config", 11), ("naming", 41), ("db", 3)])),
+            Nothing
+        );
+        assert_eq!(
+            w.window(at(&[("config", 12), ("naming", 42), ("db", 4)])),
+            Nothing
+        );
+        assert_eq!(
+            w.window(at(&[("config", 13), ("naming", 42), ("db", 4)])),
+            Groups(vec![Arc::from("naming"), Arc::from("db")]),
+            "armed since the node's housekeeping, or since they were first seen"
+        );
     }
 }

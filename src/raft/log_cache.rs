@@ -14,7 +14,8 @@
 //! correctness: dropping it at any time only makes reads slower.
 //!
 //! Entries also leave it with age ([`MAX_AGE`], [`LogCache::expire`], called by a
-//! timer of the group): without that, a group that falls quiet would keep its last
+//! timer of the group), and all at once when the group falls quiet after writes
+//! ([`LogCache::release`], from `crate::idle`): without that, a group that falls quiet would keep its last
 //! budget's worth of entries, which no reader wants any more, for as long as it stays
 //! quiet (each group's 2 MiB, 6 MiB of a node's memory after a benchmark that wrote
 //! to all three).
@@ -157,6 +158,14 @@ impl LogCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drop every entry and the queue's memory: for a group that fell quiet
+    /// (`crate::idle`), whose readers have had its entries; a follower still behind
+    /// reads them from RocksDB.
+    pub fn release(&mut self) {
+        self.entries = VecDeque::new();
         self.bytes = 0;
     }
 
@@ -311,5 +320,16 @@ mod tests {
         // The next append starts a new run wherever the log is.
         c.appended(entry(1011), 10, t0 + 2 * MAX_AGE);
         assert_eq!(c.indexes(), vec![1011]);
+    }
+
+    #[test]
+    fn a_released_cache_holds_nothing_and_starts_again_at_the_next_append() {
+        let mut c = cache_of(1 << 20, 1..=1000);
+        c.release();
+        assert!(c.is_empty());
+        assert_eq!((c.bytes(), c.entries.capacity()), (0, 0));
+        assert_eq!(indexes(c.get(999, None)), None, "read from the log");
+        c.appended(entry(1001), 10, Instant::now());
+        assert_eq!(indexes(c.get(1001, None)), Some(vec![1001]));
     }
 }

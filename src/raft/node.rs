@@ -76,6 +76,9 @@ pub struct GroupCounters {
     /// Pipelined replication streams (`AppendStream`) this node served as a follower,
     /// one per leader's replication session.
     pub append_streams_served: AtomicU64,
+    /// Flushes of this group's memtables because it fell quiet while other groups
+    /// still wrote (`crate::idle`).
+    pub idle_flushes: AtomicU64,
 }
 
 impl GroupCounters {
@@ -502,6 +505,19 @@ impl MultiRaft {
     pub fn flush_memtables_if_large(&self) -> io::Result<Option<u64>> {
         self.db
             .flush_if_holding(IDLE_FLUSH_MIN.min(self.db.memtable_budget() / 4))
+    }
+
+    /// [`MultiRaft::flush_memtables_if_large`] for the column families of one group,
+    /// which fell quiet while other groups still write (`crate::idle`), with the same
+    /// threshold.
+    pub fn flush_group_memtables_if_large(&self, group: &str) -> io::Result<Option<u64>> {
+        self.db
+            .flush_group_if_holding(group, IDLE_FLUSH_MIN.min(self.db.memtable_budget() / 4))
+    }
+
+    /// The memtable bytes of one group's column families (`nacosd_group_memtable_bytes`).
+    pub fn group_memtables(&self, group: &str) -> io::Result<u64> {
+        self.db.group_memtables(group)
     }
 
     /// Open the data directory and build every group's Raft node. Groups of a node

@@ -127,11 +127,39 @@ impl Db {
     /// the WAL a restart replays.
     pub fn flush_if_holding(&self, min: u64) -> io::Result<Option<u64>> {
         let held = self.memory()?.memtables;
+        self.flush_families_if(&self.families, held, min)
+    }
+
+    /// The memtable bytes of one group's column families (its log and its state
+    /// machine): mutable, immutable and not yet released ones.
+    pub fn group_memtables(&self, group: &str) -> io::Result<u64> {
+        Self::group_families(group).iter().try_fold(0, |sum, name| {
+            let held = self
+                .property_int_value_cf(cf(self, name)?, rocksdb::properties::SIZE_ALL_MEM_TABLES)
+                .map_err(io::Error::other)?;
+            Ok(sum + held.unwrap_or(0))
+        })
+    }
+
+    /// [`Db::flush_if_holding`] for one group's column families: for a group that fell
+    /// quiet while others still write (`crate::idle`), whose memtables would otherwise
+    /// stay until the whole node is quiet.
+    pub fn flush_group_if_holding(&self, group: &str, min: u64) -> io::Result<Option<u64>> {
+        let held = self.group_memtables(group)?;
+        self.flush_families_if(&Self::group_families(group), held, min)
+    }
+
+    fn group_families(group: &str) -> [String; 2] {
+        [keys::log_cf(group), keys::sm_cf(group)]
+    }
+
+    /// Flushes `names` (waiting for it) if `held`, their memtable bytes, is `min` or
+    /// more; returns `held` if it did.
+    fn flush_families_if(&self, names: &[String], held: u64, min: u64) -> io::Result<Option<u64>> {
         if held < min {
             return Ok(None);
         }
-        let families = self
-            .families
+        let families = names
             .iter()
             .map(|n| cf(self, n))
             .collect::<io::Result<Vec<_>>>()?;
@@ -391,5 +419,53 @@ mod tests {
             assert!(db.get_cf(sm, format!("key-{i:06}")).unwrap().is_some());
             assert!(db.get_cf(log, format!("key-{i:06}")).unwrap().is_some());
         }
+    }
+
+    #[test]
+    fn flushes_one_group_and_leaves_the_others() {
+        let td = tempfile::tempdir().unwrap();
+        let db = open_with(td.path(), &["quiet", "busy"], StorageBudget::from_mib(16)).unwrap();
+        let put = |g, n: u32| {
+            for name in [keys::log_cf(g), keys::sm_cf(g)] {
+                let family = cf(&db, &name).unwrap();
+                for i in 0..n {
+                    db.put_cf(family, format!("key-{i:06}"), [7u8; 512])
+                        .unwrap();
+                }
+            }
+        };
+        let tables = |name: String| {
+            db.property_int_value_cf(cf(&db, &name).unwrap(), "rocksdb.num-files-at-level0")
+                .unwrap()
+                .unwrap()
+        };
+        put("quiet", 100);
+        put("busy", 1200);
+        assert_eq!(
+            db.flush_group_if_holding("quiet", 1 << 20).unwrap(),
+            None,
+            "100 KB: left alone"
+        );
+        put("quiet", 1200);
+        let quiet_before = db.group_memtables("quiet").unwrap();
+        let busy_before = db.group_memtables("busy").unwrap();
+        assert!(quiet_before >= 1 << 20, "{quiet_before}");
+        let held = db
+            .flush_group_if_holding("quiet", 1 << 20)
+            .unwrap()
+            .expect("1.2 MB: flushed");
+        assert_eq!(held, quiet_before);
+        assert_eq!(tables(keys::log_cf("quiet")), 1);
+        assert_eq!(tables(keys::sm_cf("quiet")), 1);
+        assert_eq!(
+            tables(keys::log_cf("busy")),
+            0,
+            "the other group is left alone"
+        );
+        assert_eq!(tables(keys::sm_cf("busy")), 0);
+        assert!(db.group_memtables("quiet").unwrap() < quiet_before / 2);
+        assert_eq!(db.group_memtables("busy").unwrap(), busy_before);
+        let sm = cf(&db, &keys::sm_cf("quiet")).unwrap();
+        assert!(db.get_cf(sm, "key-001000").unwrap().is_some());
     }
 }

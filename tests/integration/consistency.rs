@@ -182,9 +182,10 @@ async fn every_metric_of_the_dashboard_exists() {
 }
 
 /// The log cache holds a group's newest entries while it is written to, and lets them
-/// go once it falls quiet (`log_cache::MAX_AGE`): a quiet group keeps no copy of its
-/// last writes in memory. Seen on the leader and on a follower, in the group's state
-/// and in /metrics (with the reads the cache answered).
+/// go once it falls quiet (src/idle.rs; `log_cache::MAX_AGE` after their append at the
+/// latest): a quiet group keeps no copy of its last writes in memory. Seen on the
+/// leader and on a follower, in the group's state and in /metrics (with the reads the
+/// cache answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_groups_log_cache_empties() {
     let cluster = TestCluster::start(3, with_kv, |_| {}).await;

@@ -430,22 +430,7 @@ async fn an_idle_node_flushes_its_write_buffers() {
     let mut client = ConfigServiceClient::connect(format!("http://{}", p.client))
         .await
         .unwrap();
-    // 96 items of 16 KiB, incompressible: each log entry carries one, so the log's
-    // memtable alone takes 1.5 MiB (below a memtable's own flush size, 2 MiB).
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in 0..96 {
-        let content: String = (0..16 << 10)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                char::from(b'a' + (seed >> 59) as u8 % 26)
-            })
-            .collect();
-        let mut req = tonic::Request::new(publish(&format!("big-{i}"), &content));
-        req.set_timeout(DEADLINE);
-        client.publish_config(req).await.unwrap();
-    }
+    publish_incompressible(&mut client, "big").await;
 
     wait_async("the idle node flushes its memtables", DEADLINE, || async {
         let text = http_get(&p.http, "/metrics").await;
@@ -463,6 +448,120 @@ async fn an_idle_node_flushes_its_write_buffers() {
     req.set_timeout(DEADLINE);
     let item = client.get_config(req).await.unwrap().into_inner();
     assert_eq!(item.content.len(), 16 << 10);
+    let st = p.terminate().unwrap();
+    assert!(st.success(), "{}", p.log());
+}
+
+/// Publishes 96 items of 16 KiB, incompressible, named `<prefix>-<i>`: each log entry
+/// carries one, so the config log's memtable alone takes 1.5 MiB (below a memtable's
+/// own flush size, 2 MiB, and above the idle flush's threshold, 1 MiB).
+async fn publish_incompressible(
+    client: &mut ConfigServiceClient<tonic::transport::Channel>,
+    prefix: &str,
+) {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..96 {
+        let content: String = (0..16 << 10)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + (seed >> 59) as u8 % 26)
+            })
+            .collect();
+        let mut req = tonic::Request::new(publish(&format!("{prefix}-{i}"), &content));
+        req.set_timeout(DEADLINE);
+        client.publish_config(req).await.unwrap();
+    }
+}
+
+/// A group that falls quiet while another keeps writing flushes its own memtables
+/// (src/idle.rs): 1.5 MB of configuration published while four clients register
+/// persistent instances without a pause; once the publishes stop, the config group's
+/// memtables go below the flush threshold while the registrations go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_group_flushes_while_another_writes() {
+    use nacosd::pb::naming_service_client::NamingServiceClient;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::new(1, dir.path());
+    p.start();
+    wait_async("standalone node leads every group", DEADLINE, || async {
+        p.status()
+            .await
+            .is_some_and(|s| s.groups.iter().all(|g| g.leader_id == Some(1)))
+    })
+    .await;
+    let metric = |text: &str, series: &str| crate::common::series_value(text, series);
+    let config_flushes = r#"nacosd_group_idle_flushes_total{group="config"}"#;
+    let config_memtables = r#"nacosd_group_memtable_bytes{group="config"}"#;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let (addr, stop) = (p.client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut c = NamingServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+                let mut registered = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut req = tonic::Request::new(pb::RegisterInstanceRequest {
+                        service: Some(pb::ServiceKey {
+                            namespace: String::new(),
+                            group: String::new(),
+                            service_name: format!("busy-{w}"),
+                        }),
+                        instance: Some(pb::Instance {
+                            ip: "10.0.0.1".into(),
+                            port: 1 + registered % 60_000,
+                            ..Default::default()
+                        }),
+                    });
+                    req.set_timeout(DEADLINE);
+                    c.register_instance(req).await.unwrap();
+                    registered += 1;
+                }
+                registered
+            })
+        })
+        .collect();
+
+    let mut client = ConfigServiceClient::connect(format!("http://{}", p.client))
+        .await
+        .unwrap();
+    // The registrations keep the node busy, so the whole node's housekeeping (which
+    // would flush the config group too) should not run; should they all stall for a
+    // whole window on a busy machine, it does, and the round is tried again.
+    let mut group_flushed = false;
+    for round in 0..3 {
+        let text = http_get(&p.http, "/metrics").await;
+        let group_before = metric(&text, config_flushes).unwrap();
+        let node_before = metric(&text, "nacosd_idle_flushes_total").unwrap();
+        publish_incompressible(&mut client, &format!("big{round}")).await;
+        wait_async("the quiet config group is flushed", DEADLINE, || async {
+            let text = http_get(&p.http, "/metrics").await;
+            let held = metric(&text, config_memtables);
+            let group = metric(&text, config_flushes).is_some_and(|n| n > group_before);
+            let node = metric(&text, "nacosd_idle_flushes_total").is_some_and(|n| n > node_before);
+            (group || node) && held.is_some_and(|m| m < nacosd::raft::node::IDLE_FLUSH_MIN)
+        })
+        .await;
+        let text = http_get(&p.http, "/metrics").await;
+        if metric(&text, config_flushes).is_some_and(|n| n > group_before) {
+            group_flushed = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.unwrap() > 0, "every writer registered instances");
+    }
+    assert!(
+        group_flushed,
+        "in three rounds the config group was never flushed on its own, only with the whole node"
+    );
     let st = p.terminate().unwrap();
     assert!(st.success(), "{}", p.log());
 }
