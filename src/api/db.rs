@@ -93,16 +93,19 @@ fn statements(input: Vec<pb::Statement>) -> Result<Vec<Stmt>> {
     Ok(out)
 }
 
-/// Check a batch against the live schema with the same rules the apply enforces: here
-/// when it is short and the reader connection free, otherwise on the blocking pool (it
-/// prepares SQL; `SqliteStateMachine::try_check`).
+/// Check a batch against the live schema with the same rules the apply enforces: here,
+/// after the checks of other calls, when it is short and the reader connection is not
+/// busy with a query, otherwise on the blocking pool (it prepares SQL;
+/// `SqliteStateMachine::check_in_turn`).
 async fn check(
     db: Option<Arc<SqliteStateMachine>>,
     stmts: Vec<Stmt>,
     limits: DbLimits,
 ) -> Result<Vec<Stmt>> {
-    if let Some(done) = db.as_ref().and_then(|db| db.try_check(&stmts, &limits)) {
-        return done.map(|()| stmts);
+    if let Some(db) = &db {
+        if let Some(done) = db.check_in_turn(&stmts, &limits).await {
+            return done.map(|()| stmts);
+        }
     }
     tokio::task::spawn_blocking(move || {
         match db {
