@@ -95,9 +95,11 @@ impl IdleDetector {
 pub enum Housekeeping {
     /// Nothing: writes go on, or nothing was written since the last housekeeping.
     Nothing,
-    /// The node fell quiet: flush every group's memtables, purge the allocator.
+    /// The node fell quiet: drop every log cache, flush every group's memtables,
+    /// purge the allocator.
     Node,
-    /// These groups fell quiet while others still write: flush their memtables.
+    /// These groups fell quiet while others still write: drop their log caches and
+    /// flush their memtables.
     Groups(Vec<Arc<str>>),
 }
 
