@@ -412,14 +412,7 @@ async fn standalone_node_and_nacosctl_status() {
 async fn an_idle_node_flushes_its_write_buffers() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::new(1, dir.path());
-    p.start();
-    wait_async("standalone node leads every group", DEADLINE, || async {
-        p.status()
-            .await
-            .is_some_and(|s| s.groups.iter().all(|g| g.leader_id == Some(1)))
-    })
-    .await;
+    let mut p = standalone_leading(dir.path()).await;
     let metric = |text: &str, series: &str| crate::common::series_value(text, series);
     let flushes_before = metric(
         &http_get(&p.http, "/metrics").await,
@@ -450,6 +443,19 @@ async fn an_idle_node_flushes_its_write_buffers() {
     assert_eq!(item.content.len(), 16 << 10);
     let st = p.terminate().unwrap();
     assert!(st.success(), "{}", p.log());
+}
+
+/// A standalone node started in `dir`, once it leads every group.
+async fn standalone_leading(dir: &std::path::Path) -> Proc {
+    let mut p = Proc::new(1, dir);
+    p.start();
+    wait_async("standalone node leads every group", DEADLINE, || async {
+        p.status()
+            .await
+            .is_some_and(|s| s.groups.iter().all(|g| g.leader_id == Some(1)))
+    })
+    .await;
+    p
 }
 
 /// Publishes 96 items of 16 KiB, incompressible, named `<prefix>-<i>`: each log entry
@@ -485,14 +491,7 @@ async fn a_quiet_group_flushes_while_another_writes() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::new(1, dir.path());
-    p.start();
-    wait_async("standalone node leads every group", DEADLINE, || async {
-        p.status()
-            .await
-            .is_some_and(|s| s.groups.iter().all(|g| g.leader_id == Some(1)))
-    })
-    .await;
+    let mut p = standalone_leading(dir.path()).await;
     let metric = |text: &str, series: &str| crate::common::series_value(text, series);
     let config_flushes = r#"nacosd_group_idle_flushes_total{group="config"}"#;
     let config_memtables = r#"nacosd_group_memtable_bytes{group="config"}"#;
