@@ -182,8 +182,8 @@ pub async fn run(node: Arc<MultiRaft>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// What `due` asks for: the flush, then the purge, of a quiet node; the flushes of
-/// quiet groups' memtables (module docs). Failures are logged: both only give memory
+/// What `due` asks for: the cache drops, the flush and the purge of a quiet node; the
+/// cache drops and flushes of quiet groups (module docs). Failures are logged: both only give memory
 /// back, nothing depends on them.
 fn housekeep(node: &MultiRaft, due: Housekeeping) {
     match due {
@@ -199,13 +199,10 @@ fn housekeep(node: &MultiRaft, due: Housekeeping) {
         }
         Housekeeping::Groups(groups) => {
             for name in groups {
-                if let Ok(g) = node.group(&name) {
-                    crate::lock(&g.log_cache).release();
-                }
+                let Ok(g) = node.group(&name) else { continue };
+                crate::lock(&g.log_cache).release();
                 flushed(node.flush_group_memtables_if_large(&name), &name, || {
-                    if let Ok(g) = node.group(&name) {
-                        g.counters.idle_flushes.fetch_add(1, Ordering::Relaxed);
-                    }
+                    g.counters.idle_flushes.fetch_add(1, Ordering::Relaxed);
                 });
             }
         }

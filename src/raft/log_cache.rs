@@ -15,10 +15,10 @@
 //!
 //! Entries also leave it with age ([`MAX_AGE`], [`LogCache::expire`], called by a
 //! timer of the group), and all at once when the group falls quiet after writes
-//! ([`LogCache::release`], from `crate::idle`): without that, a group that falls quiet would keep its last
-//! budget's worth of entries, which no reader wants any more, for as long as it stays
-//! quiet (each group's 2 MiB, 6 MiB of a node's memory after a benchmark that wrote
-//! to all three).
+//! ([`LogCache::release`], from `crate::idle`): without that, a group that falls quiet
+//! would keep its last budget's worth of entries, which no reader wants any more, for
+//! as long as it stays quiet (each group's 2 MiB, 6 MiB of a node's memory after a
+//! benchmark that wrote to all three).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -503,16 +503,20 @@ impl MultiRaft {
     /// they were left alone. Blocking: for the node's idle housekeeping
     /// (`crate::idle`), on the blocking pool.
     pub fn flush_memtables_if_large(&self) -> io::Result<Option<u64>> {
-        self.db
-            .flush_if_holding(IDLE_FLUSH_MIN.min(self.db.memtable_budget() / 4))
+        self.db.flush_if_holding(self.idle_flush_min())
     }
 
     /// [`MultiRaft::flush_memtables_if_large`] for the column families of one group,
     /// which fell quiet while other groups still write (`crate::idle`), with the same
     /// threshold.
     pub fn flush_group_memtables_if_large(&self, group: &str) -> io::Result<Option<u64>> {
-        self.db
-            .flush_group_if_holding(group, IDLE_FLUSH_MIN.min(self.db.memtable_budget() / 4))
+        self.db.flush_group_if_holding(group, self.idle_flush_min())
+    }
+
+    /// The idle flushes' threshold: [`IDLE_FLUSH_MIN`], or a quarter of the memtable
+    /// budget if that is less.
+    fn idle_flush_min(&self) -> u64 {
+        IDLE_FLUSH_MIN.min(self.db.memtable_budget() / 4)
     }
 
     /// The memtable bytes of one group's column families (`nacosd_group_memtable_bytes`).
