@@ -165,11 +165,14 @@ impl AsyncWrite for ServerConn {
         }
     }
 
+    /// Reported as not vectored, whatever the socket can do: h2 then copies every DATA
+    /// frame of up to 1 KiB into its 16 KiB write buffer, so the replies of many
+    /// streams leave in one write. With vectored writes it keeps a DATA frame of 256
+    /// bytes or more aside, to pass as a slice of its own, and writes the buffer out
+    /// before it takes the next frame: one `writev` per reply (two, with its trailers)
+    /// for a config item of 256 bytes. See docs/BENCHMARKS.md, "Replies coalesced".
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerConn::Plain(s) => s.is_write_vectored(),
-            ServerConn::Tls(s, _) => s.is_write_vectored(),
-        }
+        false
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
