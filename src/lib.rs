@@ -14,7 +14,8 @@
 //! - [`nacos`]: the Nacos 2.x client protocol beside `nacosd.v1` on the client port.
 //!
 //! [`server`] wires them to sockets ([`conns`]: connections a shutdown can cut; [`tls`]:
-//! TLS on every port; [`idle`]: giving memory back when the node falls idle);
+//! TLS on every port; [`unvectored`]: HTTP/2 writes that coalesce small frames; [`idle`]:
+//! giving memory back when the node falls idle);
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
@@ -39,6 +40,7 @@ pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod tls;
+pub mod unvectored;
 
 pub use error::{Error, Result};
 

@@ -22,7 +22,9 @@
 //!
 //! With mutual TLS configured (`Config::peer_tls`) every new connection presents this
 //! node's certificate and checks the peer's against the cluster CA, with the
-//! certificate files as they are at that moment (`tls::Reloading`).
+//! certificate files as they are at that moment (`tls::Reloading`). Either way the
+//! connection is [`unvectored`]: small frames (forwarded writes, acknowledgements)
+//! leave together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::{self, Reloading};
+use crate::unvectored;
 
 /// Append batches larger than this (encoded) travel on the bulk lane.
 pub const BULK_APPEND_BYTES: usize = 256 << 10;
@@ -82,7 +85,6 @@ impl PeerChannels {
         };
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
@@ -95,7 +97,7 @@ impl PeerChannels {
         };
         let ch = match &self.tls {
             Some(tls) => endpoint.connect_with_connector_lazy(tls::connector(tls.clone())),
-            None => endpoint.connect_lazy(),
+            None => endpoint.connect_with_connector_lazy(unvectored::plain_connector()),
         };
         map.insert((addr.to_string(), lane), ch.clone());
         Ok(ch)

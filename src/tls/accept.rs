@@ -165,12 +165,8 @@ impl AsyncWrite for ServerConn {
         }
     }
 
-    /// Reported as not vectored, whatever the socket can do: h2 then copies every DATA
-    /// frame of up to 1 KiB into its 16 KiB write buffer, so the replies of many
-    /// streams leave in one write. With vectored writes it keeps a DATA frame of 256
-    /// bytes or more aside, to pass as a slice of its own, and writes the buffer out
-    /// before it takes the next frame: one `writev` per reply (two, with its trailers)
-    /// for a config item of 256 bytes. See docs/BENCHMARKS.md, "Replies coalesced".
+    /// Not vectored, whatever the socket can do, so that HTTP/2 sends the replies of
+    /// many streams in one write: see [`crate::unvectored`].
     fn is_write_vectored(&self) -> bool {
         false
     }
