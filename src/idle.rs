@@ -183,8 +183,8 @@ pub async fn run(node: Arc<MultiRaft>, mut stop: watch::Receiver<bool>) {
 }
 
 /// What `due` asks for: the cache drops, the flush and the purge of a quiet node; the
-/// cache drops and flushes of quiet groups (module docs). Failures are logged: both only give memory
-/// back, nothing depends on them.
+/// cache drops and flushes of quiet groups (module docs). Failures are logged: both
+/// only give memory back, nothing depends on them.
 fn housekeep(node: &MultiRaft, due: Housekeeping) {
     match due {
         Housekeeping::Nothing => {}

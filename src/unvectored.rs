@@ -75,10 +75,9 @@ pub fn host_port(uri: &Uri) -> io::Result<(String, u16)> {
     Ok((host, uri.port_u16().unwrap_or(7848)))
 }
 
-/// TCP to `uri`'s host and port (resolved on each connect), without delay.
-pub async fn connect_tcp(uri: &Uri) -> io::Result<TcpStream> {
-    let (host, port) = host_port(uri)?;
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+/// TCP to `host` and `port` (resolved on each connect), without delay.
+pub async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
     Ok(tcp)
 }
@@ -96,8 +95,10 @@ pub fn plain_connector() -> impl tower::Service<
        + Send
        + 'static {
     tower::service_fn(move |uri: Uri| {
-        let fut: futures::future::BoxFuture<'static, _> =
-            Box::pin(async move { Ok(TokioIo::new(Unvectored(connect_tcp(&uri).await?))) });
+        let fut: futures::future::BoxFuture<'static, _> = Box::pin(async move {
+            let (host, port) = host_port(&uri)?;
+            Ok(TokioIo::new(Unvectored(connect_tcp(&host, port).await?)))
+        });
         fut
     })
 }
@@ -125,8 +126,9 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let uri: Uri = format!("http://{addr}").parse().expect("uri");
-        let (connected, accepted) = tokio::join!(connect_tcp(&uri), listener.accept());
+        let host = addr.ip().to_string();
+        let (connected, accepted) =
+            tokio::join!(connect_tcp(&host, addr.port()), listener.accept());
         let mut client = Unvectored(connected.expect("connect"));
         let mut server = Unvectored(accepted.expect("accept").0);
         assert!(client.0.is_write_vectored());

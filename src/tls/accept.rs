@@ -154,17 +154,6 @@ impl AsyncWrite for ServerConn {
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerConn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerConn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
     /// Not vectored, whatever the socket can do, so that HTTP/2 sends the replies of
     /// many streams in one write: see [`crate::unvectored`].
     fn is_write_vectored(&self) -> bool {

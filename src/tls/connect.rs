@@ -35,14 +35,14 @@ pub fn connector(
     tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
         let fut: futures::future::BoxFuture<'static, _> = Box::pin(async move {
-            let (host, _) = host_port(&uri)?;
+            let (host, port) = host_port(&uri)?;
             let name = ServerName::try_from(host.clone()).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("peer host {host:?}: {e}"),
                 )
             })?;
-            let tcp = connect_tcp(&uri).await?;
+            let tcp = connect_tcp(&host, port).await?;
             let stream = tokio_rustls::TlsConnector::from(tls.current())
                 .connect(name, tcp)
                 .await?;
