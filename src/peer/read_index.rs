@@ -17,10 +17,16 @@ use super::coalesce::{still_waiting, CallCounts, Coalescer, Limits, Queued, Wait
 use crate::error::{Error, Result};
 use crate::raft::types::LogId;
 
+/// One call in flight per leader, group and policy, as etcd's read loop does: reads that
+/// arrive while it is out wait for it and leave together in the next. A call costs the
+/// leader and this node a peer exchange each, whatever the number of reads it serves;
+/// with four in flight a call served 3.4 reads at 64 clients, and one in flight gave
+/// 7 % more linearizable reads at 64 and at 256 clients with 10 % less CPU per read
+/// (`bench/ab.sh`), at no cost at one client (nothing to wait for).
 const LIMITS: Limits = Limits {
     items: 4096,
     bytes: usize::MAX,
-    in_flight: 4,
+    in_flight: 1,
     idle: Duration::from_secs(60),
     queue: 8192,
 };
