@@ -129,6 +129,10 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
 // clients no election happened (docs/BENCHMARKS.md). etcd's defaults are 100 ms and
 // 1000 ms (randomised up to 2000 ms).
 
+/// The peer port when none is configured (Nacos's Raft port), and of a peer address
+/// that names none.
+pub const DEFAULT_PEER_PORT: u16 = 7848;
+
 /// Default leader heartbeat interval.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 /// Default lower bound of the random election timeout.
@@ -280,7 +284,7 @@ impl Default for Config {
             node_id: 1,
             data_dir: PathBuf::from("nacosd-data"),
             client_addr: ([0, 0, 0, 0], 9848).into(),
-            peer_addr: ([0, 0, 0, 0], 7848).into(),
+            peer_addr: ([0, 0, 0, 0], DEFAULT_PEER_PORT).into(),
             http_addr: ([0, 0, 0, 0], 8848).into(),
             advertise_peer: String::new(),
             initial_members: BTreeMap::new(),

@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 
+use crate::config::DEFAULT_PEER_PORT;
+
 /// `T`, reporting that it takes no vectored writes (see the module docs).
 pub struct Unvectored<T>(pub T);
 
@@ -72,7 +74,7 @@ pub fn host_port(uri: &Uri) -> io::Result<(String, u16)> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    Ok((host, uri.port_u16().unwrap_or(7848)))
+    Ok((host, uri.port_u16().unwrap_or(DEFAULT_PEER_PORT)))
 }
 
 /// TCP to `host` and `port` (resolved on each connect), without delay.
