@@ -12,4 +12,9 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/c
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 fi
 bash "$root/scripts/setup.sh"
-exec cargo run --manifest-path "$root/Cargo.toml" --release --bin nacosd -- "$@"
+# Built from the checkout's root, where cargo finds .cargo/config.toml (its build
+# flags); run from here, where a relative data directory is meant.
+(cd "$root" && cargo build --release --bin nacosd)
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+exec "$target_dir/release/nacosd" "$@"

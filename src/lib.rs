@@ -19,6 +19,27 @@
 //! [`config`] is the typed configuration; [`codec`] the one binary encoding; [`error`]
 //! the one error type. `docs/ARCHITECTURE.md` follows a write and a read through them.
 
+/// The builder of nacosd's multi-threaded tokio runtimes (the client runtime, each
+/// node's control runtime).
+///
+/// The LIFO slot is off (with `--cfg tokio_unstable`, which `.cargo/config.toml` sets):
+/// with it, a task woken by a running task runs next on the same worker, so when one
+/// task answers a batch of waiters (a committed batch of writes, a read index shared by
+/// many reads) each waiter's handler ran and woke its connection's task, which ran
+/// next and flushed that one reply: a system call, and on loopback a wake-up of the
+/// peer, per reply. Without it the woken tasks queue in order, and a connection's task
+/// finds the replies of every handler that ran before it. `bench/ab.sh` against the
+/// build with the slot (docs/BENCHMARKS.md): publish at 64 clients 1.15-1.21× in four
+/// rounds of four, CPU per publish 260 -> 227 µs; linearizable get 1.02-1.05×; one
+/// client not slower.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    #[allow(unused_mut)] // mutated only with tokio_unstable
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder
+}
+
 pub(crate) mod api;
 pub mod auth;
 pub mod bench;

@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = nacosd::runtime_builder();
     if config.client_threads > 0 {
         builder.worker_threads(config.client_threads);
     }

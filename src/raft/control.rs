@@ -30,7 +30,7 @@ impl ControlRuntime {
     /// cores: more would only add switches between threads that cannot all run.
     pub fn start(node_id: u64, threads: usize) -> io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let runtime = crate::runtime_builder()
             .worker_threads(threads.clamp(1, cores))
             .thread_name(format!("raft-n{node_id}"))
             .enable_all()
