@@ -38,6 +38,23 @@ wait_ready() {
     done
 }
 
+# start_cluster BIN DIR BASE [FLAG...]: three nodes of BIN on loopback, node i with
+# client port BASE+i-1, peer port BASE+i+2 and HTTP port BASE+i+5, data and logs
+# under DIR, extra server FLAGs; their PIDs go into `pids`. Waits until all are ready.
+start_cluster() {
+    local bin=$1 dir=$2 base=$3 i
+    shift 3
+    local members="1=127.0.0.1:$((base + 3)),2=127.0.0.1:$((base + 4)),3=127.0.0.1:$((base + 5))"
+    for i in 1 2 3; do
+        NACOSD_LOG=warn "$bin/nacosd" --node-id "$i" --data-dir "$dir/data/n$i" \
+            --client-addr "127.0.0.1:$((base + i - 1))" --peer-addr "127.0.0.1:$((base + i + 2))" \
+            --http-addr "127.0.0.1:$((base + i + 5))" --initial-members "$members" \
+            --insecure-peer "$@" >"$dir/n$i.log" 2>&1 &
+        pids+=($!)
+    done
+    wait_ready "$dir" $((base + 6)) $((base + 7)) $((base + 8))
+}
+
 # leader_of GROUP HTTP_PORT...: the number (1 for the first port, ...) of the node whose
 # /metrics says it leads GROUP; nothing when none does.
 leader_of() {

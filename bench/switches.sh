@@ -36,16 +36,8 @@ trap 'stop_all; rm -rf "$work/data"; [ -n "${OUT:-}" ] || rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 base=$(port_base 19600)
-members="1=127.0.0.1:$((base + 3)),2=127.0.0.1:$((base + 4)),3=127.0.0.1:$((base + 5))"
 endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
-for i in 1 2 3; do
-    NACOSD_LOG=warn "$bin/nacosd" --node-id "$i" --data-dir "$work/data/n$i" \
-        --client-addr "127.0.0.1:$((base + i - 1))" --peer-addr "127.0.0.1:$((base + i + 2))" \
-        --http-addr "127.0.0.1:$((base + i + 5))" --initial-members "$members" \
-        --insecure-peer "${flags[@]}" >"$work/n$i.log" 2>&1 &
-    pids+=($!)
-done
-wait_ready "$work" $((base + 6)) $((base + 7)) $((base + 8))
+start_cluster "$bin" "$work" "$base" "${flags[@]}"
 
 # record DIR: a perf sched recording of WINDOW s, every thread of the servers (by
 # their process) and of the load generator, and which server process leads GROUP.
