@@ -71,3 +71,41 @@ pub use error::{Error, Result};
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// Tasks a running task wakes run in the order it woke them: with tokio's LIFO
+    /// slot the last one would jump ahead of the others (see `runtime_builder`).
+    #[test]
+    fn runtime_tasks_woken_by_a_task_run_in_order() {
+        let runtime = super::runtime_builder()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let seen = order.clone();
+        runtime.block_on(async move {
+            // Spawned from a task on the worker, so that the spawns are its wake-ups.
+            tokio::spawn(async move {
+                let tasks: Vec<_> = (0..3)
+                    .map(|i| {
+                        let seen = seen.clone();
+                        tokio::spawn(async move { super::lock(&seen).push(i) })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("task");
+                }
+            })
+            .await
+            .expect("spawner");
+        });
+        assert_eq!(
+            *super::lock(&order),
+            vec![0, 1, 2],
+            "woken tasks ran out of order: the runtime keeps tokio's LIFO slot (built without --cfg tokio_unstable, e.g. a RUSTFLAGS replacing .cargo/config.toml's?)"
+        );
+    }
+}
