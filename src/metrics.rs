@@ -56,7 +56,8 @@ pub struct MethodLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodCodeLabels {
     pub method: String,
-    pub code: String,
+    /// The status code's name, as tonic's `Code` spells it (`Ok`, `NotFound`, ...).
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,12 +239,36 @@ impl Metrics {
         self.grpc_calls
             .get_or_create(&MethodCodeLabels {
                 method: method.clone(),
-                code: format!("{code:?}"),
+                code: code_label(code),
             })
             .inc();
         self.grpc_seconds
             .get_or_create(&MethodLabels { method })
             .observe(took.as_secs_f64());
+    }
+}
+
+/// A status code's label: its name, without formatting one on every call.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -322,6 +347,14 @@ where
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn code_labels_are_the_codes_names() {
+        for n in 0..=16 {
+            let code = tonic::Code::from_i32(n);
+            assert_eq!(code_label(code), format!("{code:?}"), "code {n}");
+        }
+    }
 
     #[test]
     fn unknown_paths_share_one_label() {

@@ -15,12 +15,20 @@
 //! budget it becomes the older one and the previous older one is dropped, so keys
 //! that keep being written stay and the others age out.
 
-use std::collections::HashMap;
+/// The maps are keyed by the client's keys: foldhash, seeded at random per process and
+/// per map, at a fraction of SipHash's cost (Cargo.toml). It resists chosen colliding
+/// keys less than SipHash does; here such keys could only slow a bounded cache, and
+/// only for an authenticated client whose every key is a Raft write.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A set of client keys, hashed as [`HotKeys`] hashes them (the keys an apply batch
+/// read).
+pub type KeySet = std::collections::HashSet<Vec<u8>, foldhash::fast::RandomState>;
 
 /// Per-entry bookkeeping counted against the budget besides key and value bytes.
 const ENTRY_OVERHEAD: usize = 64;
 
-type Generation = HashMap<Vec<u8>, Option<Vec<u8>>>;
+type Generation = Map<Vec<u8>, Option<Vec<u8>>>;
 
 /// What one entry counts against the budget.
 fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {

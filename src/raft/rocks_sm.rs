@@ -30,7 +30,7 @@
 //! the mixture. Queries and snapshot builds wait while a restore runs.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
@@ -39,7 +39,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, WriteBatch, WriteO
 
 use crate::error::Error;
 use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, StateMachine};
-use crate::raft::hot_keys::HotKeys;
+use crate::raft::hot_keys::{HotKeys, KeySet};
 use crate::raft::keys;
 use crate::raft::rocks::{cf, Db};
 use crate::raft::types::{AppliedState, Command, CommandResult};
@@ -273,7 +273,7 @@ pub struct KvTxn<'a, E = ()> {
     batch: &'a Overlay,
     hot: &'a HotKeys,
     /// Keys read past the batch's own writes: what is written to them is remembered.
-    read: &'a RefCell<HashSet<Vec<u8>>>,
+    read: &'a RefCell<KeySet>,
     staged: Overlay,
     events: Vec<E>,
 }
@@ -447,7 +447,7 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
     ) -> io::Result<Vec<CommandResult>> {
         let cf = self.cf()?;
         let mut hot = crate::lock(&self.hot);
-        let read = RefCell::new(HashSet::new());
+        let read = RefCell::new(KeySet::default());
         let mut batch_overlay = Overlay::new();
         let mut events = Vec::new();
         let mut results = Vec::with_capacity(items.len());
