@@ -443,6 +443,11 @@ fn raft_registry(node: &MultiRaft) -> Registry {
             stats.map(|(kind, bytes)| (AllocatorLabels { kind }, bytes)),
         );
     }
+    registry.register(
+        "nacosd_sqlite_memory_bytes",
+        "Heap memory SQLite holds (the embedded DB's page caches, statements and schema), within nacosd_allocator_bytes",
+        ConstGauge::new(gauge_value(crate::groups::db::sqlite_memory_bytes())),
+    );
     let (purges, purged) = crate::idle::purge_counts();
     registry.register(
         "nacosd_allocator_idle_purges",

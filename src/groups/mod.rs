@@ -53,7 +53,10 @@ pub fn builtin_registry(shared: &Shared) -> GroupRegistry {
             ))
         })
         .register(EMBEDDED_DB, move |ctx| {
-            let sm = Arc::new(db::SqliteStateMachine::open(&ctx.dir)?);
+            let sm = Arc::new(
+                db::SqliteStateMachine::open(&ctx.dir)?
+                    .with_page_cache(ctx.sqlite_page_cache_kib)?,
+            );
             let _ = db_slot.set(sm.clone());
             Ok(sm)
         })

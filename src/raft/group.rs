@@ -138,6 +138,9 @@ pub struct GroupContext {
     /// Memory a RocksDB-backed state machine may keep for recently written values
     /// (`--state-cache-mib`, see `RocksStateMachine::with_key_cache`).
     pub state_cache_bytes: usize,
+    /// Page cache per SQLite connection, in KiB, for a group kept in SQLite
+    /// (`--db-page-cache-kib`).
+    pub sqlite_page_cache_kib: usize,
 }
 
 type Constructor = Box<dyn Fn(&GroupContext) -> io::Result<Arc<dyn StateMachine>> + Send + Sync>;

@@ -423,6 +423,7 @@ impl GroupBuilder<'_> {
             db: self.db.clone(),
             dir: config.data_dir.join("groups").join(name),
             state_cache_bytes: config.state_cache_mib << 20,
+            sqlite_page_cache_kib: config.db_page_cache_kib,
         };
         std::fs::create_dir_all(&ctx.dir)?;
         let sm = (spec.build)(&ctx)?;

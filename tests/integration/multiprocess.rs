@@ -364,6 +364,7 @@ async fn standalone_node_and_nacosctl_status() {
         "nacosd_allocator_bytes{kind=\"resident\"} ",
         "nacosd_log_reads_total{group=\"config\",from=\"cache\"} ",
         "nacosd_allocator_purged_bytes_total ",
+        "nacosd_sqlite_memory_bytes ",
         "process_resident_memory_bytes ",
         "process_open_fds ",
         "# EOF",

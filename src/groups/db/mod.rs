@@ -33,3 +33,12 @@ pub mod sqlite;
 
 pub use model::*;
 pub use sqlite::SqliteStateMachine;
+
+/// Bytes of heap SQLite holds in this process, by its own count (all connections:
+/// page caches, prepared statements, schemas).
+pub fn sqlite_memory_bytes() -> u64 {
+    // SAFETY: `sqlite3_memory_used` takes no arguments and reads SQLite's own counter,
+    // which it guards with its memory mutex (the bundled build is thread-safe).
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
+}
