@@ -153,22 +153,9 @@ stop_all
 
 # ---- etcd ---------------------------------------------------------------------
 base=$(port_base 23790)
-cluster="e1=http://127.0.0.1:$((base + 3)),e2=http://127.0.0.1:$((base + 4)),e3=http://127.0.0.1:$((base + 5))"
 endpoints="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
-for i in 1 2 3; do
-    client="http://127.0.0.1:$((base + i - 1))"
-    peer="http://127.0.0.1:$((base + i + 2))"
-    "$etcd_bin" --name "e$i" --data-dir "$work/etcd$i" \
-        --listen-client-urls "$client" --advertise-client-urls "$client" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster "$cluster" --initial-cluster-state new \
-        --initial-cluster-token nacosd-bench >"$work/etcd$i.log" 2>&1 &
-    pids+=($!)
-done
+start_etcd "$etcd_bin" "$nacosctl_bin" "$work" "$base"
 etcd_pids=("${pids[@]}")
-wait_for "etcd to elect a leader" 60 \
-    "$nacosctl_bin" bench --target etcd --endpoints "$endpoints" --workload config-publish \
-    --ops 1 --warmup-secs 0 --clients 1 --quiet
 record_rss "etcd (idle)" "${etcd_pids[@]}"
 common_runs etcd "$endpoints"
 record_rss etcd "${etcd_pids[@]}"

@@ -55,6 +55,27 @@ start_cluster() {
     wait_ready "$dir" $((base + 6)) $((base + 7)) $((base + 8))
 }
 
+# start_etcd ETCD_BIN NACOSCTL_BIN DIR BASE: three etcd members on loopback, member i
+# with client port BASE+i-1 and peer port BASE+i+2, data and logs under DIR; their PIDs
+# go into `pids`. Waits until a put succeeds (a leader is elected).
+start_etcd() {
+    local etcd=$1 nacosctl=$2 dir=$3 base=$4 i
+    local cluster="e1=http://127.0.0.1:$((base + 3)),e2=http://127.0.0.1:$((base + 4)),e3=http://127.0.0.1:$((base + 5))"
+    for i in 1 2 3; do
+        local client="http://127.0.0.1:$((base + i - 1))" peer="http://127.0.0.1:$((base + i + 2))"
+        "$etcd" --name "e$i" --data-dir "$dir/etcd$i" \
+            --listen-client-urls "$client" --advertise-client-urls "$client" \
+            --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token nacosd-bench >"$dir/etcd$i.log" 2>&1 &
+        pids+=($!)
+    done
+    wait_for "etcd to elect a leader" 60 \
+        "$nacosctl" bench --target etcd \
+        --endpoints "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" \
+        --workload config-publish --ops 1 --warmup-secs 0 --clients 1 --quiet
+}
+
 # leader_of GROUP HTTP_PORT...: the number (1 for the first port, ...) of the node whose
 # /metrics says it leads GROUP; nothing when none does.
 leader_of() {
