@@ -19,16 +19,16 @@
 /// per map, at a fraction of SipHash's cost (Cargo.toml). It resists chosen colliding
 /// keys less than SipHash does; here such keys could only slow a bounded cache, and
 /// only for an authenticated client whose every key is a Raft write.
-type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type Hasher = foldhash::fast::RandomState;
 
 /// A set of client keys, hashed as [`HotKeys`] hashes them (the keys an apply batch
 /// read).
-pub type KeySet = std::collections::HashSet<Vec<u8>, foldhash::fast::RandomState>;
+pub type KeySet = std::collections::HashSet<Vec<u8>, Hasher>;
 
 /// Per-entry bookkeeping counted against the budget besides key and value bytes.
 const ENTRY_OVERHEAD: usize = 64;
 
-type Generation = Map<Vec<u8>, Option<Vec<u8>>>;
+type Generation = std::collections::HashMap<Vec<u8>, Option<Vec<u8>>, Hasher>;
 
 /// What one entry counts against the budget.
 fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {

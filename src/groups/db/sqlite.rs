@@ -2,7 +2,6 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -35,9 +34,9 @@ pub struct SqliteStateMachine {
     check_turn: tokio::sync::Mutex<()>,
     /// The log entry the writer is applying: its deterministic "now" and random seed.
     inputs: Arc<EntryInputs>,
-    /// Page cache per connection, in KiB (`--db-page-cache-kib`); kept for the
-    /// connections a restore opens anew.
-    page_cache_kib: AtomicUsize,
+    /// Page cache per connection, in KiB (`--db-page-cache-kib`), also for the
+    /// connections a snapshot or a restore opens.
+    page_cache_kib: usize,
 }
 
 /// Files a crash can leave behind: a snapshot copy being written or a received
@@ -63,9 +62,14 @@ fn sql_err(e: rusqlite::Error) -> io::Error {
 
 /// The applying connection. `synchronous=NORMAL`: a commit is not fsync'd, which the
 /// group's recovery covers (the module's note, `super`).
-fn open_writer(path: &Path, inputs: &Arc<EntryInputs>) -> io::Result<Connection> {
+fn open_writer(
+    path: &Path,
+    inputs: &Arc<EntryInputs>,
+    page_cache_kib: usize,
+) -> io::Result<Connection> {
     let conn = Connection::open(path).map_err(sql_err)?;
     determinism::install(&conn, inputs).map_err(sql_err)?;
+    set_page_cache(&conn, page_cache_kib)?;
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;
          CREATE TABLE IF NOT EXISTS {META_TABLE} (k TEXT PRIMARY KEY, v BLOB NOT NULL);"
@@ -74,7 +78,7 @@ fn open_writer(path: &Path, inputs: &Arc<EntryInputs>) -> io::Result<Connection>
     Ok(conn)
 }
 
-fn open_reader(path: &Path) -> io::Result<Connection> {
+fn open_reader(path: &Path, page_cache_kib: usize) -> io::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -82,6 +86,7 @@ fn open_reader(path: &Path) -> io::Result<Connection> {
     .map_err(sql_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql_err)?;
+    set_page_cache(&conn, page_cache_kib)?;
     Ok(conn)
 }
 
@@ -271,37 +276,31 @@ impl SqliteStateMachine {
         remove_leftovers(dir)?;
         let path = dir.join(DB_FILE);
         let inputs = Arc::new(EntryInputs::default());
-        let writer = open_writer(&path, &inputs)?;
-        let reader = open_reader(&path)?;
-        let kib = crate::config::DEFAULT_DB_PAGE_CACHE_KIB;
-        SqliteStateMachine {
+        let page_cache_kib = crate::config::DEFAULT_DB_PAGE_CACHE_KIB;
+        let writer = open_writer(&path, &inputs, page_cache_kib)?;
+        let reader = open_reader(&path, page_cache_kib)?;
+        Ok(SqliteStateMachine {
             path,
             dir: dir.to_path_buf(),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(Some(reader)),
             check_turn: tokio::sync::Mutex::new(()),
             inputs,
-            page_cache_kib: AtomicUsize::new(kib),
-        }
-        .with_page_cache(kib)
+            page_cache_kib,
+        })
     }
 
     /// Give each connection a page cache of `kib` KiB (`--db-page-cache-kib`) instead of
     /// SQLite's default of about 2 MiB: the writer's fills under a steady insert load
     /// and stays, a connection's cache being its own until it closes.
-    pub fn with_page_cache(self, kib: usize) -> io::Result<Self> {
-        self.page_cache_kib.store(kib, Ordering::Relaxed);
+    pub fn with_page_cache(mut self, kib: usize) -> io::Result<Self> {
+        self.page_cache_kib = kib;
         for conn in [&self.writer, &self.reader] {
             if let Some(c) = Self::lock(conn).as_ref() {
                 set_page_cache(c, kib)?;
             }
         }
         Ok(self)
-    }
-
-    /// The page cache size of [`Self::with_page_cache`], in KiB.
-    fn page_cache_kib(&self) -> usize {
-        self.page_cache_kib.load(Ordering::Relaxed)
     }
 
     fn lock(m: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connection>> {
@@ -507,7 +506,7 @@ impl StateMachine for SqliteStateMachine {
                 .map_err(sql_err)?;
         }
         let applied = {
-            let c = open_reader(&copy)?;
+            let c = open_reader(&copy, self.page_cache_kib)?;
             read_applied(&c)?
         };
         Ok(Box::new(FileSource {
@@ -580,7 +579,7 @@ impl StateMachine for SqliteStateMachine {
                 io::copy(data, &mut f)?;
                 f.sync_all()?;
             }
-            let c = open_writer(&incoming, &self.inputs)?;
+            let c = open_writer(&incoming, &self.inputs, self.page_cache_kib)?;
             write_applied(&c, applied)?;
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
                 .map_err(sql_err)
@@ -610,13 +609,8 @@ impl StateMachine for SqliteStateMachine {
         })();
         // Whether or not the swap happened, the group gets its connections back: on
         // the new file, or on the old one, which is still complete.
-        let kib = self.page_cache_kib();
-        let writer = open_writer(&self.path, &self.inputs)?;
-        set_page_cache(&writer, kib)?;
-        *w = Some(writer);
-        let reader = open_reader(&self.path)?;
-        set_page_cache(&reader, kib)?;
-        *r = Some(reader);
+        *w = Some(open_writer(&self.path, &self.inputs, self.page_cache_kib)?);
+        *r = Some(open_reader(&self.path, self.page_cache_kib)?);
         if swapped.is_err() {
             let _ = std::fs::remove_file(&incoming);
         }
