@@ -72,6 +72,15 @@ pub struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppendLabels {
+    pub group: String,
+    /// Where the RocksDB write ran: `inline` (on the Raft task's own thread), `large`
+    /// (on the blocking pool: a batch above the inline limit) or `stalled` (on the
+    /// blocking pool: RocksDB would have made the write wait for a stall).
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub group: String,
     /// `local` (proposed on this node as leader) or `forwarded`.
@@ -93,6 +102,16 @@ pub struct Metrics {
     apply_seconds: HistogramFamily<GroupLabels>,
     apply_entries: HistogramFamily<GroupLabels>,
     login_refused: Family<LimitLabels, Counter>,
+    log_appends: Family<AppendLabels, Counter>,
+}
+
+/// One group's counters of log appends by where their RocksDB write ran (see
+/// `raft::log_store`), looked up once rather than per append.
+#[derive(Clone, Debug, Default)]
+pub struct AppendCounters {
+    pub inline: Counter,
+    pub large: Counter,
+    pub stalled: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +127,7 @@ impl Default for Metrics {
             apply_seconds: Family::new_with_constructor(latency_histogram),
             apply_entries: Family::new_with_constructor(count_histogram),
             login_refused: Family::default(),
+            log_appends: Family::default(),
         }
     }
 }
@@ -165,6 +185,28 @@ impl Metrics {
             "Logins refused unchecked because too many failed recently, by the limit that refused them (user name or client address)",
             self.login_refused.clone(),
         );
+        registry.register(
+            "nacosd_log_appends",
+            "Raft log appends by group and where their RocksDB write ran: inline on the Raft task's thread, or on the blocking pool because the batch was large or RocksDB reported a write stall",
+            self.log_appends.clone(),
+        );
+    }
+
+    /// The log-append counters of `group`.
+    pub fn append_counters(&self, group: &str) -> AppendCounters {
+        let counter = |path| {
+            self.log_appends
+                .get_or_create(&AppendLabels {
+                    group: group.to_string(),
+                    path,
+                })
+                .clone()
+        };
+        AppendCounters {
+            inline: counter("inline"),
+            large: counter("large"),
+            stalled: counter("stalled"),
+        }
     }
 
     pub fn login_refused(&self, limit: &'static str) {

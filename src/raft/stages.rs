@@ -47,6 +47,11 @@ impl StageClock {
         }
     }
 
+    /// The group's counters of where log appends were written.
+    pub fn append_counters(&self) -> crate::metrics::AppendCounters {
+        self.metrics.append_counters(&self.group)
+    }
+
     fn records(&self) -> std::sync::MutexGuard<'_, VecDeque<Appended>> {
         crate::lock(&self.appended)
     }
