@@ -72,18 +72,9 @@ pub struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AppendLabels {
+pub struct PathLabels {
     pub group: String,
-    /// Where the RocksDB write ran: `inline` (on the Raft task's own thread), `large`
-    /// (on the blocking pool: a batch above the inline limit) or `stalled` (on the
-    /// blocking pool: RocksDB would have made the write wait for a stall).
-    pub path: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WriteLabels {
-    pub group: String,
-    /// `local` (proposed on this node as leader) or `forwarded`.
+    /// Which way it went; each metric's help text names its paths.
     pub path: &'static str,
 }
 
@@ -96,13 +87,14 @@ pub struct Metrics {
     grpc_seconds: HistogramFamily<MethodLabels>,
     wal_sync_seconds: Histogram,
     wal_sync_appends: Histogram,
-    write_seconds: HistogramFamily<WriteLabels>,
+    write_seconds: HistogramFamily<PathLabels>,
     read_index_seconds: HistogramFamily<GroupLabels>,
     commit_seconds: HistogramFamily<GroupLabels>,
     apply_seconds: HistogramFamily<GroupLabels>,
     apply_entries: HistogramFamily<GroupLabels>,
     login_refused: Family<LimitLabels, Counter>,
-    log_appends: Family<AppendLabels, Counter>,
+    log_appends: Family<PathLabels, Counter>,
+    raft_applies: Family<PathLabels, Counter>,
 }
 
 /// One group's counters of log appends by where their RocksDB write ran (see
@@ -128,6 +120,7 @@ impl Default for Metrics {
             apply_entries: Family::new_with_constructor(count_histogram),
             login_refused: Family::default(),
             log_appends: Family::default(),
+            raft_applies: Family::default(),
         }
     }
 }
@@ -190,13 +183,18 @@ impl Metrics {
             "Raft log appends by group and where their RocksDB write ran: inline on the Raft task's thread, or on the blocking pool because the batch was large or RocksDB reported a write stall",
             self.log_appends.clone(),
         );
+        registry.register(
+            "nacosd_raft_applies",
+            "Batches of committed entries applied, by group and path: memory (on the Raft task's thread, every read answered from memory) or pool (on the blocking pool: a large batch, a read that needed the disk, a write stall, or a state machine that never tries memory)",
+            self.raft_applies.clone(),
+        );
     }
 
     /// The log-append counters of `group`.
     pub fn append_counters(&self, group: &str) -> AppendCounters {
         let counter = |path| {
             self.log_appends
-                .get_or_create(&AppendLabels {
+                .get_or_create(&PathLabels {
                     group: group.to_string(),
                     path,
                 })
@@ -221,7 +219,7 @@ impl Metrics {
     }
 
     pub fn observe_write(&self, group: &str, forwarded: bool, took: Duration) {
-        let labels = WriteLabels {
+        let labels = PathLabels {
             group: group.to_string(),
             path: if forwarded { "forwarded" } else { "local" },
         };
@@ -240,7 +238,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe_apply(&self, group: &str, entries: usize, took: Duration) {
+    pub fn observe_apply(&self, group: &str, entries: usize, path: &'static str, took: Duration) {
         let labels = GroupLabels {
             group: group.to_string(),
         };
@@ -250,6 +248,12 @@ impl Metrics {
         self.apply_entries
             .get_or_create(&labels)
             .observe(entries as f64);
+        self.raft_applies
+            .get_or_create(&PathLabels {
+                group: labels.group,
+                path,
+            })
+            .inc();
     }
 
     /// How many entries' commit waits were recorded for `group` (for tests).

@@ -47,6 +47,21 @@ pub trait StateMachine: Send + Sync + 'static {
         applied: &AppliedState,
     ) -> io::Result<Vec<CommandResult>>;
 
+    /// Apply a small batch as [`StateMachine::apply`] does, but from memory alone and
+    /// with a small bound on the work, or give up with `None` having changed nothing
+    /// (a read would need the disk, the batch is large, a write would wait for a
+    /// stall): the caller then runs `apply` where it may block. Called on an async
+    /// worker, so it must never wait for the disk or a lock held for long. The default
+    /// never tries.
+    fn apply_in_memory(
+        &self,
+        items: &[ApplyItem<'_>],
+        applied: &AppliedState,
+    ) -> Option<io::Result<Vec<CommandResult>>> {
+        let _ = (items, applied);
+        None
+    }
+
     /// Answer a read against the current local state.
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error>;
 

@@ -15,6 +15,15 @@
 //! ([`HotKeys`], `--state-cache-mib`), so the next command on the same key does not
 //! search RocksDB for it.
 //!
+//! A small batch is first tried in memory on the Raft task's own thread
+//! ([`StateMachine::apply_in_memory`]): reads that only memtables, the block cache and
+//! [`HotKeys`] can answer, at most [`IN_MEMORY_APPLY_KEYS`] of them, and a write that
+//! RocksDB must take without waiting for a stall. Anything else (a read that would go
+//! to the disk, a long scan, a stall) abandons the attempt before anything is written
+//! or announced, and the batch is applied again on the blocking pool. The same
+//! commands on the same state give the same result either way; only the thread
+//! differs.
+//!
 //! State-machine writes are not fsync'd: the entries they come from are already
 //! durable in the log, and the log store syncs the WAL before it purges anything (see
 //! `raft::log_store`).
@@ -71,7 +80,8 @@ pub trait Processor: Send + Sync + 'static {
     /// (see [`KvTxn::emit`]); `()` for groups without change streams.
     type Event: Send + 'static;
 
-    /// Apply one command. Must be deterministic.
+    /// Apply one command. Must be deterministic, and do nothing but through `txn`: a
+    /// batch tried in memory may be abandoned and applied again (module docs).
     fn apply(
         &self,
         txn: &mut KvTxn<'_, Self::Event>,
@@ -92,6 +102,15 @@ pub trait Processor: Send + Sync + 'static {
     /// earlier events (watchers' views) must be recomputed.
     fn on_restored(&self) {}
 }
+
+/// Most entries in a batch [`StateMachine::apply_in_memory`] tries: it runs on the
+/// Raft task's thread, so its work is kept to well under a millisecond.
+const IN_MEMORY_APPLY_ITEMS: usize = 64;
+/// Most bytes of command payload in a batch tried in memory.
+const IN_MEMORY_APPLY_BYTES: usize = 256 << 10;
+/// Most keys a batch tried in memory may read (a point read or one step of a scan is
+/// one; a publish reads its item and its history index).
+const IN_MEMORY_APPLY_KEYS: usize = 1024;
 
 /// Most keys a query tried in memory on an async worker may read (a point read is one
 /// or two; a listing page of up to this many services or items still qualifies).
@@ -120,6 +139,50 @@ struct InMemory {
     missed: Cell<bool>,
 }
 
+impl InMemory {
+    fn new(keys: usize) -> Self {
+        InMemory {
+            left: Cell::new(keys),
+            missed: Cell::new(false),
+        }
+    }
+
+    /// Refuse a read: the attempt's answer is void.
+    fn refuse(&self) -> io::Error {
+        self.missed.set(true);
+        io::Error::new(io::ErrorKind::WouldBlock, "not in memory")
+    }
+}
+
+/// Account for reading one key; fails when an in-memory budget is spent.
+fn step(in_memory: Option<&InMemory>) -> io::Result<()> {
+    match in_memory {
+        Some(m) if m.left.get() == 0 => Err(m.refuse()),
+        Some(m) => {
+            m.left.set(m.left.get() - 1);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Read options that, in memory, forbid the disk.
+fn read_options(in_memory: Option<&InMemory>) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    if in_memory.is_some() {
+        opts.set_read_tier(ReadTier::BlockCache);
+    }
+    opts
+}
+
+/// A RocksDB result, with "incomplete" (the data is not in memory) marked as missed.
+fn checked<T>(in_memory: Option<&InMemory>, r: Result<T, rocksdb::Error>) -> io::Result<T> {
+    r.map_err(|e| match (e.kind(), in_memory) {
+        (rocksdb::ErrorKind::Incomplete, Some(m)) => m.refuse(),
+        _ => io::Error::other(e),
+    })
+}
+
 impl<'a> KvView<'a> {
     pub fn new(db: &'a DB, cf: &'a rocksdb::ColumnFamily) -> Self {
         KvView {
@@ -138,10 +201,7 @@ impl<'a> KvView<'a> {
     /// disk or run long still never holds an async worker.
     pub fn in_memory(db: &'a DB, cf: &'a rocksdb::ColumnFamily, keys: usize) -> Self {
         KvView {
-            in_memory: Some(InMemory {
-                left: Cell::new(keys),
-                missed: Cell::new(false),
-            }),
+            in_memory: Some(InMemory::new(keys)),
             ..KvView::new(db, cf)
         }
     }
@@ -151,45 +211,12 @@ impl<'a> KvView<'a> {
         self.in_memory.as_ref().is_some_and(|m| m.missed.get())
     }
 
-    fn read_options(&self) -> ReadOptions {
-        let mut opts = ReadOptions::default();
-        if self.in_memory.is_some() {
-            opts.set_read_tier(ReadTier::BlockCache);
-        }
-        opts
-    }
-
-    /// Account for reading one key; fails when an in-memory view's budget is spent.
-    fn step(&self) -> io::Result<()> {
-        match &self.in_memory {
-            Some(m) if m.left.get() == 0 => Err(self.refuse()),
-            Some(m) => {
-                m.left.set(m.left.get() - 1);
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn refuse(&self) -> io::Error {
-        if let Some(m) = &self.in_memory {
-            m.missed.set(true);
-        }
-        io::Error::new(io::ErrorKind::WouldBlock, "not in memory")
-    }
-
-    /// A RocksDB result, with "incomplete" (the data is not in memory) marked as missed.
-    fn checked<T>(&self, r: Result<T, rocksdb::Error>) -> io::Result<T> {
-        r.map_err(|e| match e.kind() {
-            rocksdb::ErrorKind::Incomplete if self.in_memory.is_some() => self.refuse(),
-            _ => io::Error::other(e),
-        })
-    }
-
     fn get_raw(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        self.step()?;
-        let r = self.snapshot.get_cf_opt(self.cf, key, self.read_options());
-        self.checked(r)
+        step(self.in_memory.as_ref())?;
+        let r = self
+            .snapshot
+            .get_cf_opt(self.cf, key, read_options(self.in_memory.as_ref()));
+        checked(self.in_memory.as_ref(), r)
     }
 
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -216,7 +243,7 @@ impl<'a> KvView<'a> {
         limit: usize,
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let start = keys::sm_data_key(prefix);
-        let mut opts = self.read_options();
+        let mut opts = read_options(self.in_memory.as_ref());
         opts.set_snapshot(&self.snapshot);
         if let Some(end) = keys::prefix_end(&start) {
             opts.set_iterate_upper_bound(end);
@@ -234,9 +261,9 @@ impl<'a> KvView<'a> {
             self.db
                 .iterator_cf_opt(self.cf, opts, IteratorMode::From(&from, Direction::Forward));
         while out.len() < limit {
-            self.step()?;
+            step(self.in_memory.as_ref())?;
             let Some(item) = items.next() else { break };
-            let (k, v) = self.checked(item)?;
+            let (k, v) = checked(self.in_memory.as_ref(), item)?;
             if let Some(user) = keys::sm_user_key(&k) {
                 out.push((user.to_vec(), v.to_vec()));
             }
@@ -274,6 +301,8 @@ pub struct KvTxn<'a, E = ()> {
     hot: &'a HotKeys,
     /// Keys read past the batch's own writes: what is written to them is remembered.
     read: &'a RefCell<KeySet>,
+    /// Set when the batch is tried in memory (module docs).
+    in_memory: Option<&'a InMemory>,
     staged: Overlay,
     events: Vec<E>,
 }
@@ -296,9 +325,13 @@ impl<E> KvTxn<'_, E> {
         if let Some(v) = self.hot.get(key) {
             return Ok(v.map(<[u8]>::to_vec));
         }
-        self.db
-            .get_cf(self.cf, keys::sm_data_key(key))
-            .map_err(io::Error::other)
+        step(self.in_memory)?;
+        let r = self.db.get_cf_opt(
+            self.cf,
+            keys::sm_data_key(key),
+            &read_options(self.in_memory),
+        );
+        checked(self.in_memory, r)
     }
 
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
@@ -314,20 +347,22 @@ impl<E> KvTxn<'_, E> {
     /// each value out of RocksDB was a tenth of a leader's CPU under load.
     pub fn scan_keys(&self, prefix: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         let start = keys::sm_data_key(prefix);
-        let mut opts = ReadOptions::default();
+        let mut opts = read_options(self.in_memory);
         if let Some(end) = keys::prefix_end(&start) {
             opts.set_iterate_upper_bound(end);
         }
         let mut it = self.db.raw_iterator_cf_opt(self.cf, opts);
+        step(self.in_memory)?;
         it.seek(&start);
         let mut live: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
         while let Some(k) = it.key() {
             if let Some(user) = keys::sm_user_key(k) {
                 live.insert(user.to_vec(), true);
             }
+            step(self.in_memory)?;
             it.next();
         }
-        it.status().map_err(io::Error::other)?;
+        checked(self.in_memory, it.status())?;
         let end = keys::prefix_end(prefix);
         for layer in [self.batch, &self.staged] {
             let upper = match &end {
@@ -384,6 +419,86 @@ impl<P: Processor> RocksStateMachine<P> {
 
     fn cf(&self) -> io::Result<&rocksdb::ColumnFamily> {
         cf(&self.db, &self.cf_name)
+    }
+
+    /// Apply `items` and write the result with `applied`. With `in_memory`, gives up
+    /// (`Ok(None)`) as soon as a read would need the disk or the budget is spent, or
+    /// RocksDB would make the write wait for a stall: then nothing has been written,
+    /// cached or announced, and the batch can be applied again (module docs).
+    fn apply_batch(
+        &self,
+        items: &[ApplyItem<'_>],
+        applied: &AppliedState,
+        in_memory: Option<&InMemory>,
+    ) -> io::Result<Option<Vec<CommandResult>>> {
+        let gave_up = || in_memory.is_some_and(|m| m.missed.get());
+        let cf = self.cf()?;
+        let mut hot = crate::lock(&self.hot);
+        let read = RefCell::new(KeySet::default());
+        let mut batch_overlay = Overlay::new();
+        let mut events = Vec::new();
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(cmd) = item.command else { continue };
+            let mut txn = KvTxn {
+                db: &self.db,
+                cf,
+                batch: &batch_overlay,
+                hot: &hot,
+                read: &read,
+                in_memory,
+                staged: Overlay::new(),
+                events: Vec::new(),
+            };
+            let outcome = self.processor.apply(&mut txn, item.index, cmd);
+            // Whatever the processor made of a refused read, the attempt is void.
+            if gave_up() {
+                return Ok(None);
+            }
+            match outcome {
+                Ok(resp) => {
+                    let KvTxn {
+                        staged,
+                        events: emitted,
+                        ..
+                    } = txn;
+                    batch_overlay.extend(staged);
+                    events.extend(emitted);
+                    results.push(CommandResult(Ok(resp)));
+                }
+                Err(ApplyError::Rejected(e)) => results.push(CommandResult(Err(e))),
+                Err(ApplyError::Fatal(e)) => return Err(e),
+            }
+        }
+        let mut wb = WriteBatch::default();
+        for (k, v) in &batch_overlay {
+            let key = keys::sm_data_key(k);
+            match v {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
+        let mut opts = WriteOptions::default();
+        opts.set_no_slowdown(in_memory.is_some());
+        match self.db.write_opt(wb, &opts) {
+            Ok(()) => {}
+            Err(e) if in_memory.is_some() && e.kind() == rocksdb::ErrorKind::Incomplete => {
+                return Ok(None);
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+        // Only after the write: the cache never holds what the column family does not.
+        let read = read.into_inner();
+        for (k, v) in batch_overlay {
+            let was_read = read.contains(&k);
+            hot.written(k, v, was_read);
+        }
+        drop(hot);
+        if !events.is_empty() {
+            self.processor.on_applied(events);
+        }
+        Ok(Some(results))
     }
 
     /// A restore that a crash interrupted left half old, half new data: drop it all
@@ -445,59 +560,22 @@ impl<P: Processor> StateMachine for RocksStateMachine<P> {
         items: &[ApplyItem<'_>],
         applied: &AppliedState,
     ) -> io::Result<Vec<CommandResult>> {
-        let cf = self.cf()?;
-        let mut hot = crate::lock(&self.hot);
-        let read = RefCell::new(KeySet::default());
-        let mut batch_overlay = Overlay::new();
-        let mut events = Vec::new();
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let Some(cmd) = item.command else { continue };
-            let mut txn = KvTxn {
-                db: &self.db,
-                cf,
-                batch: &batch_overlay,
-                hot: &hot,
-                read: &read,
-                staged: Overlay::new(),
-                events: Vec::new(),
-            };
-            match self.processor.apply(&mut txn, item.index, cmd) {
-                Ok(resp) => {
-                    let KvTxn {
-                        staged,
-                        events: emitted,
-                        ..
-                    } = txn;
-                    batch_overlay.extend(staged);
-                    events.extend(emitted);
-                    results.push(CommandResult(Ok(resp)));
-                }
-                Err(ApplyError::Rejected(e)) => results.push(CommandResult(Err(e))),
-                Err(ApplyError::Fatal(e)) => return Err(e),
-            }
+        self.apply_batch(items, applied, None)?
+            .ok_or_else(|| io::Error::other("an apply allowed the disk gave up on memory"))
+    }
+
+    fn apply_in_memory(
+        &self,
+        items: &[ApplyItem<'_>],
+        applied: &AppliedState,
+    ) -> Option<io::Result<Vec<CommandResult>>> {
+        let commands = items.iter().filter_map(|i| i.command);
+        let payload: usize = commands.map(|c| c.payload.len()).sum();
+        if items.len() > IN_MEMORY_APPLY_ITEMS || payload > IN_MEMORY_APPLY_BYTES {
+            return None;
         }
-        let mut wb = WriteBatch::default();
-        for (k, v) in &batch_overlay {
-            let key = keys::sm_data_key(k);
-            match v {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
-            }
-        }
-        wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
-        self.db.write(wb).map_err(io::Error::other)?;
-        // Only after the write: the cache never holds what the column family does not.
-        let read = read.into_inner();
-        for (k, v) in batch_overlay {
-            let was_read = read.contains(&k);
-            hot.written(k, v, was_read);
-        }
-        drop(hot);
-        if !events.is_empty() {
-            self.processor.on_applied(events);
-        }
-        Ok(results)
+        let budget = InMemory::new(IN_MEMORY_APPLY_KEYS);
+        self.apply_batch(items, applied, Some(&budget)).transpose()
     }
 
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, Error> {
@@ -878,6 +956,179 @@ mod tests {
         let reply = cached.apply(&[item], &AppliedState::default()).unwrap();
         assert!(reply[0].0.is_ok());
         assert_eq!(crate::lock(&cached.hot).get(b"k3"), Some(Some(&b"v"[..])));
+    }
+
+    /// What `apply_in_memory` does with a batch, as the pool path would: its replies
+    /// or, when it gave up, `None`.
+    fn replies_of(results: io::Result<Vec<CommandResult>>) -> Vec<Result<Vec<u8>, String>> {
+        results
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn kv_put(key: &str, value: &[u8]) -> Command {
+        crate::groups::test_kv::KvCommand::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+        }
+        .into_command()
+    }
+
+    fn applied_at(index: u64) -> AppliedState {
+        AppliedState {
+            last_applied: Some(openraft::testing::log_id::<crate::raft::types::TypeConfig>(
+                1, 1, index,
+            )),
+            ..AppliedState::default()
+        }
+    }
+
+    /// A batch applied in memory gives the replies and data the pool path gives, for
+    /// puts, deletes and rejected compare-and-swaps on keys in the memtable.
+    #[test]
+    fn applying_in_memory_matches_the_pool_path() {
+        use crate::groups::test_kv::KvCommand;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let pool = open_kv(&crate::raft::rocks::open(dirs[0].path(), &["g"]).unwrap());
+        let memory = open_kv(&crate::raft::rocks::open(dirs[1].path(), &["g"]).unwrap());
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut index, mut in_memory, mut rejected) = (0, 0, 0);
+        for round in 0..200 {
+            let commands: Vec<Command> = (0..1 + next(5))
+                .map(|_| {
+                    let key = format!("k{}", next(10)).into_bytes();
+                    match next(4) {
+                        0 => KvCommand::Delete { key },
+                        1 => KvCommand::Cas {
+                            key,
+                            expected: None,
+                            value: Some(b"fresh".to_vec()),
+                        },
+                        _ => KvCommand::Put {
+                            key,
+                            value: vec![b'a' + next(26) as u8; 1 + next(100) as usize],
+                        },
+                    }
+                    .into_command()
+                })
+                .collect();
+            let items: Vec<ApplyItem<'_>> = commands
+                .iter()
+                .map(|c| {
+                    index += 1;
+                    ApplyItem {
+                        index,
+                        command: Some(c),
+                    }
+                })
+                .collect();
+            let applied = applied_at(index);
+            let expected = replies_of(pool.apply(&items, &applied));
+            let got = match memory.apply_in_memory(&items, &applied) {
+                Some(results) => {
+                    in_memory += 1;
+                    replies_of(results)
+                }
+                None => replies_of(memory.apply(&items, &applied)),
+            };
+            assert_eq!(got, expected, "round {round}");
+            rejected += got.iter().filter(|r| r.is_err()).count();
+        }
+        let state = |sm: &RocksStateMachine<_>| {
+            KvView::new(&sm.db, sm.cf().unwrap())
+                .scan(b"", None, 1000)
+                .unwrap()
+        };
+        assert_eq!(state(&memory), state(&pool));
+        assert_eq!(
+            memory.applied_state().unwrap(),
+            pool.applied_state().unwrap()
+        );
+        assert_eq!(in_memory, 200, "keys in the memtable are always in memory");
+        assert!(rejected > 0, "the sequence has rejected commands");
+    }
+
+    /// Where a read would need the disk, the batch is too large, or a write would wait
+    /// for a stall, `apply_in_memory` gives up having written, cached and announced
+    /// nothing; `apply` then does the work.
+    #[test]
+    fn applying_in_memory_gives_up_without_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+            let sm = open_kv(&db);
+            let put = kv_put("cold", b"v1");
+            let item = ApplyItem {
+                index: 1,
+                command: Some(&put),
+            };
+            sm.apply(&[item], &applied_at(1)).unwrap();
+            db.flush_cf(sm.cf().unwrap()).unwrap();
+        }
+        // Reopened: "cold" is only in a table file, not in the block cache.
+        let db = crate::raft::rocks::open(dir.path(), &["g"]).unwrap();
+        let sm = open_kv(&db).with_key_cache(1 << 20);
+        let put = kv_put("cold", b"v2");
+        let item = |index| ApplyItem {
+            index,
+            command: Some(&put),
+        };
+        assert!(sm.apply_in_memory(&[item(2)], &applied_at(2)).is_none());
+        assert_eq!(
+            sm.applied_state().unwrap(),
+            applied_at(1),
+            "nothing written"
+        );
+        assert_eq!(crate::lock(&sm.hot).get(b"cold"), None, "nothing cached");
+        let replies = replies_of(sm.apply(&[item(2)], &applied_at(2)));
+        assert!(replies[0].is_ok());
+        assert_eq!(sm.applied_state().unwrap(), applied_at(2));
+        // Now the key is in memory (the cache): the next one stays on this thread.
+        let again = sm.apply_in_memory(&[item(3)], &applied_at(3));
+        assert!(again.is_some_and(|r| r.is_ok()));
+
+        // Too many entries: not tried at all.
+        let many: Vec<ApplyItem<'_>> = (4..4 + IN_MEMORY_APPLY_ITEMS as u64 + 1)
+            .map(item)
+            .collect();
+        let last = 3 + many.len() as u64;
+        assert!(sm.apply_in_memory(&many, &applied_at(last)).is_none());
+        assert_eq!(sm.applied_state().unwrap(), applied_at(3));
+
+        // A write stall (too many level-0 files in another column family).
+        let meta = crate::raft::rocks::cf(&db, keys::RAFT_META_CF).unwrap();
+        db.set_options_cf(
+            meta,
+            &[
+                ("level0_file_num_compaction_trigger", "64"),
+                ("level0_slowdown_writes_trigger", "64"),
+                ("level0_stop_writes_trigger", "2"),
+            ],
+        )
+        .unwrap();
+        for i in 0..2u8 {
+            db.put_cf(meta, b"filler", [i]).unwrap();
+            db.flush_cf(meta).unwrap();
+        }
+        assert!(sm.apply_in_memory(&[item(4)], &applied_at(4)).is_none());
+        assert_eq!(
+            sm.applied_state().unwrap(),
+            applied_at(3),
+            "nothing written"
+        );
+        db.set_options_cf(meta, &[("level0_stop_writes_trigger", "64")])
+            .unwrap();
+        let after = sm.apply_in_memory(&[item(4)], &applied_at(4));
+        assert!(after.is_some_and(|r| r.is_ok()));
+        assert_eq!(sm.applied_state().unwrap(), applied_at(4));
     }
 
     /// A key the cache knows, then written by a command that does not read it first

@@ -124,9 +124,10 @@ impl StageClock {
         }
     }
 
-    /// One batch of `entries` took `took` to apply.
-    pub fn applied(&self, entries: usize, took: Duration) {
-        self.metrics.observe_apply(&self.group, entries, took);
+    /// A batch of `entries` was applied in `took`, in memory on the Raft task's thread
+    /// (`path` "memory") or on the blocking pool ("pool").
+    pub fn applied(&self, entries: usize, path: &'static str, took: Duration) {
+        self.metrics.observe_apply(&self.group, entries, path, took);
     }
 }
 

@@ -124,6 +124,20 @@ impl GroupStateMachine {
     }
 }
 
+/// What the state machine is handed for one batch of committed entries.
+fn apply_items(batch: &[EntryResponder<TypeConfig>]) -> Vec<ApplyItem<'_>> {
+    batch
+        .iter()
+        .map(|(entry, _)| ApplyItem {
+            index: entry.log_id.index,
+            command: match &entry.payload {
+                EntryPayload::Normal(cmd) => Some(cmd),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
@@ -201,27 +215,33 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         }
         let started = Instant::now();
         let after = applied.clone();
-        let (batch, results) = blocking(move || {
-            let items: Vec<ApplyItem<'_>> = batch
-                .iter()
-                .map(|(entry, _)| ApplyItem {
-                    index: entry.log_id.index,
-                    command: match &entry.payload {
-                        EntryPayload::Normal(cmd) => Some(cmd),
-                        _ => None,
-                    },
+        // Tried on this thread first (small batches whose reads memory answers); on
+        // the blocking pool otherwise (`raft::rocks_sm` module docs).
+        let items = apply_items(&batch);
+        let in_memory = sm.apply_in_memory(&items, &applied);
+        drop(items);
+        let path = if in_memory.is_some() {
+            "memory"
+        } else {
+            "pool"
+        };
+        let outcome = match in_memory {
+            Some(results) => results.map(|r| (batch, r)),
+            None => {
+                blocking(move || {
+                    let items = apply_items(&batch);
+                    let results = sm.apply(&items, &applied)?;
+                    drop(items);
+                    Ok((batch, results))
                 })
-                .collect();
-            let results = sm.apply(&items, &applied)?;
-            drop(items);
-            Ok((batch, results))
-        })
-        .await
-        .inspect_err(|e| {
+                .await
+            }
+        };
+        let (batch, results) = outcome.inspect_err(|e| {
             *self.cached_applied() = None;
             tracing::error!(group = %self.group, error = %e, "applying committed entries failed; stopping the group");
         })?;
-        self.clock.applied(entries, started.elapsed());
+        self.clock.applied(entries, path, started.elapsed());
         *self.cached_applied() = Some(after);
 
         let mut results = results.into_iter();
