@@ -23,7 +23,10 @@
 //! would have waited it refuses the whole batch (`Incomplete`, nothing written), and
 //! the batch goes to the blocking pool to wait there, so a stall never holds up the
 //! runtime that carries every group's heartbeats. A large batch goes to the pool
-//! directly. `nacosd_log_appends{path}` counts each kind.
+//! directly. `nacosd_log_appends{path}` counts each kind. What an inline write can
+//! still wait for is RocksDB's write queue: behind another thread's synced write (a
+//! vote, a truncation, a purge) it waits for that one fsync, as the pool's thread
+//! would; those are rare and bounded.
 //!
 //! The newest entries are also kept in memory ([`LogCache`]) for the readers that
 //! want them right after the append (apply, replication); the cache follows every
