@@ -374,6 +374,22 @@ async fn standalone_node_and_nacosctl_status() {
             "{expected} missing from {metrics}"
         );
     }
+    // Where appends and applies ran: the config group's entries so far (its first
+    // blank entry at least) were small, on a node with no write stall.
+    for series in [
+        "nacosd_log_appends_total{group=\"config\",path=\"inline\"}",
+        "nacosd_raft_applies_total{group=\"config\",path=\"memory\"}",
+    ] {
+        let n = crate::common::series_value(&metrics, series);
+        assert!(n.is_some_and(|n| n >= 1), "{series}: {n:?} in {metrics}");
+    }
+    assert_eq!(
+        crate::common::series_value(
+            &metrics,
+            "nacosd_log_appends_total{group=\"config\",path=\"stalled\"}"
+        ),
+        Some(0)
+    );
     // A node gives the allocator's freed pages back once it falls quiet after writes
     // (src/idle.rs); its start-up counts as such a spell.
     wait_async("the idle node purges the allocator", DEADLINE, || async {
