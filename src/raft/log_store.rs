@@ -540,20 +540,7 @@ mod tests {
     async fn an_append_during_a_write_stall_waits_on_the_pool_and_completes() {
         let td = tempfile::tempdir().unwrap();
         let (db, store) = open_store(td.path());
-        let meta = cf(&db, keys::RAFT_META_CF).unwrap();
-        db.set_options_cf(
-            meta,
-            &[
-                ("level0_file_num_compaction_trigger", "64"),
-                ("level0_slowdown_writes_trigger", "64"),
-                ("level0_stop_writes_trigger", "2"),
-            ],
-        )
-        .unwrap();
-        for i in 0..2u8 {
-            db.put_cf(meta, b"filler", [i]).unwrap();
-            db.flush_cf(meta).unwrap();
-        }
+        crate::raft::rocks::stall::begin(&db);
 
         let probe = store.clone();
         let (tx, rx) = TypeConfig::oneshot();
@@ -578,8 +565,7 @@ mod tests {
             "nothing is written while the stall lasts"
         );
 
-        db.set_options_cf(meta, &[("level0_stop_writes_trigger", "64")])
-            .unwrap();
+        crate::raft::rocks::stall::end(&db);
         appending.await.unwrap().unwrap();
         rx.await.unwrap().unwrap();
         let mut reader = probe.clone();

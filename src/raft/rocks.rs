@@ -344,6 +344,38 @@ impl WalSyncer {
     }
 }
 
+/// Write stalls on demand, for tests of the paths that must not wait for one.
+#[cfg(test)]
+pub mod stall {
+    use super::*;
+
+    /// Stops every write to `db` (RocksDB's level-0 file limit, reached on the meta
+    /// column family with compaction held back) until [`end`].
+    pub fn begin(db: &Db) {
+        let meta = cf(db, keys::RAFT_META_CF).unwrap();
+        db.set_options_cf(
+            meta,
+            &[
+                ("level0_file_num_compaction_trigger", "64"),
+                ("level0_slowdown_writes_trigger", "64"),
+                ("level0_stop_writes_trigger", "2"),
+            ],
+        )
+        .unwrap();
+        for i in 0..2u8 {
+            db.put_cf(meta, b"filler", [i]).unwrap();
+            db.flush_cf(meta).unwrap();
+        }
+    }
+
+    /// Ends the stall [`begin`] started.
+    pub fn end(db: &Db) {
+        let meta = cf(db, keys::RAFT_META_CF).unwrap();
+        db.set_options_cf(meta, &[("level0_stop_writes_trigger", "64")])
+            .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

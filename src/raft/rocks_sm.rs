@@ -829,6 +829,20 @@ mod tests {
         out
     }
 
+    /// `commands` as apply items with the log indexes after `index`, which moves on.
+    fn numbered<'c>(commands: &'c [Command], index: &mut u64) -> Vec<ApplyItem<'c>> {
+        commands
+            .iter()
+            .map(|c| {
+                *index += 1;
+                ApplyItem {
+                    index: *index,
+                    command: Some(c),
+                }
+            })
+            .collect()
+    }
+
     fn open_kv(db: &Arc<Db>) -> RocksStateMachine<crate::groups::test_kv::KvProcessor> {
         RocksStateMachine::new("g", db.clone(), crate::groups::test_kv::KvProcessor).unwrap()
     }
@@ -920,16 +934,7 @@ mod tests {
                     .into_command()
                 })
                 .collect();
-            let items: Vec<ApplyItem<'_>> = commands
-                .iter()
-                .map(|c| {
-                    index += 1;
-                    ApplyItem {
-                        index,
-                        command: Some(c),
-                    }
-                })
-                .collect();
+            let items = numbered(&commands, &mut index);
             let replies = |sm: &RocksStateMachine<_>| {
                 sm.apply(&items, &AppliedState::default())
                     .unwrap()
@@ -1020,16 +1025,7 @@ mod tests {
                     .into_command()
                 })
                 .collect();
-            let items: Vec<ApplyItem<'_>> = commands
-                .iter()
-                .map(|c| {
-                    index += 1;
-                    ApplyItem {
-                        index,
-                        command: Some(c),
-                    }
-                })
-                .collect();
+            let items = numbered(&commands, &mut index);
             let applied = applied_at(index);
             let expected = replies_of(pool.apply(&items, &applied));
             let got = match memory.apply_in_memory(&items, &applied) {
@@ -1104,28 +1100,14 @@ mod tests {
         assert_eq!(sm.applied_state().unwrap(), applied_at(3));
 
         // A write stall (too many level-0 files in another column family).
-        let meta = crate::raft::rocks::cf(&db, keys::RAFT_META_CF).unwrap();
-        db.set_options_cf(
-            meta,
-            &[
-                ("level0_file_num_compaction_trigger", "64"),
-                ("level0_slowdown_writes_trigger", "64"),
-                ("level0_stop_writes_trigger", "2"),
-            ],
-        )
-        .unwrap();
-        for i in 0..2u8 {
-            db.put_cf(meta, b"filler", [i]).unwrap();
-            db.flush_cf(meta).unwrap();
-        }
+        crate::raft::rocks::stall::begin(&db);
         assert!(sm.apply_in_memory(&[item(4)], &applied_at(4)).is_none());
         assert_eq!(
             sm.applied_state().unwrap(),
             applied_at(3),
             "nothing written"
         );
-        db.set_options_cf(meta, &[("level0_stop_writes_trigger", "64")])
-            .unwrap();
+        crate::raft::rocks::stall::end(&db);
         let after = sm.apply_in_memory(&[item(4)], &applied_at(4));
         assert!(after.is_some_and(|r| r.is_ok()));
         assert_eq!(sm.applied_state().unwrap(), applied_at(4));
