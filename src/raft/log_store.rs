@@ -23,7 +23,7 @@
 //! would have waited it refuses the whole batch (`Incomplete`, nothing written), and
 //! the batch goes to the blocking pool to wait there, so a stall never holds up the
 //! runtime that carries every group's heartbeats. A large batch goes to the pool
-//! directly. `nacosd_log_appends{path}` counts each kind. What an inline write can
+//! directly. `nacosd_log_appends_total{path}` counts each kind. What an inline write can
 //! still wait for is RocksDB's write queue: behind another thread's synced write (a
 //! vote, a truncation, a purge) it waits for that one fsync, as the pool's thread
 //! would; those are rare and bounded.
@@ -41,7 +41,7 @@ use std::sync::Arc;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::vote::RaftLeaderIdExt;
 use openraft::{LogState, OptionalSend, RaftLogReader};
-use rocksdb::{Direction, ErrorKind, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -49,7 +49,7 @@ use crate::codec;
 use crate::metrics::AppendCounters;
 use crate::raft::keys;
 use crate::raft::log_cache::LogCache;
-use crate::raft::rocks::{cf, Db, WalSyncer};
+use crate::raft::rocks::{cf, write_unless_stalled, Db, WalSyncer};
 use crate::raft::stages::StageClock;
 use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
 
@@ -141,14 +141,6 @@ impl RocksLogStore {
 fn synced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
-    opts
-}
-
-/// For a write on a runtime thread: fail at once (`Incomplete`) rather than wait
-/// for a write stall.
-fn without_waiting() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_no_slowdown(true);
     opts
 }
 
@@ -361,20 +353,14 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         let to_pool = if batch.size_in_bytes() > INLINE_WRITE_MAX {
             self.appends.large.inc();
             Some(batch)
+        } else if write_unless_stalled(&self.db, batch)? {
+            self.appends.inline.inc();
+            None
         } else {
-            match self.db.write_opt(batch, &without_waiting()) {
-                Ok(()) => {
-                    self.appends.inline.inc();
-                    None
-                }
-                Err(e) if e.kind() == ErrorKind::Incomplete => {
-                    // Refused whole, nothing written: built again, it waits out the
-                    // stall on the pool.
-                    self.appends.stalled.inc();
-                    Some(self.log_batch(committed.as_ref(), &records)?)
-                }
-                Err(e) => return Err(io::Error::other(e)),
-            }
+            // Refused whole, nothing written: built again, it waits out the stall on
+            // the pool.
+            self.appends.stalled.inc();
+            Some(self.log_batch(committed.as_ref(), &records)?)
         };
         if let Some(batch) = to_pool {
             self.blocking(move |s| s.db.write(batch).map_err(io::Error::other))

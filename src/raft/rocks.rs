@@ -276,6 +276,20 @@ pub fn open_with(path: &Path, groups: &[&str], budget: StorageBudget) -> io::Res
     }))
 }
 
+/// Write `batch` on the calling thread unless RocksDB would make the write wait for a
+/// stall (`no_slowdown`): then it refuses the whole batch, nothing is written, and the
+/// answer is `false`, for the caller to write it where waiting is harmless. For writes
+/// made on an async worker (`raft::log_store`, `raft::rocks_sm`).
+pub fn write_unless_stalled(db: &DB, batch: rocksdb::WriteBatch) -> io::Result<bool> {
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_no_slowdown(true);
+    match db.write_opt(batch, &opts) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(false),
+        Err(e) => Err(io::Error::other(e)),
+    }
+}
+
 /// Look up a column family that [`open`] created.
 pub fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name)

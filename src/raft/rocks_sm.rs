@@ -50,7 +50,7 @@ use crate::error::Error;
 use crate::raft::group::{ApplyItem, DigestBuilder, SnapshotSource, StateDigest, StateMachine};
 use crate::raft::hot_keys::{HotKeys, KeySet};
 use crate::raft::keys;
-use crate::raft::rocks::{cf, Db};
+use crate::raft::rocks::{cf, write_unless_stalled, Db};
 use crate::raft::types::{AppliedState, Command, CommandResult};
 
 /// Why a command was not applied.
@@ -479,14 +479,10 @@ impl<P: Processor> RocksStateMachine<P> {
             }
         }
         wb.put_cf(cf, keys::SM_APPLIED_KEY, applied.encode());
-        let mut opts = WriteOptions::default();
-        opts.set_no_slowdown(in_memory.is_some());
-        match self.db.write_opt(wb, &opts) {
-            Ok(()) => {}
-            Err(e) if in_memory.is_some() && e.kind() == rocksdb::ErrorKind::Incomplete => {
-                return Ok(None);
-            }
-            Err(e) => return Err(io::Error::other(e)),
+        if in_memory.is_none() {
+            self.db.write(wb).map_err(io::Error::other)?;
+        } else if !write_unless_stalled(&self.db, wb)? {
+            return Ok(None);
         }
         // Only after the write: the cache never holds what the column family does not.
         let read = read.into_inner();
