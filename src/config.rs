@@ -775,6 +775,18 @@ impl ConfigArgs {
     }
 }
 
+/// `flag`'s `value` must lie in `range`: an error naming both otherwise.
+fn within(flag: &str, value: usize, range: std::ops::RangeInclusive<usize>) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{flag} {value} is outside {}..={}",
+        range.start(),
+        range.end()
+    )))
+}
+
 impl Config {
     /// Default the advertised address from the member list or the peer port.
     pub fn fill_advertise_peer(&mut self) {
@@ -827,12 +839,7 @@ impl Config {
         if self.snapshot_logs == 0 {
             return Err(Error::invalid("snapshot-logs must be at least 1"));
         }
-        if !(8..=65536).contains(&self.storage_memory_mib) {
-            return Err(Error::invalid(format!(
-                "storage-memory-mib {} is outside 8..=65536",
-                self.storage_memory_mib
-            )));
-        }
+        within("storage-memory-mib", self.storage_memory_mib, 8..=65536)?;
         for (flag, mib) in [
             ("log-cache-mib", self.log_cache_mib),
             ("state-cache-mib", self.state_cache_mib),
@@ -841,24 +848,14 @@ impl Config {
                 return Err(Error::invalid(format!("{flag} {mib} is above 4096")));
             }
         }
-        if !(64..=1 << 20).contains(&self.db_page_cache_kib) {
-            return Err(Error::invalid(format!(
-                "db-page-cache-kib {} is outside 64..=1048576",
-                self.db_page_cache_kib
-            )));
-        }
+        within("db-page-cache-kib", self.db_page_cache_kib, 64..=1 << 20)?;
         if self.client_threads > 1024 {
             return Err(Error::invalid(format!(
                 "client-threads {} is above 1024 (0 means one per CPU core)",
                 self.client_threads
             )));
         }
-        if !(1..=64).contains(&self.raft_threads) {
-            return Err(Error::invalid(format!(
-                "raft-threads {} is outside 1..=64",
-                self.raft_threads
-            )));
-        }
+        within("raft-threads", self.raft_threads, 1..=64)?;
         if self.max_request_bytes < 1024 || self.max_request_bytes > 64 << 20 {
             return Err(Error::invalid(
                 "max-request-bytes must be between 1024 and 67108864 (64 MiB)",
