@@ -131,9 +131,26 @@ async fn three_to_five_to_three_under_writes_loses_nothing() {
 
     let mut a = admin(&c, 3).await;
     for id in [1, 2] {
-        a.remove_member(pb::RemoveMemberRequest { node_id: id })
-            .await
-            .unwrap_or_else(|e| panic!("removing {id}: {e:?}"));
+        // A leader refuses a removal until it has heard from a quorum of the voters
+        // that would remain within its lease; right after the first removal (a leader
+        // may have moved) or on a loaded machine that can take a moment.
+        let deadline = tokio::time::Instant::now() + crate::common::DEADLINE;
+        loop {
+            match a
+                .remove_member(pb::RemoveMemberRequest { node_id: id })
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if e.code() == tonic::Code::FailedPrecondition
+                        && e.message().contains("are reachable")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("removing {id}: {e:?}"),
+            }
+        }
     }
     wait_until("the removed nodes stop, saying why", || {
         [1, 2].iter().all(|id| {
